@@ -29,8 +29,8 @@ from corral.events.sink import EventSink
 from corral.policy.loader import load_policy
 from corral.policy.model import Policy
 from corral.sandbox import files
-from corral.sandbox.bwrap import BwrapSpec, build_argv
-from corral.sandbox.errors import SandboxClosed, SandboxRefused
+from corral.sandbox.bwrap import BwrapSpec, build_argv, build_image_argv
+from corral.sandbox.errors import PathOutsideWorkspace, SandboxClosed, SandboxRefused
 from corral.sandbox.limits import (
     Cgroup,
     CgroupCounters,
@@ -130,8 +130,16 @@ class Sandbox:
         extra_env: dict[str, str] | None = None,
         extra_bwrap_args: list[str] | None = None,
         egress: Attachment | bool | None = True,
+        image: str | None = None,
+        keep: bool = False,
     ) -> None:
         self.policy = load_policy(policy)
+        # the task's image as the sandbox's root (None: the host's read-only root); `keep` leaves
+        # the sandbox's writable layer on disk at close (its path in `kept_layer`)
+        self.image = image or self.policy.image
+        self.keep = keep
+        self.kept_layer: Path | None = None
+        self._root: Any = None  # corral.images.rootfs.SandboxRoot, while running on an image
         self.id = sandbox_id or "sb-" + uuid.uuid4().hex[:12]
         self.episode_id = episode_id or "ep-" + uuid.uuid4().hex[:12]
         self._own_workspace = workspace is None
@@ -295,6 +303,8 @@ class Sandbox:
             _swept = True
             with contextlib.suppress(OSError):
                 sweep_stale_cgroups(caps)
+        if self.image and self._root is None:
+            await asyncio.to_thread(self._prepare_image)
         if self.workspace is None:
             if self._workspace_arg is not None:
                 self._workspace_arg.mkdir(parents=True, exist_ok=True)
@@ -324,8 +334,46 @@ class Sandbox:
                 "workspace": str(self.workspace),
                 "limits": self.limits.mechanisms,
                 "root": caps.root,
+                **self._image_evidence(),
             },
         )
+
+    def _prepare_image(self) -> None:
+        """Resolve the image (import or pull it on first use), hold it, and lay out this sandbox's
+        writable layer; any failure is a refusal naming the image and the cause."""
+        from corral.images import ImageError, ImageStore
+        from corral.images.rootfs import SandboxRoot
+
+        assert self.image
+        root = corral_home() / "sandboxes"
+        root.mkdir(parents=True, exist_ok=True)
+        state = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-{self.id}-", dir=root))
+        host_ws = self._workspace_arg
+        try:
+            sroot = SandboxRoot.create(ImageStore(), self.image, state, keep=self.keep)
+            try:
+                if host_ws is not None:
+                    host_ws.mkdir(parents=True, exist_ok=True)
+                sroot.prepare(self.policy, host_ws)
+            except BaseException:
+                sroot.release()
+                raise
+        except ImageError as err:
+            shutil.rmtree(state, ignore_errors=True)
+            raise SandboxRefused(
+                str(err), "see `corral images list`; import it with `corral images import PATH`"
+            ) from None
+        except OSError as err:
+            shutil.rmtree(state, ignore_errors=True)
+            raise SandboxRefused(f"image {self.image!r}: {err}", "run `corral doctor`") from None
+        self._root = sroot
+        self.workspace = host_ws or state
+
+    def _image_evidence(self) -> dict[str, Any]:
+        if self._root is None:
+            return {}
+        return {"image": self._root.image.id, "image_ref": self.image,
+                "workdir": self._root.spec.workdir}  # fmt: skip
 
     async def _spawn(self, caps: Capabilities, rlimits: list[tuple[int, int]]) -> None:
         """Start bwrap held at --block-fd, put both its processes in the cgroup and under the
@@ -350,12 +398,16 @@ class Sandbox:
             extra_env=self.extra_env,
             extra_args=["--block-fd", str(block_r), *self.extra_bwrap_args],
             gpu_devices=self._gpu_devices(caps),
+            image=self._root.spec if self._root is not None else None,
         )
         command = ["/bin/bash", "--noprofile", "--norc"]
         extra_fds: tuple[int, ...] = ()
         if self.egress is not None:
             command, extra_fds = self.egress.prepare(self, spec, command)
-        argv = build_argv(caps.bwrap, spec, command)
+        if spec.image is not None:  # the image root: overlay mounted by the helper, then bwrap
+            argv = self._root.wrap(build_image_argv(caps.bwrap, spec, command))
+        else:
+            argv = build_argv(caps.bwrap, spec, command)
         try:
             self._proc = subprocess.Popen(
                 argv,
@@ -841,15 +893,24 @@ class Sandbox:
             self._check_counters(self.step or None)
             await asyncio.to_thread(self.cgroup.destroy)
             self.cgroup = None
+        layer: dict[str, Any] = {}
+        if self._root is not None:
+            layer["layer_bytes"] = await asyncio.to_thread(self._root.layer_bytes)
+            self.kept_layer = await asyncio.to_thread(self._root.discard)
+            layer["kept_layer"] = str(self.kept_layer) if self.kept_layer else None
+            self._root = None
         self.emit(
             source="sandbox",
             rule="sandbox.stopped",
             action="terminated" if self.terminated else "allowed",
             message=f"sandbox stopped after {self.step} step(s)"
             + (f" ({self.closed_reason})" if self.closed_reason else ""),
-            evidence={"steps": self.step, "terminated": self.terminated},
+            evidence={"steps": self.step, "terminated": self.terminated, **layer},
         )
-        if self._own_workspace and self.workspace is not None:
+        if self._own_workspace and self.workspace is not None and self.image:
+            if self.kept_layer is None:  # the image's state dir (gone with its layer)
+                await asyncio.to_thread(shutil.rmtree, self.workspace, True)
+        elif self._own_workspace and self.workspace is not None:
             await asyncio.to_thread(shutil.rmtree, self.workspace, True)
         self.workspace = None
         self.closed_reason = self.closed_reason or "closed"
