@@ -248,10 +248,8 @@ class ImageStore:
         with contextlib.suppress(OSError):
             for d in self.tmp.iterdir():
                 head = d.name.split("-", 1)[0]
-                if head.isdigit() and int(head) != os.getpid() and not _pid_alive(int(head)):
-                    _rmtree(d)
-                    gone.append(d.name)
-                elif d.name.startswith("del-"):
+                dead = head.isdigit() and int(head) != os.getpid() and not _pid_alive(int(head))
+                if dead or d.name.startswith("del-"):  # a dead import's staging, a half removal
                     _rmtree(d)
                     gone.append(d.name)
         return gone

@@ -26,3 +26,7 @@ class SandboxClosed(SandboxError):
 
 class PathOutsideWorkspace(SandboxError):
     pass
+
+
+class ProtectedPath(PathOutsideWorkspace):
+    """The agent's write to a protected path (tests, grader) was refused (and recorded)."""

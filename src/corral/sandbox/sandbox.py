@@ -30,7 +30,12 @@ from corral.policy.loader import load_policy
 from corral.policy.model import Policy
 from corral.sandbox import files
 from corral.sandbox.bwrap import BwrapSpec, build_argv, build_image_argv
-from corral.sandbox.errors import PathOutsideWorkspace, SandboxClosed, SandboxRefused
+from corral.sandbox.errors import (
+    PathOutsideWorkspace,
+    ProtectedPath,
+    SandboxClosed,
+    SandboxRefused,
+)
 from corral.sandbox.limits import (
     Cgroup,
     CgroupCounters,
@@ -539,13 +544,17 @@ class Sandbox:
             return []
 
     # ---------------------------------------------------------------- commands
-    async def open_session(self, name: str) -> ShellSession:
+    async def open_session(self, name: str, *, harness: bool = False) -> ShellSession:
         """Another persistent bash in this sandbox, with its own cwd and variables (ROCK's
-        sessions); `await session.exec(...)` as `exec`. Closing the sandbox ends it."""
+        sessions); `await session.exec(...)` as `exec`. Closing the sandbox ends it.
+
+        `harness=True` is the harness's session (uploading tests, running the grader): its
+        commands are recorded, tagged `harness`, but never gated, never counted as the agent's
+        steps and never charged to the agent."""
         old = self.sessions.get(name)
         if old is not None and old.alive:
             raise ValueError(f"session {name!r} is already open")
-        session = await open_session(self, name)
+        session = await open_session(self, name, harness=harness)
         self.sessions[name] = session
         return session
 
@@ -619,25 +628,33 @@ class Sandbox:
         return self._finish_command(command, step, t0, first_event, cap, exit_code,
                                     timed_out=timed_out, killed=killed, limit=limit)  # fmt: skip
 
-    def _finish_command(self, command: str, step: int, t0: float, first_event: int, cap: Capture,
-                        exit_code: int, *, timed_out: bool, killed: bool, limit: float | None,
-                        session: str | None = None) -> ExecResult:  # fmt: skip
+    def _finish_command(self, command: str, step: int | None, t0: float, first_event: int,
+                        cap: Capture, exit_code: int, *, timed_out: bool, killed: bool,
+                        limit: float | None, session: str | None = None,
+                        harness: bool = False) -> ExecResult:  # fmt: skip
         """What every shell (the main one or a named session) records once a command is over."""
         duration = time.monotonic() - t0
         stdout = cap.stdout.decode(errors="replace")
         stderr = cap.stderr.decode(errors="replace")
         argv = ["bash", "-c", command]
         tag = {"session": session} if session else {}
+        if harness:  # the harness's command: recorded, never the agent's offence
+            tag["harness"] = True
         if timed_out:
             self.emit(source="resource", rule="resource.command_timeout", category="resource",
-                      severity="low", action="killed", step=step, argv=argv,
+                      severity="info" if harness else "low", action="killed", step=step, argv=argv,
                       message=f"command exceeded its {limit:g}s time limit and was killed",
                       evidence={"limit_s": limit, **tag})  # fmt: skip
-        if self.limits.mechanisms.get("cpu_time") and "CPU time limit exceeded" in stderr:
+        if (
+            not harness
+            and self.limits.mechanisms.get("cpu_time")
+            and "CPU time limit exceeded" in stderr
+        ):
             self.emit(source="resource", rule="resource.cpu_time", category="resource",
                       severity="low", action="killed", step=step, argv=argv,
                       message=f"CPU time limit of {self.policy.limits.cpu_time:g}s reached")  # fmt: skip
-        self._scan_denied_writes(stderr, step)
+        if not harness:
+            self._scan_denied_writes(stderr, step)
         if self.terminated:
             killed = True
             exit_code = KILLED_EXIT
@@ -645,7 +662,7 @@ class Sandbox:
                   message=f"exit {exit_code} after {duration:.3f}s",
                   evidence={"exit_code": exit_code, "duration_s": round(duration, 6),
                             "timed_out": timed_out, **tag})  # fmt: skip
-        return ExecResult(command=command, step=step, exit_code=exit_code, stdout=stdout,
+        return ExecResult(command=command, step=step or 0, exit_code=exit_code, stdout=stdout,
                           stderr=stderr, duration=duration, timed_out=timed_out, killed=killed,
                           truncated=cap.truncated, events=self.events[first_event:])  # fmt: skip
 
@@ -788,7 +805,6 @@ class Sandbox:
     def _scan_denied_writes(self, stderr: str, step: int | None) -> None:
         if "Read-only file system" not in stderr:
             return
-        ws = self.policy.filesystem.workspace.path.rstrip("/")
         seen: set[str] = set()
         for m in _RO_RE.finditer(stderr):
             path = m.group(1) or m.group(2) or m.group(3)
@@ -797,10 +813,7 @@ class Sandbox:
             if not path or path in seen:
                 continue
             seen.add(path)
-            protected = any(
-                path == f"{ws}/{p}" or path.startswith(f"{ws}/{p}/")
-                for p in self.policy.filesystem.protected
-            )
+            protected = self._protected_hit(path) is not None
             self.emit(
                 source="file",
                 rule="file.protected_write" if protected else "file.write_denied",
@@ -831,21 +844,97 @@ class Sandbox:
             raise SandboxClosed(self.closed_reason or "not started")
         return self.workspace
 
-    async def write_file(self, path: str, content: str | bytes, mode: int = 0o644) -> str:
-        ws = self._require_workspace()
+    def _inside(self, path: str) -> str:
+        """`path` as the sandbox sees it (relative paths are under the workspace)."""
+        if ".." in path.split("/"):
+            raise PathOutsideWorkspace(f"{path!r}: '..' is not allowed in sandbox paths")
+        ws = self._root.spec.workdir if self._root is not None else (
+            self.policy.filesystem.workspace.path)  # fmt: skip
+        return os.path.normpath(path if path.startswith("/") else f"{ws}/{path}")
+
+    def _protected_hit(self, inside: str) -> str | None:
+        """The protected path `inside` lies in, if any (workspace-relative ones included)."""
+        ws = self._root.spec.workdir if self._root is not None else (
+            self.policy.filesystem.workspace.path)  # fmt: skip
+        for p in self.policy.filesystem.protected:
+            full = os.path.normpath(p if p.startswith("/") else f"{ws}/{p}")
+            if inside == full or inside.startswith(full.rstrip("/") + "/"):
+                return full
+        return None
+
+    async def _file_target(self, path: str, *, write: bool, harness: bool
+                           ) -> tuple[Path, str, str]:  # fmt: skip
+        """Where a file API call lands: (host directory, the sandbox path it stands for, the
+        path to give `files` under it).
+
+        The agent's writes into protected paths are refused and recorded; the harness's are not
+        (it is who puts the tests there). On an image root, protected paths are host directories
+        bound read-only inside, a host workspace is itself, and anything else is reached through
+        the running sandbox's own root (`/proc/<init>/root`, walked without following links)."""
+        inside = self._inside(path)
+        hit = self._protected_hit(inside)
+        if write and hit and not harness:
+            self.emit(source="file", rule="file.protected_write", category="reward_tampering",
+                      severity="high", action="blocked", attack="T1565", step=self.step or None,
+                      path=inside, message=f"write to protected path {inside} refused (file API)",
+                      evidence={"via": "file_api", "protected": hit})  # fmt: skip
+            raise ProtectedPath(f"{path!r} is in the protected path {hit}: refused")
+        if self._root is None:
+            ws = self._require_workspace()
+            return ws, self.policy.filesystem.workspace.path, path
+        spec = self._root.spec
+        prot = self._root.protected_target(inside)
+        if prot is not None:
+            host, where = prot
+            if host.is_file():  # a protected file: written as its copy's name in its directory
+                if inside != where:
+                    raise PathOutsideWorkspace(f"{path!r}: {where} is a file")
+                return host.parent, "/", "/" + host.name
+            return host, where, inside
+        ws = spec.workdir
+        if spec.host_workspace is not None and (inside == ws or inside.startswith(ws + "/")):
+            return spec.host_workspace, ws, inside
+        if self._init_pid is None:
+            if self.closed_reason:
+                raise SandboxClosed(self.closed_reason)
+            async with self._lock:
+                await self._restart_session()
+        return Path(f"/proc/{self._init_pid}/root"), "/", inside
+
+    def _record_harness(self, action: str, where: str, size: int) -> None:
+        self.emit(source="file", rule=f"file.harness_{action}", severity="info",
+                  action="allowed", path=where, message=f"harness {action} {where} ({size} bytes)",
+                  evidence={"harness": True, "bytes": size})  # fmt: skip
+
+    async def write_file(self, path: str, content: str | bytes, mode: int = 0o644, *,
+                         harness: bool = False) -> str:  # fmt: skip
+        """Write a file in the sandbox. `harness=True`: the harness's own write (tests, task
+        files; any path, protected ones included), recorded and never charged to the agent."""
+        self._require_workspace()
         data = content.encode() if isinstance(content, str) else content
-        return await asyncio.to_thread(files.write, ws, self.policy.filesystem.workspace.path,
-                                       path, data, mode)  # fmt: skip
+        base, root, target = await self._file_target(path, write=True, harness=harness)
+        where = await asyncio.to_thread(files.write, base, root, target, data, mode)
+        where = self._inside(path) if self._root is not None else where
+        if harness:
+            self._record_harness("write", where, len(data))
+        return where
 
     async def read_file(self, path: str, max_bytes: int | None = None) -> bytes:
-        ws = self._require_workspace()
-        return await asyncio.to_thread(files.read, ws, self.policy.filesystem.workspace.path,
-                                       path, max_bytes)  # fmt: skip
+        self._require_workspace()
+        base, root, target = await self._file_target(path, write=False, harness=True)
+        return await asyncio.to_thread(files.read, base, root, target, max_bytes)
 
-    async def upload(self, local: str | Path, path: str) -> str:
-        ws = self._require_workspace()
-        return await asyncio.to_thread(files.upload, ws, self.policy.filesystem.workspace.path,
-                                       Path(local), path)  # fmt: skip
+    async def upload(self, local: str | Path, path: str, *, harness: bool = False) -> str:
+        """Copy a host file or tree into the sandbox (`harness=True` as for write_file)."""
+        self._require_workspace()
+        base, root, target = await self._file_target(path, write=True, harness=harness)
+        where = await asyncio.to_thread(files.upload, base, root, Path(local), target)
+        where = self._inside(path) if self._root is not None else where
+        if harness:
+            size = sum(f.stat().st_size for f in Path(local).rglob("*") if f.is_file()) if (
+                Path(local).is_dir()) else Path(local).stat().st_size  # fmt: skip
+            self._record_harness("upload", where, size)
+        return where
 
     # ---------------------------------------------------------------- ending
     async def terminate(self, reason: str, *, emit: bool = True, rule: str | None = None) -> None:
