@@ -193,7 +193,13 @@ class ImageStore:
         if not fetch:
             raise ImageError(ref, "unknown image (not in the cache; `corral images list`)",
                              "unknown")  # fmt: skip
-        return self.add(ref)
+        try:
+            return self.add(ref)
+        except ImageError as err:
+            if err.kind != "network":
+                raise
+            raise ImageError(ref, "unknown image: not in the cache, and its registry is not "
+                             f"reachable to pull it ({err.cause})", "network") from None  # fmt: skip
 
     def add(self, source: str, name: str | None = None) -> Image:
         """Import a path (OCI layout, docker/OCI archive, rootfs directory or tarball) or pull a
