@@ -70,8 +70,22 @@ def _copy(src: str, root: Path) -> None:
 
 def build_rootfs(root: Path, site_packages: Path) -> None:
     root.mkdir(parents=True)
-    for d in ("usr/bin", "usr/lib", "usr/lib64", "usr/sbin", "etc", "tmp", "root", "testbed",
-              "tests", "proc", "dev", "var/tmp", "usr/lib/python3/dist-packages", "usr/local/bin"):
+    for d in (
+        "usr/bin",
+        "usr/lib",
+        "usr/lib64",
+        "usr/sbin",
+        "etc",
+        "tmp",
+        "root",
+        "testbed",
+        "tests",
+        "proc",
+        "dev",
+        "var/tmp",
+        "usr/lib/python3/dist-packages",
+        "usr/local/bin",
+    ):
         (root / d).mkdir(parents=True, exist_ok=True)  # fmt: skip
     for link, target in (("bin", "usr/bin"), ("lib", "usr/lib"), ("lib64", "usr/lib64"),
                          ("sbin", "usr/sbin")):  # fmt: skip
@@ -143,6 +157,11 @@ def swe_image() -> dict[str, Path]:
              "arm64": base / "arm64"}  # fmt: skip
     if all(p.exists() for p in forms.values()):
         return forms
+    top = base.parent.parent
+    if not top.exists():  # shared by every uid's suite run (the unprivileged pass included)
+        top.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(OSError):
+            os.chmod(top, 0o1777)
     base.parent.mkdir(parents=True, exist_ok=True)
     lock = os.open(base.parent / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
