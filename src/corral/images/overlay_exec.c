@@ -1,6 +1,6 @@
 /* corral-overlay-exec: mount a sandbox's writable image root, then exec bubblewrap on it.
  *
- *   corral-overlay-exec LOWER UPPER WORK MERGED -- bwrap ARGS...
+ *   corral-overlay-exec [--idmap UID] LOWER UPPER WORK MERGED -- bwrap ARGS...
  *
  * Why a helper: bubblewrap 0.8 (Debian 12) has no overlay support, and the mount must live in a
  * mount namespace of its own so that it vanishes with the sandbox (no mount is ever left on the
@@ -10,6 +10,12 @@
  * kernel overlay there (allowed in a user namespace since Linux 5.11; `userxattr` keeps overlay's
  * bookkeeping in user.* xattrs). It execs bwrap in place: same pid, every fd inherited (--info-fd,
  * --block-fd and the egress pipes pass through untouched).
+ *
+ * --idmap UID (root only): the sandbox runs as the unprivileged host id UID (the supervisor's
+ * setpriv), so the image's root-owned files must look like UID's or the agent could not change
+ * them. The shared image is not chowned: it is mounted idmapped (uid/gid 0 of the image shown as
+ * UID, Linux 5.12+; overlay over idmapped layers, 5.19+) at `MERGED.lower`, and that is
+ * the overlay's lower layer. Files of other ids in the image show as nobody.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -19,7 +25,27 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mount.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
+
+#ifndef SYS_open_tree
+#define SYS_open_tree 428
+#endif
+#ifndef SYS_move_mount
+#define SYS_move_mount 429
+#endif
+#ifndef SYS_mount_setattr
+#define SYS_mount_setattr 442
+#endif
+#define C_OPEN_TREE_CLONE 1
+#define C_AT_RECURSIVE 0x8000
+#define C_MOVE_MOUNT_F_EMPTY_PATH 0x00000004
+#define C_MOUNT_ATTR_IDMAP 0x00100000
+
+struct c_mount_attr {
+    unsigned long long attr_set, attr_clr, propagation, userns_fd;
+};
 
 static int write_file(const char *path, const char *text) {
     int fd = open(path, O_WRONLY | O_CLOEXEC);
@@ -36,9 +62,68 @@ static void die(const char *what) {
     exit(125);
 }
 
+/* A user namespace whose 0 is host `id` (one id), as an fd: made by a child that waits. */
+static int userns_of(unsigned id) {
+    int ready[2], hold[2];
+    if (pipe(ready) != 0 || pipe(hold) != 0) die("pipe");
+    pid_t pid = fork();
+    if (pid < 0) die("fork");
+    if (pid == 0) {
+        char c = 0;
+        close(ready[0]);
+        close(hold[1]);
+        if (unshare(CLONE_NEWUSER) != 0) _exit(1);
+        if (write(ready[1], &c, 1) != 1) _exit(1);
+        if (read(hold[0], &c, 1) < 0) _exit(1);
+        _exit(0);
+    }
+    close(ready[1]);
+    close(hold[0]);
+    char c, path[64], map[64];
+    if (read(ready[0], &c, 1) != 1) die("idmap helper");
+    snprintf(map, sizeof map, "0 %u 1\n", id);
+    snprintf(path, sizeof path, "/proc/%d/uid_map", (int)pid);
+    if (write_file(path, map) != 0) die("idmap uid_map");
+    snprintf(path, sizeof path, "/proc/%d/gid_map", (int)pid);
+    if (write_file(path, map) != 0) die("idmap gid_map");
+    snprintf(path, sizeof path, "/proc/%d/ns/user", (int)pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) die("idmap userns");
+    close(hold[1]);
+    close(ready[0]);
+    waitpid(pid, NULL, 0);
+    return fd;
+}
+
+/* Mount `src` at `dst` with the ids of user namespace `userns` (an idmapped bind mount). */
+static void idmapped_bind(const char *src, const char *dst, int userns) {
+    int tree = (int)syscall(SYS_open_tree, AT_FDCWD, src, C_OPEN_TREE_CLONE | O_CLOEXEC);
+    if (tree < 0) die("open_tree (idmapped image)");
+    struct c_mount_attr attr = {0};
+    attr.attr_set = C_MOUNT_ATTR_IDMAP;
+    attr.userns_fd = (unsigned long long)userns;
+    if (syscall(SYS_mount_setattr, tree, "", AT_EMPTY_PATH, &attr, sizeof attr) != 0)
+        die("mount_setattr idmap (idmapped image)");
+    if (syscall(SYS_move_mount, tree, "", AT_FDCWD, dst, C_MOVE_MOUNT_F_EMPTY_PATH) != 0)
+        die("move_mount (idmapped image)");
+    close(tree);
+}
+
 int main(int argc, char **argv) {
+    long idmap = -1;
+    if (argc > 2 && strcmp(argv[1], "--idmap") == 0) {
+        char *end;
+        idmap = strtol(argv[2], &end, 10);
+        if (*end || idmap <= 0) {
+            fprintf(stderr, "corral-overlay-exec: --idmap needs a host uid\n");
+            return 125;
+        }
+        argv += 2;
+        argc -= 2;
+    }
     if (argc < 7 || strcmp(argv[5], "--") != 0) {
-        fprintf(stderr, "usage: corral-overlay-exec LOWER UPPER WORK MERGED -- COMMAND...\n");
+        fprintf(stderr, "usage: corral-overlay-exec [--idmap UID] LOWER UPPER WORK MERGED -- "
+                        "COMMAND...\n");
         return 125;
     }
     const char *lower = argv[1], *upper = argv[2], *work = argv[3], *merged = argv[4];
@@ -57,6 +142,19 @@ int main(int argc, char **argv) {
         die("unshare(mount)");
     }
     if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0) die("make / private");
+    char idmapped[4096];
+    if (idmap > 0) {
+        if (rootless) {
+            fprintf(stderr, "corral-overlay-exec: --idmap needs root\n");
+            return 125;
+        }
+        /* <merged>.lower: a mount point next to the overlay's, in this namespace only */
+        snprintf(idmapped, sizeof idmapped, "%s.lower", merged);
+        int userns = userns_of((unsigned)idmap);
+        idmapped_bind(lower, idmapped, userns);
+        close(userns);
+        lower = idmapped;
+    }
     size_t len = strlen(lower) + strlen(upper) + strlen(work) + 64;
     char *opts = malloc(len);
     if (!opts) die("malloc");
