@@ -1,9 +1,10 @@
 """The Python twin of overlay_exec.c, for hosts without a C compiler (slower to start).
 
-    python3 -I -S overlay_exec.py LOWER UPPER WORK MERGED -- COMMAND...
+    python3 -I -S overlay_exec.py [--idmap UID] LOWER UPPER WORK MERGED -- COMMAND...
 
 Same steps: a private mount namespace (in an identity-mapped user namespace when not root), the
-kernel overlay mounted there nosuid,nodev, then exec COMMAND in place with every fd inherited.
+image mounted idmapped to UID first when asked (root only), the kernel overlay mounted there
+nosuid,nodev, then exec COMMAND in place with every fd inherited.
 """
 
 import ctypes
@@ -21,8 +22,56 @@ def _die(what: str) -> None:
     os._exit(125)
 
 
+SYS_OPEN_TREE, SYS_MOVE_MOUNT, SYS_MOUNT_SETATTR = 428, 429, 442  # the same on every arch
+AT_FDCWD, AT_EMPTY_PATH, OPEN_TREE_CLONE, MOVE_MOUNT_F_EMPTY_PATH = -100, 0x1000, 1, 4
+MOUNT_ATTR_IDMAP = 0x00100000
+
+
+def _userns_of(uid: int) -> int:
+    """A user namespace whose 0 is host `uid`, as an fd (made by a child that waits)."""
+    ready_r, ready_w = os.pipe()
+    hold_r, hold_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        libc = ctypes.CDLL(None, use_errno=True)
+        os.close(ready_r)
+        os.close(hold_w)
+        if libc.unshare(CLONE_NEWUSER) != 0:
+            os._exit(1)
+        os.write(ready_w, b"r")
+        os.read(hold_r, 1)
+        os._exit(0)
+    os.close(ready_w)
+    os.close(hold_r)
+    if os.read(ready_r, 1) != b"r":
+        _die("idmap helper")
+    for name in ("uid_map", "gid_map"):
+        with open(f"/proc/{pid}/{name}", "w") as f:
+            f.write(f"0 {uid} 1\n")
+    fd = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+    os.close(hold_w)
+    os.waitpid(pid, 0)
+    return fd
+
+
+def _idmapped_bind(libc, src: str, dst: str, userns: int) -> None:  # type: ignore[no-untyped-def]
+    tree = libc.syscall(SYS_OPEN_TREE, AT_FDCWD, src.encode(), OPEN_TREE_CLONE | os.O_CLOEXEC)
+    if tree < 0:
+        _die("open_tree (idmapped image)")
+    attr = (ctypes.c_uint64 * 4)(MOUNT_ATTR_IDMAP, 0, 0, userns)
+    if libc.syscall(SYS_MOUNT_SETATTR, tree, b"", AT_EMPTY_PATH, attr, ctypes.sizeof(attr)):
+        _die("mount_setattr idmap (idmapped image)")
+    if libc.syscall(SYS_MOVE_MOUNT, tree, b"", AT_FDCWD, dst.encode(), MOVE_MOUNT_F_EMPTY_PATH):
+        _die("move_mount (idmapped image)")
+    os.close(tree)
+
+
 def main() -> None:
     a = sys.argv
+    idmap = 0
+    if len(a) > 2 and a[1] == "--idmap":
+        idmap = int(a[2])
+        a = [a[0], *a[3:]]
     if len(a) < 7 or a[5] != "--":
         sys.stderr.write("usage: overlay_exec.py LOWER UPPER WORK MERGED -- COMMAND...\n")
         os._exit(125)
@@ -41,6 +90,14 @@ def main() -> None:
         _die("unshare(mount)")
     if libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None) != 0:
         _die("make / private")
+    if idmap:
+        if rootless:
+            sys.stderr.write("corral-overlay-exec: --idmap needs root\n")
+            os._exit(125)
+        userns = _userns_of(idmap)
+        _idmapped_bind(libc, lower, merged + ".lower", userns)
+        os.close(userns)
+        lower = merged + ".lower"
     opts = f"lowerdir={lower},upperdir={upper},workdir={work}" + (",userxattr" if rootless else "")
     if libc.mount(b"overlay", merged.encode(), b"overlay", MS_NOSUID | MS_NODEV, opts.encode()):
         _die("mount overlay")
