@@ -101,7 +101,7 @@ async def test_two_sandboxes_are_isolated_and_leave_nothing(image_home: Path) ->
         assert all(d is not None and d.exists() for d in dirs)
     assert _tree_digest(img.rootfs) == before  # the shared cache never changed
     assert not any(d.exists() for d in dirs)  # type: ignore[union-attr]
-    sandboxes = image_home / "sandboxes"
+    sandboxes = dirs[0].parent  # type: ignore[union-attr]
     mine = [d for d in sandboxes.iterdir() if a.id in d.name or b.id in d.name]
     assert mine == []
     with open("/proc/self/mountinfo") as f:

@@ -145,10 +145,24 @@ class SandboxRoot:
         )
         return self.spec
 
-    def wrap(self, argv: list[str]) -> list[str]:
-        """bwrap's command line, run through the helper that mounts the overlay first."""
-        return [*helper_command(), str(self.image.rootfs), str(self.upper), str(self.work),
+    def wrap(self, argv: list[str], idmap: int | None = None) -> list[str]:
+        """bwrap's command line (with its setpriv/prlimit prefix, if any), run through the helper
+        that mounts the overlay first; `idmap`: the sandbox's host id (root supervisor), which
+        the image's root-owned files are shown as."""
+        head = [*helper_command(), *(["--idmap", str(idmap)] if idmap is not None else [])]
+        return [*head, str(self.image.rootfs), str(self.upper), str(self.work),
                 str(self.merged), "--", *argv]  # fmt: skip
+
+    def hand_over(self, uid: int, gid: int) -> None:
+        """Root supervisor, sandbox run as host id `uid`: the layer becomes that id's (what it
+        writes is its own; the image below is shown as its own through the idmapped mount), and
+        the mount point must be reachable by it (bwrap binds it as that id)."""
+        (self.state / "root.lower").mkdir(exist_ok=True)
+        for d in (self.upper, self.merged):
+            for root, dirs, files in os.walk(d):
+                for name in [root, *(os.path.join(root, n) for n in dirs + files)]:
+                    os.lchown(name, uid, gid)
+        os.chmod(self.state, 0o711)
 
     def protected_target(self, inside: str) -> tuple[Path, str] | None:
         """(host dir or file, its path inside) when `inside` lies in a protected path."""
