@@ -26,7 +26,7 @@ BINARIES = ["bash", "sh", "dash", "ls", "cat", "cp", "mv", "rm", "mkdir", "rmdir
             "env", "id", "sleep", "chmod", "grep", "sed", "head", "tail", "wc", "true", "false",
             "test", "stat", "du", "find", "dirname", "basename", "pwd", "uname", "printf",
             "readlink", "ln", "sort", "tr", "cut", "date", "whoami", "dd", "sync", "df",
-            "timeout", "kill", "ps"]  # fmt: skip
+            "timeout", "kill", "ps", "nohup", "ssh", "curl", "xargs"]  # fmt: skip
 PY_PACKAGES = ["pytest", "_pytest", "pluggy", "iniconfig", "packaging", "py.py", "pygments"]
 PY_SKIP = {"test", "__pycache__", "idlelib", "tkinter", "ensurepip", "lib2to3", "turtledemo",
            "pydoc_data", "config-3.11-x86_64-linux-gnu"}  # fmt: skip
@@ -80,6 +80,7 @@ def build_rootfs(root: Path, site_packages: Path) -> None:
         "root",
         "testbed",
         "tests",
+        "workspace",
         "proc",
         "dev",
         "var/tmp",
@@ -132,7 +133,7 @@ def _layer_tar(rootfs: Path, out: Path) -> None:
                    check=True)  # fmt: skip
 
 
-def _oci_layout(layer: Path, layout: Path, arch: str = "amd64") -> None:
+def _oci_layout(layer: Path, layout: Path, arch: str = "amd64", workdir: str = "/testbed") -> None:
     umoci = shutil.which("umoci")
     assert umoci, "umoci is needed to build the test images (make install)"
     img = f"{layout}:latest"
@@ -140,7 +141,7 @@ def _oci_layout(layer: Path, layout: Path, arch: str = "amd64") -> None:
     subprocess.run([umoci, "new", "--image", img], check=True)
     subprocess.run([umoci, "raw", "add-layer", "--no-history", "--image", img, str(layer)], stderr=subprocess.DEVNULL,
                    check=True)  # fmt: skip
-    cfg = [umoci, "config", "--no-history", "--image", img, "--config.workingdir", "/testbed",
+    cfg = [umoci, "config", "--no-history", "--image", img, "--config.workingdir", workdir,
            "--config.cmd", "/bin/bash", "--architecture", arch, "--created",
            "2024-01-01T00:00:00Z"]  # fmt: skip
     for e in ENV:
@@ -151,10 +152,11 @@ def _oci_layout(layer: Path, layout: Path, arch: str = "amd64") -> None:
 
 def swe_image() -> dict[str, Path]:
     """Paths of the SWE-shaped test image in each form: oci (layout dir), docker (docker save
-    archive), rootfs (tar), arm64 (an OCI layout claiming another architecture)."""
+    archive), rootfs (tar), arm64 (an OCI layout claiming another architecture), rome (the same
+    files working in /workspace, where the ROME demo's acts expect their workspace)."""
     base = cache_dir() / _key()
     forms = {"oci": base / "oci", "docker": base / "docker.tar", "rootfs": base / "rootfs.tar",
-             "arm64": base / "arm64"}  # fmt: skip
+             "arm64": base / "arm64", "rome": base / "rome"}  # fmt: skip
     if all(p.exists() for p in forms.values()):
         return forms
     top = base.parent.parent
@@ -181,9 +183,13 @@ def swe_image() -> dict[str, Path]:
                             f"docker-archive:{work / 'docker.tar'}:corral/swe-tiny:latest"],
                            check=True)  # fmt: skip
             _oci_layout(work / "rootfs.tar", work / "arm64", arch="arm64")
+            _oci_layout(work / "rootfs.tar", work / "rome", workdir="/workspace")
             with contextlib.suppress(FileNotFoundError):
                 shutil.rmtree(base)
             os.rename(work, base)
+        for old in base.parent.iterdir():  # images an earlier version of this file built
+            if old.is_dir() and old != base and not old.name.startswith("tmp"):
+                shutil.rmtree(old, ignore_errors=True)
     finally:
         os.close(lock)
     return forms
