@@ -4,7 +4,7 @@ PY ?= /usr/bin/python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-APT_PACKAGES := bubblewrap python3-venv python3-seccomp openssh-client openssh-server iproute2 util-linux procps curl git ca-certificates chromium python3-pip openssl gcc libc6-dev skopeo umoci tar
+APT_PACKAGES := bubblewrap python3-venv python3-seccomp openssh-client openssh-server iproute2 util-linux procps curl git ca-certificates chromium python3-pip openssl gcc libc6-dev skopeo umoci fuse-overlayfs tar
 
 .PHONY: install system-deps demo test test-root test-unprivileged bench lint format clean
 

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 
 from corral import Sandbox
-from corral.images import ImageStore
+from corral.images import ImageStore, rootfs
 from corral.policy.model import Policy
 from corral.rl.reward import RewardShaper
 from corral.sandbox.errors import ProtectedPath, SandboxRefused
@@ -118,8 +119,6 @@ async def test_keep_leaves_the_layer(image_home: Path) -> None:
         assert stopped.evidence["kept_layer"] == str(sb.kept_layer)
         assert stopped.evidence["layer_bytes"] > 0
     finally:
-        import shutil
-
         shutil.rmtree(sb.kept_layer.parent, ignore_errors=True)
 
 
@@ -146,3 +145,33 @@ async def test_no_image_no_change_and_bad_image_refused(image_home: Path) -> Non
     with pytest.raises(SandboxRefused, match="unknown image"):
         async with Sandbox(sandbox_policy(), image="/no/such/image"):
             pass
+
+
+def _fuse_usable() -> bool:
+    return os.access("/dev/fuse", os.R_OK | os.W_OK) and shutil.which("fuse-overlayfs") is not None
+
+
+@pytest.mark.parametrize(
+    ("helper", "overlay"),
+    [("native", "kernel"), ("python", "kernel"), ("native", "fuse"), ("python", "fuse")],
+)
+async def test_each_helper_and_overlay_kind(image_home: Path, monkeypatch: pytest.MonkeyPatch,
+                                            helper: str, overlay: str) -> None:  # fmt: skip
+    """The C helper and its Python twin, the kernel overlay and fuse-overlayfs (the fallback where
+    the kernel refuses an unprivileged overlay): each gives a writable root of its own."""
+    if overlay == "fuse" and not _fuse_usable():
+        pytest.skip("/dev/fuse is not usable by this user here")
+    if helper == "native" and not (Path(rootfs.__file__).with_name(rootfs.HELPER_NAME)).exists():
+        pytest.skip("the C helper is not built (make install)")
+    monkeypatch.setenv("CORRAL_OVERLAY_HELPER", helper)
+    if overlay == "fuse":
+        monkeypatch.setenv("CORRAL_OVERLAY", "fuse")
+    async with Sandbox(_policy(), image="swe") as sb:
+        r = await sb.exec("grep ' / ' /proc/self/mounts; echo mine > /etc/image-marker; "
+                          "cat /etc/image-marker")  # fmt: skip
+        assert r.exit_code == 0, r.stderr
+        assert r.stdout.split()[2] == ("fuse.fuse-overlayfs" if overlay == "fuse" else "overlay")
+        assert r.stdout.endswith("mine\n")
+        layer = sb._root.upper
+    assert (ImageStore().get("swe").rootfs / "etc/image-marker").read_text() == "from-the-image\n"
+    assert not layer.exists()

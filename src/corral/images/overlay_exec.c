@@ -11,6 +11,11 @@
  * bookkeeping in user.* xattrs). It execs bwrap in place: same pid, every fd inherited (--info-fd,
  * --block-fd and the egress pipes pass through untouched).
  *
+ * Where the kernel refuses an unprivileged overlay (older kernels, some distributions), or with
+ * CORRAL_OVERLAY=fuse, an ordinary user's overlay is fuse-overlayfs instead: run in the foreground
+ * as a child that dies with this process (PR_SET_PDEATHSIG survives our exec into bwrap), so it
+ * ends with the sandbox like the kernel mount does.
+ *
  * --idmap UID (root only): the sandbox runs as the unprivileged host id UID (the supervisor's
  * setpriv), so the image's root-owned files must look like UID's or the agent could not change
  * them. The shared image is not chowned: it is mounted idmapped (uid/gid 0 of the image shown as
@@ -24,7 +29,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -109,6 +117,28 @@ static void idmapped_bind(const char *src, const char *dst, int userns) {
     close(tree);
 }
 
+/* fuse-overlayfs on `merged`, a child that lives exactly as long as this process (then bwrap). */
+static int fuse_overlay(const char *opts, const char *merged) {
+    struct stat before, now;
+    if (stat(merged, &before) != 0) return -1;
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    if (pid < 0) return -1;
+    if (pid == 0) {
+        if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent) _exit(125);
+        execlp("fuse-overlayfs", "fuse-overlayfs", "-f", "-o", opts, merged, (char *)NULL);
+        fprintf(stderr, "corral-overlay-exec: fuse-overlayfs: %s\n", strerror(errno));
+        _exit(125);
+    }
+    for (int i = 0; i < 2000; i++) { /* up to 10 s for the mount to appear */
+        if (stat(merged, &now) == 0 && now.st_dev != before.st_dev) return 0;
+        if (waitpid(pid, NULL, WNOHANG) == pid) return -1;
+        usleep(5000);
+    }
+    kill(pid, SIGKILL);
+    return -1;
+}
+
 int main(int argc, char **argv) {
     long idmap = -1;
     if (argc > 2 && strcmp(argv[1], "--idmap") == 0) {
@@ -160,7 +190,22 @@ int main(int argc, char **argv) {
     if (!opts) die("malloc");
     snprintf(opts, len, "lowerdir=%s,upperdir=%s,workdir=%s%s", lower, upper, work,
              rootless ? ",userxattr" : "");
-    if (mount("overlay", merged, "overlay", MS_NOSUID | MS_NODEV, opts) != 0) die("mount overlay");
+    const char *mode = getenv("CORRAL_OVERLAY");
+    int want_fuse = mode && strcmp(mode, "fuse") == 0;
+    if (want_fuse || mount("overlay", merged, "overlay", MS_NOSUID | MS_NODEV, opts) != 0) {
+        int saved = want_fuse ? 0 : errno;
+        if (!want_fuse && (!rootless || (saved != EPERM && saved != EINVAL && saved != ENODEV)))
+            die("mount overlay");
+        /* fuse-overlayfs takes the same options, less the kernel's userxattr; as root the
+         * sandbox's own host id (setpriv) must be let in */
+        snprintf(opts, len, "lowerdir=%s,upperdir=%s,workdir=%s%s", lower, upper, work,
+                 rootless ? "" : ",allow_other");
+        if (fuse_overlay(opts, merged) != 0) {
+            fprintf(stderr, "corral-overlay-exec: mount overlay: %s%s; fuse-overlayfs failed too\n",
+                    want_fuse ? "" : "kernel: ", want_fuse ? "fuse asked" : strerror(saved));
+            exit(125);
+        }
+    }
     free(opts);
     execvp(argv[6], &argv[6]);
     die("exec");

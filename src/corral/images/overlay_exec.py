@@ -10,6 +10,7 @@ nosuid,nodev, then exec COMMAND in place with every fd inherited.
 import ctypes
 import os
 import sys
+import time
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUSER = 0x10000000
@@ -66,6 +67,28 @@ def _idmapped_bind(libc, src: str, dst: str, userns: int) -> None:  # type: igno
     os.close(tree)
 
 
+def _fuse_overlay(libc, opts: str, merged: str) -> bool:  # type: ignore[no-untyped-def]
+    """fuse-overlayfs in the foreground, as a child that dies with us (and so with bwrap)."""
+    before = os.stat(merged).st_dev
+    parent = os.getpid()
+    pid = os.fork()
+    if pid == 0:
+        if libc.prctl(1, 9) != 0 or os.getppid() != parent:  # PR_SET_PDEATHSIG, SIGKILL
+            os._exit(125)
+        try:
+            os.execvp("fuse-overlayfs", ["fuse-overlayfs", "-f", "-o", opts, merged])
+        finally:
+            os._exit(125)
+    for _ in range(2000):
+        if os.stat(merged).st_dev != before:
+            return True
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+        time.sleep(0.005)
+    os.kill(pid, 9)
+    return False
+
+
 def main() -> None:
     a = sys.argv
     idmap = 0
@@ -99,8 +122,19 @@ def main() -> None:
         os.close(userns)
         lower = merged + ".lower"
     opts = f"lowerdir={lower},upperdir={upper},workdir={work}" + (",userxattr" if rootless else "")
-    if libc.mount(b"overlay", merged.encode(), b"overlay", MS_NOSUID | MS_NODEV, opts.encode()):
-        _die("mount overlay")
+    want_fuse = os.environ.get("CORRAL_OVERLAY") == "fuse"
+    if want_fuse or libc.mount(b"overlay", merged.encode(), b"overlay", MS_NOSUID | MS_NODEV,
+                               opts.encode()):  # fmt: skip
+        saved = 0 if want_fuse else ctypes.get_errno()
+        if not want_fuse and (not rootless or saved not in (1, 22, 19)):  # EPERM EINVAL ENODEV
+            _die("mount overlay")
+        fopts = f"lowerdir={lower},upperdir={upper},workdir={work}" + (
+            "" if rootless else ",allow_other")  # fmt: skip
+        if not _fuse_overlay(libc, fopts, merged):
+            why = "fuse asked" if want_fuse else f"kernel: {os.strerror(saved)}"
+            sys.stderr.write(f"corral-overlay-exec: mount overlay: {why}; fuse-overlayfs failed"
+                             " too\n")  # fmt: skip
+            os._exit(125)
     try:
         os.execvp(a[6], a[6:])
     except OSError as err:

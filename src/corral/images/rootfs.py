@@ -30,9 +30,13 @@ _BAD = set(",:\\\n")
 
 
 def helper_command() -> list[str]:
-    """The compiled helper (`make install` builds it), else its Python twin (slower to start)."""
+    """The compiled helper (`make install` builds it), else its Python twin (slower to start;
+    CORRAL_OVERLAY_HELPER=python picks it). CORRAL_OVERLAY=fuse makes either use fuse-overlayfs
+    instead of the kernel's overlay (they fall back to it where the kernel refuses)."""
     native = Path(__file__).with_name(HELPER_NAME)
-    if native.is_file() and os.access(native, os.X_OK):
+    if os.environ.get("CORRAL_OVERLAY_HELPER") == "python":
+        pass
+    elif native.is_file() and os.access(native, os.X_OK):
         return [str(native)]
     return ["/usr/bin/python3", "-I", "-S", str(Path(__file__).with_name("overlay_exec.py"))]
 
