@@ -296,10 +296,13 @@ class ImageStore:
             if existing is not None:
                 return self._name(existing, names)
             bundle = staging / "bundle"
-            argv = [umoci, "unpack"]
+            bundle.mkdir()
+            # `raw unpack`: the root filesystem alone (no runtime bundle, no mtree manifest, which
+            # would hash every file again: ~40% of the time)
+            argv = [umoci, "raw", "unpack"]
             if os.geteuid() != 0:
                 argv.append("--rootless")
-            argv += ["--image", f"{layout}:image", str(bundle)]
+            argv += ["--image", f"{layout}:image", str(bundle / "rootfs")]
             proc = tools.run(argv)
             if proc.returncode != 0:
                 raise self._fail(label, "umoci unpack", proc)
