@@ -119,7 +119,7 @@ async def test_keep_leaves_the_layer(image_home: Path) -> None:
         assert stopped.evidence["kept_layer"] == str(sb.kept_layer)
         assert stopped.evidence["layer_bytes"] > 0
     finally:
-        shutil.rmtree(sb.kept_layer.parent, ignore_errors=True)
+        shutil.rmtree(sb.kept_layer.parents[1], ignore_errors=True)  # the sandbox's state dir
 
 
 async def test_policy_image_field_and_host_workspace(image_home: Path, tmp_path: Path) -> None:
@@ -175,3 +175,25 @@ async def test_each_helper_and_overlay_kind(image_home: Path, monkeypatch: pytes
         layer = sb._root.upper
     assert (ImageStore().get("swe").rootfs / "etc/image-marker").read_text() == "from-the-image\n"
     assert not layer.exists()
+
+
+async def test_writable_layer_has_a_hard_quota(image_home: Path) -> None:
+    """limits.disk / limits.inodes hold on the image root: the kernel refuses past them, and the
+    hit is a resource event; the image below is untouched."""
+    pol = _policy()
+    pol.limits.disk = 8 * 1024 * 1024
+    pol.limits.inodes = 500
+    async with Sandbox(pol, image="swe") as sb:
+        r = await sb.exec("dd if=/dev/zero of=/var/tmp/fill bs=1M count=16")
+        assert r.exit_code != 0 and "No space left on device" in r.stderr
+        hits = [e for e in sb.events if e.rule == "resource.disk_limit"]
+        assert hits and hits[-1].evidence["limit_bytes"] == 8 * 1024 * 1024
+        r = await sb.exec("rm -f /var/tmp/fill; mkdir /many && cd /many && "
+                          "for ((i = 0; i < 600; i++)); do : > f$i || break; done; ls | wc -l")  # fmt: skip
+        assert int(r.stdout.split()[-1]) < 600
+        assert any(e.evidence.get("limit_inodes") == 500 for e in sb.events
+                   if e.rule == "resource.disk_limit" and e.step == 2)  # fmt: skip
+        r = await sb.exec("rm -rf /many; echo fine > /testbed/after.txt && cat /testbed/after.txt")
+        assert r.stdout == "fine\n"  # room again once the agent cleans up
+    stopped = [e for e in sb.events if e.rule == "sandbox.stopped"][-1]
+    assert 0 < stopped.evidence["layer_bytes"] < 8 * 1024 * 1024

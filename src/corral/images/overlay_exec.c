@@ -1,6 +1,7 @@
 /* corral-overlay-exec: mount a sandbox's writable image root, then exec bubblewrap on it.
  *
- *   corral-overlay-exec [--idmap UID] LOWER UPPER WORK MERGED -- bwrap ARGS...
+ *   corral-overlay-exec [--idmap UID] [--layer-size BYTES:INODES] LOWER UPPER WORK MERGED --
+ *       bwrap ARGS...
  *
  * Why a helper: bubblewrap 0.8 (Debian 12) has no overlay support, and the mount must live in a
  * mount namespace of its own so that it vanishes with the sandbox (no mount is ever left on the
@@ -10,6 +11,10 @@
  * kernel overlay there (allowed in a user namespace since Linux 5.11; `userxattr` keeps overlay's
  * bookkeeping in user.* xattrs). It execs bwrap in place: same pid, every fd inherited (--info-fd,
  * --block-fd and the egress pipes pass through untouched).
+ *
+ * --layer-size: the writable layer is a tmpfs of that size and inode count, mounted on the parent
+ * directory of UPPER and WORK (both made in it): a hard quota on what the sandbox may add to its
+ * root (ENOSPC inside), gone with the namespace like the overlay.
  *
  * Where the kernel refuses an unprivileged overlay (older kernels, some distributions), or with
  * CORRAL_OVERLAY=fuse, an ordinary user's overlay is fuse-overlayfs instead: run in the foreground
@@ -141,19 +146,32 @@ static int fuse_overlay(const char *opts, const char *merged) {
 
 int main(int argc, char **argv) {
     long idmap = -1;
-    if (argc > 2 && strcmp(argv[1], "--idmap") == 0) {
+    unsigned long long layer_size = 0, layer_inodes = 0;
+    while (argc > 2 && strncmp(argv[1], "--", 2) == 0 && strcmp(argv[1], "--") != 0) {
         char *end;
-        idmap = strtol(argv[2], &end, 10);
-        if (*end || idmap <= 0) {
-            fprintf(stderr, "corral-overlay-exec: --idmap needs a host uid\n");
+        if (strcmp(argv[1], "--idmap") == 0) {
+            idmap = strtol(argv[2], &end, 10);
+            if (*end || idmap <= 0) {
+                fprintf(stderr, "corral-overlay-exec: --idmap needs a host uid\n");
+                return 125;
+            }
+        } else if (strcmp(argv[1], "--layer-size") == 0) {
+            layer_size = strtoull(argv[2], &end, 10);
+            if (*end == ':') layer_inodes = strtoull(end + 1, &end, 10);
+            if (*end || layer_size == 0) {
+                fprintf(stderr, "corral-overlay-exec: --layer-size needs BYTES[:INODES]\n");
+                return 125;
+            }
+        } else {
+            fprintf(stderr, "corral-overlay-exec: unknown option %s\n", argv[1]);
             return 125;
         }
         argv += 2;
         argc -= 2;
     }
     if (argc < 7 || strcmp(argv[5], "--") != 0) {
-        fprintf(stderr, "usage: corral-overlay-exec [--idmap UID] LOWER UPPER WORK MERGED -- "
-                        "COMMAND...\n");
+        fprintf(stderr, "usage: corral-overlay-exec [--idmap UID] [--layer-size BYTES[:INODES]] "
+                        "LOWER UPPER WORK MERGED -- COMMAND...\n");
         return 125;
     }
     const char *lower = argv[1], *upper = argv[2], *work = argv[3], *merged = argv[4];
@@ -184,6 +202,19 @@ int main(int argc, char **argv) {
         idmapped_bind(lower, idmapped, userns);
         close(userns);
         lower = idmapped;
+    }
+    if (layer_size) {
+        char layer[4096], topts[160];
+        snprintf(layer, sizeof layer, "%s", upper);
+        char *slash = strrchr(layer, '/');
+        if (!slash || slash == layer) die("layer directory");
+        *slash = 0;
+        int n = snprintf(topts, sizeof topts, "size=%llu,mode=0755", layer_size);
+        if (layer_inodes) n += snprintf(topts + n, sizeof topts - n, ",nr_inodes=%llu", layer_inodes);
+        if (mount("tmpfs", layer, "tmpfs", MS_NOSUID | MS_NODEV, topts) != 0) die("mount layer tmpfs");
+        if (mkdir(upper, 0755) != 0 || mkdir(work, 0700) != 0) die("layer directories");
+        if (idmap > 0 && (chown(layer, idmap, idmap) != 0 || chown(upper, idmap, idmap) != 0))
+            die("chown layer");
     }
     size_t len = strlen(lower) + strlen(upper) + strlen(work) + 64;
     char *opts = malloc(len);

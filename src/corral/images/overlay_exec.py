@@ -1,9 +1,11 @@
 """The Python twin of overlay_exec.c, for hosts without a C compiler (slower to start).
 
-    python3 -I -S overlay_exec.py [--idmap UID] LOWER UPPER WORK MERGED -- COMMAND...
+    python3 -I -S overlay_exec.py [--idmap UID] [--layer-size BYTES[:INODES]] LOWER UPPER WORK
+        MERGED -- COMMAND...
 
 Same steps: a private mount namespace (in an identity-mapped user namespace when not root), the
-image mounted idmapped to UID first when asked (root only), the kernel overlay mounted there
+image mounted idmapped to UID first when asked (root only), the layer on a sized tmpfs when
+asked, the kernel overlay (or fuse-overlayfs) mounted there
 nosuid,nodev, then exec COMMAND in place with every fd inherited.
 """
 
@@ -92,8 +94,13 @@ def _fuse_overlay(libc, opts: str, merged: str) -> bool:  # type: ignore[no-unty
 def main() -> None:
     a = sys.argv
     idmap = 0
-    if len(a) > 2 and a[1] == "--idmap":
-        idmap = int(a[2])
+    size = inodes = 0
+    while len(a) > 2 and a[1] in ("--idmap", "--layer-size"):
+        if a[1] == "--idmap":
+            idmap = int(a[2])
+        else:
+            size_s, _, inodes_s = a[2].partition(":")
+            size, inodes = int(size_s), int(inodes_s or 0)
         a = [a[0], *a[3:]]
     if len(a) < 7 or a[5] != "--":
         sys.stderr.write("usage: overlay_exec.py LOWER UPPER WORK MERGED -- COMMAND...\n")
@@ -121,6 +128,16 @@ def main() -> None:
         _idmapped_bind(libc, lower, merged + ".lower", userns)
         os.close(userns)
         lower = merged + ".lower"
+    if size:
+        layer = os.path.dirname(upper)
+        topts = f"size={size},mode=0755" + (f",nr_inodes={inodes}" if inodes else "")
+        if libc.mount(b"tmpfs", layer.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, topts.encode()):
+            _die("mount layer tmpfs")
+        os.mkdir(upper, 0o755)
+        os.mkdir(work, 0o700)
+        if idmap:
+            os.chown(layer, idmap, idmap)
+            os.chown(upper, idmap, idmap)
     opts = f"lowerdir={lower},upperdir={upper},workdir={work}" + (",userxattr" if rootless else "")
     want_fuse = os.environ.get("CORRAL_OVERLAY") == "fuse"
     if want_fuse or libc.mount(b"overlay", merged.encode(), b"overlay", MS_NOSUID | MS_NODEV,

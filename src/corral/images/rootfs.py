@@ -1,6 +1,9 @@
 """One sandbox's root on an image: the shared image below, the sandbox's own writable layer above.
 
-    <state>/upper, <state>/work   the overlay's writable layer (what the sandbox changed)
+    <state>/layer/upper, work     the overlay's writable layer (what the sandbox changed): a tmpfs
+                                  of `limits.disk` bytes and `limits.inodes` files (a hard quota,
+                                  mounted by the helper in the sandbox's namespace), or a plain
+                                  directory where the policy sets no disk limit or `keep=True`
     <state>/root                  the mount point (mounted only inside the sandbox's namespace)
     <state>/protected/<n>         host directories bound read-only over protected paths
 
@@ -85,14 +88,19 @@ class SandboxRoot:
     hold_fd: int | None = None
     protected: list[tuple[Path, str]] = field(default_factory=list)
     spec: ImageRoot | None = None
+    quota: tuple[int, int] | None = None  # (bytes, inodes) of the tmpfs layer, when it is one
+
+    @property
+    def layer(self) -> Path:
+        return self.state / "layer"
 
     @property
     def upper(self) -> Path:
-        return self.state / "upper"
+        return self.layer / "upper"
 
     @property
     def work(self) -> Path:
-        return self.state / "work"
+        return self.layer / "work"
 
     @property
     def merged(self) -> Path:
@@ -115,7 +123,13 @@ class SandboxRoot:
         if not any(os.path.lexists(rootfs / p) for p in ("bin/bash", "usr/bin/bash")):
             raise ImageError(self.label, "the image has no /bin/bash (corral's shell runs bash)",
                              "unusable")  # fmt: skip
-        for d in (self.upper, self.work, self.merged):
+        lim = policy.limits
+        if lim.disk and not self.keep:  # a kept layer must outlive the namespace: on disk
+            self.quota = (lim.disk, lim.inodes or 0)
+            dirs = [self.layer, self.merged]
+        else:
+            dirs = [self.upper, self.work, self.merged]
+        for d in dirs:
             d.mkdir(parents=True, exist_ok=True)
         cfg = self.image.config
         workdir = image_workdir(policy, cfg)
@@ -154,6 +168,8 @@ class SandboxRoot:
         that mounts the overlay first; `idmap`: the sandbox's host id (root supervisor), which
         the image's root-owned files are shown as."""
         head = [*helper_command(), *(["--idmap", str(idmap)] if idmap is not None else [])]
+        if self.quota is not None:
+            head += ["--layer-size", f"{self.quota[0]}:{self.quota[1]}"]
         return [*head, str(self.image.rootfs), str(self.upper), str(self.work),
                 str(self.merged), "--", *argv]  # fmt: skip
 
@@ -162,7 +178,7 @@ class SandboxRoot:
         writes is its own; the image below is shown as its own through the idmapped mount), and
         the mount point must be reachable by it (bwrap binds it as that id)."""
         (self.state / "root.lower").mkdir(exist_ok=True)
-        for d in (self.upper, self.merged):
+        for d in (self.layer, self.merged):  # (a tmpfs layer: the helper gives it away)
             for root, dirs, files in os.walk(d):
                 for name in [root, *(os.path.join(root, n) for n in dirs + files)]:
                     os.lchown(name, uid, gid)
@@ -175,11 +191,26 @@ class SandboxRoot:
                 return host, p
         return None
 
-    def layer_bytes(self) -> int:
-        """Disk the sandbox's writable layer takes (its upper directory)."""
-        from corral.images.store import _du
-
-        return _du(self.upper) if self.upper.exists() else 0
+    def usage(self, outer_pid: int | None) -> tuple[int, int] | None:
+        """(bytes, inodes) the sandbox's writable layer holds: the tmpfs's own count, read through
+        the helper's (now bwrap's) mount namespace while it runs; a plain layer is walked."""
+        if self.quota is not None:
+            if not outer_pid:
+                return None
+            try:
+                st = os.statvfs(f"/proc/{outer_pid}/root{self.layer}")
+            except OSError:
+                return None
+            return (st.f_blocks - st.f_bfree) * st.f_frsize, st.f_files - st.f_ffree
+        if not self.upper.exists():
+            return 0, 0
+        total = files = 0
+        for root, dirs, names in os.walk(self.upper):
+            for name in dirs + names:
+                with contextlib.suppress(OSError):
+                    total += os.lstat(os.path.join(root, name)).st_blocks * 512
+                    files += 1
+        return total, files
 
     def release(self) -> None:
         if self.hold_fd is not None:

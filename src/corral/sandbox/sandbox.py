@@ -796,6 +796,8 @@ class Sandbox:
                       message=f"CPU time limit of {self.policy.limits.cpu_time:g}s reached")  # fmt: skip
         if not harness:
             self._scan_denied_writes(stderr, step)
+        if self._root is not None:
+            self._check_layer(step, argv, stderr)
         if self.terminated:
             killed = True
             exit_code = KILLED_EXIT
@@ -942,6 +944,27 @@ class Sandbox:
                           "response": self._resource_response()},
             )  # fmt: skip
         return now.oom_kills > prev.oom_kills or now.pids_max_hits > prev.pids_max_hits
+
+    def _check_layer(self, step: int | None, argv: list[str], stderr: str) -> None:
+        """An image root's writable layer at its quota (limits.disk / limits.inodes, a sized
+        tmpfs: the kernel already refused the write): a `source=resource` event."""
+        quota = self._root.quota if self._root is not None else None
+        if quota is None or self._proc is None:
+            return
+        usage = self._root.usage(self._proc.pid)
+        if usage is None:
+            return
+        used, files = usage
+        full = used >= quota[0] - 65536 or (quota[1] and files >= quota[1] - 1)
+        if not full and "No space left on device" not in stderr:
+            return
+        what = "inodes" if quota[1] and files >= quota[1] - 1 else "disk"
+        self.emit(source="resource", rule="resource.disk_limit", category="resource",
+                  severity="medium", action="blocked", step=step, argv=argv,
+                  message=f"the sandbox's writable layer is full ({what}: {used} bytes, {files} "
+                  f"files of {quota[0]} bytes, {quota[1] or 'unlimited'} files)",
+                  evidence={"layer_bytes": used, "layer_inodes": files, "limit_bytes": quota[0],
+                            "limit_inodes": quota[1]})  # fmt: skip
 
     def _scan_denied_writes(self, stderr: str, step: int | None) -> None:
         if "Read-only file system" not in stderr:
@@ -1118,6 +1141,11 @@ class Sandbox:
         already = self.closed_reason is not None and self._proc is None and self.workspace is None
         if already:
             return
+        usage = None
+        if self._root is not None:  # (a tmpfs layer is only readable while the sandbox runs)
+            usage = await asyncio.to_thread(
+                self._root.usage, self._proc.pid if self._proc else None
+            )
         await self._teardown()
         if self.cgroup is not None:
             self._check_counters(self.step or None)
@@ -1125,7 +1153,9 @@ class Sandbox:
             self.cgroup = None
         layer: dict[str, Any] = {}
         if self._root is not None:
-            layer["layer_bytes"] = await asyncio.to_thread(self._root.layer_bytes)
+            if usage is None and self._root.quota is None:
+                usage = await asyncio.to_thread(self._root.usage, None)
+            layer["layer_bytes"], layer["layer_inodes"] = usage or (None, None)
             self.kept_layer = await asyncio.to_thread(self._root.discard)
             layer["kept_layer"] = str(self.kept_layer) if self.kept_layer else None
             self._root = None
