@@ -97,10 +97,19 @@ async def _disk(progress: Progress, home: Path) -> dict[str, Any]:
             await sb.start()
             sbs.append(sb)
             progress.advance(task)
-        idle = [_du(sb.workspace) for sb in sbs if sb.workspace]
+
+        def cost() -> list[int]:
+            # on disk (state dir: protected copies, mount points) + the layer (a tmpfs, in memory)
+            out = []
+            for sb in sbs:
+                layer = sb._root.usage(sb._proc.pid) if sb._root and sb._proc else None
+                out.append(_du(sb.workspace) + (layer[0] if layer else 0))
+            return out
+
+        idle = cost()
         for sb in sbs:  # a typical small edit: one source file of the repo changed
             await sb.exec("echo '# edited' >> /testbed/calc.py")
-        edited = [_du(sb.workspace) for sb in sbs if sb.workspace]
+        edited = cost()
     finally:
         for sb in sbs:
             await sb.close()
@@ -108,6 +117,7 @@ async def _disk(progress: Progress, home: Path) -> dict[str, Any]:
     return {
         "sandboxes": len(sbs),
         "image_bytes_shared": img.size if img else None,
+        "layer": "tmpfs (limits.disk)" if pol.limits.disk else "directory",
         "per_sandbox_idle_bytes": int(sum(idle) / len(idle)),
         "per_sandbox_after_edit_bytes": int(sum(edited) / len(edited)),
     }

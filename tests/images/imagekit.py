@@ -117,7 +117,7 @@ def build_rootfs(root: Path, site_packages: Path) -> None:
             shutil.copy2(src, dist / name)
     (root / "etc/passwd").write_text(
         "root:x:0:0:root:/root:/bin/bash\nnobody:x:65534:65534:nobody:/nonexistent:/bin/sh\n"
-        "agent:x:1000:1000:agent:/home/agent:/bin/bash\n"
+        "agent:x:1000:1000:agent:/testbed:/bin/bash\n"
     )
     (root / "etc/group").write_text("root:x:0:\nnogroup:x:65534:\nagent:x:1000:\n")
     (root / "etc/hostname").write_text("task\n")
@@ -133,7 +133,8 @@ def _layer_tar(rootfs: Path, out: Path) -> None:
                    check=True)  # fmt: skip
 
 
-def _oci_layout(layer: Path, layout: Path, arch: str = "amd64", workdir: str = "/testbed") -> None:
+def _oci_layout(layer: Path, layout: Path, arch: str = "amd64", workdir: str = "/testbed",
+                user: str = "") -> None:  # fmt: skip
     umoci = shutil.which("umoci")
     assert umoci, "umoci is needed to build the test images (make install)"
     img = f"{layout}:latest"
@@ -146,6 +147,8 @@ def _oci_layout(layer: Path, layout: Path, arch: str = "amd64", workdir: str = "
            "2024-01-01T00:00:00Z"]  # fmt: skip
     for e in ENV:
         cfg += ["--config.env", e]
+    if user:
+        cfg += ["--config.user", user]
     subprocess.run(cfg, check=True)
     subprocess.run([umoci, "gc", "--layout", str(layout)], check=True)
 
@@ -153,10 +156,11 @@ def _oci_layout(layer: Path, layout: Path, arch: str = "amd64", workdir: str = "
 def swe_image() -> dict[str, Path]:
     """Paths of the SWE-shaped test image in each form: oci (layout dir), docker (docker save
     archive), rootfs (tar), arm64 (an OCI layout claiming another architecture), rome (the same
-    files working in /workspace, where the ROME demo's acts expect their workspace)."""
+    files working in /workspace, where the ROME demo's acts expect their workspace), user (the
+    same, run as its user `agent`)."""
     base = cache_dir() / _key()
     forms = {"oci": base / "oci", "docker": base / "docker.tar", "rootfs": base / "rootfs.tar",
-             "arm64": base / "arm64", "rome": base / "rome"}  # fmt: skip
+             "arm64": base / "arm64", "rome": base / "rome", "user": base / "user"}  # fmt: skip
     if all(p.exists() for p in forms.values()):
         return forms
     top = base.parent.parent
@@ -184,6 +188,7 @@ def swe_image() -> dict[str, Path]:
                            check=True)  # fmt: skip
             _oci_layout(work / "rootfs.tar", work / "arm64", arch="arm64")
             _oci_layout(work / "rootfs.tar", work / "rome", workdir="/workspace")
+            _oci_layout(work / "rootfs.tar", work / "user", user="agent")
             with contextlib.suppress(FileNotFoundError):
                 shutil.rmtree(base)
             os.rename(work, base)
