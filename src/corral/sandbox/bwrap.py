@@ -68,7 +68,7 @@ def _bind(spec: BwrapSpec, opt: str, src: str, dest: str) -> list[str]:
 def _staged(spec: BwrapSpec, src: str) -> str | None:
     for root, stage in spec.staged.items():
         if src == root or src.startswith(root.rstrip("/") + "/"):
-            return stage + src[len(root):]
+            return stage + src[len(root) :]
     return None
 
 

@@ -42,7 +42,14 @@ from corral.sandbox.limits import (
 from corral.sandbox.probe import Capabilities, probe
 from corral.sandbox.procs import children_of
 from corral.sandbox.session import ShellSession, open_session
-from corral.sandbox.shell import Capture, OutputCallback, ShellChannel, bootstrap, frame
+from corral.sandbox.shell import (
+    Capture,
+    OutputCallback,
+    ShellChannel,
+    bootstrap,
+    frame,
+    new_key,
+)
 from corral.sandbox.workspace import check_workspace
 from corral.store.paths import corral_home
 from corral.store.sqlite import EventStore
@@ -159,6 +166,8 @@ class Sandbox:
         self._owners: identity.Owners = {}
         self._placeholders: list[Path] = []
         self._stages: dict[str, str] = {}
+        self._harness: Sandbox | None = None
+        self._borrowed_identity = False
         if sink is None:
             if store is True:
                 store = EventStore.shared()
@@ -337,6 +346,8 @@ class Sandbox:
         self._make_protected_placeholders()
         if caps.root and self.identity is None:
             await self._take_identity()
+        elif self._borrowed_identity:
+            pass  # a harness sandbox runs as its agent sandbox's id over the same workspace
         rlimits = self._setup_limits(caps)
         await self._spawn(caps, rlimits)
         self._started_at = time.monotonic()
@@ -662,7 +673,7 @@ class Sandbox:
         assert self._chan is not None
         chan = self._chan
         self._next_id += 1
-        key = str(self._next_id)
+        key = new_key(f"{self._next_id}-")
         cap = Capture(on_output=on_output)
         chan.capture = cap
         done = chan.expect(key)
@@ -670,7 +681,7 @@ class Sandbox:
         spared = self._running_before()
         timed_out = killed = False
         try:
-            chan.send(frame(self._next_id, command, self._ctl_fd_inside))
+            chan.send(frame(key, command, self._ctl_fd_inside))
             exit_code = await asyncio.wait_for(asyncio.shield(done), limit)
         except TimeoutError:
             timed_out = True
@@ -712,7 +723,9 @@ class Sandbox:
             self.emit(source="resource", rule="resource.cpu_time", category="resource",
                       severity="low", action="killed", step=step, argv=argv,
                       message=f"CPU time limit of {self.policy.limits.cpu_time:g}s reached")  # fmt: skip
-        self._scan_denied_writes(stderr, step)
+        if not self._borrowed_identity:  # a harness's own denied writes are not the agent's
+            self._scan_denied_writes(stderr, step)
+        self._check_forged(step)
         if self.terminated:
             killed = True
             exit_code = KILLED_EXIT
@@ -860,6 +873,19 @@ class Sandbox:
             )  # fmt: skip
         return now.oom_kills > prev.oom_kills or now.pids_max_hits > prev.pids_max_hits
 
+    def _check_forged(self, step: int | None) -> None:
+        """Reports on the control pipe that no command was waiting for: the agent writing to the
+        framing's channel (through /proc/<shell>/fd) to fake an exit status."""
+        chans = [self._chan, *(s._chan for s in self.sessions.values())]
+        for chan in chans:
+            if chan is None or not chan.forged:
+                continue
+            lines, chan.forged = chan.forged, []
+            self.emit(source="sandbox", rule="sandbox.report_forged", category="reward_tampering",
+                      severity="high", action="blocked", step=step, attack="T1565",
+                      message="a command's exit report was forged on the shell's control channel",
+                      evidence={"lines": lines[:5]})  # fmt: skip
+
     def _scan_denied_writes(self, stderr: str, step: int | None) -> None:
         if "Read-only file system" not in stderr:
             return
@@ -899,6 +925,55 @@ class Sandbox:
         except OSError:
             return None
         return os.path.normpath(f"{cwd}/{rel}")
+
+    # ---------------------------------------------------------------- harness
+    async def harness_exec(self, command: str, timeout: float | None = None,
+                           step: int | None = None) -> ExecResult:  # fmt: skip
+        """Run the harness's own command (a grader, a test run, a set-up step): never in the agent's
+        shell, never gated, never charged to the agent.
+
+        It runs in a harness sandbox of its own over the same workspace — same policy, limits,
+        seccomp list, host id and protected paths, but its own pid namespace and shell — so nothing
+        the agent defined (functions, aliases, a `bash` of its own, a stub on PATH in its shell)
+        and none of its processes can reach it: they cannot see, signal, trace or write to it. The
+        agent's processes are frozen while the command runs, so none can race it either.
+        """
+        if self.closed_reason:
+            raise SandboxClosed(self.closed_reason)
+        harness = await self._harness_sandbox()
+        frozen = await asyncio.to_thread(self._freeze_agent, True)
+        try:
+            result = await harness.exec(command, step=step, timeout=timeout)
+        finally:
+            if frozen:
+                await asyncio.to_thread(self._freeze_agent, False)
+        return result  # its events are in the store under `<id>-harness`, not the agent's
+
+    async def _harness_sandbox(self) -> Sandbox:
+        if self._harness is not None and self._harness.closed_reason is None:
+            return self._harness
+        assert self.workspace is not None
+        policy = self.policy.model_copy(deep=True)
+        policy.gate.enabled = False
+        env = {**self.extra_env, "PYTHONDONTWRITEBYTECODE": "1"}
+        harness = Sandbox(policy, workspace=self.workspace, episode_id=self.episode_id,
+                          sandbox_id=f"{self.id}-harness", sink=self.sink, extra_env=env,
+                          egress=False)  # fmt: skip
+        harness.identity = self.identity
+        harness._borrowed_identity = True
+        await harness.start()
+        self._harness = harness
+        return harness
+
+    def _freeze_agent(self, freeze: bool) -> bool:
+        """Stop (or let go on) every agent process: the cgroup freezer, else SIGSTOP/SIGCONT."""
+        if self.cgroup is not None and self.cgroup.freeze(freeze):
+            return True
+        sig = signal.SIGSTOP if freeze else signal.SIGCONT
+        for pid in self.host_pids():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+        return True
 
     # ---------------------------------------------------------------- files
     def _require_workspace(self) -> Path:
@@ -963,6 +1038,9 @@ class Sandbox:
         already = self.closed_reason is not None and self._proc is None and self.workspace is None
         if already:
             return
+        if self._harness is not None:
+            await self._harness.close()
+            self._harness = None
         await self._teardown()
         if self.cgroup is not None:
             self._check_counters(self.step or None)
@@ -978,7 +1056,9 @@ class Sandbox:
         )
         if self._stages:
             await asyncio.to_thread(self._unstage)
-        if self._own_workspace and self.workspace is not None:
+        if self._borrowed_identity:
+            self.identity = None  # the agent sandbox's, given back by it
+        elif self._own_workspace and self.workspace is not None:
             await asyncio.to_thread(shutil.rmtree, self.workspace, True)
         else:
             await asyncio.to_thread(self._drop_placeholders)

@@ -49,9 +49,7 @@ def _seccomp():  # noqa: ANN202 - the libseccomp module
     try:
         import seccomp
     except ImportError as err:
-        raise SeccompUnavailable(
-            f"python3-seccomp (libseccomp) is not importable: {err}"
-        ) from None
+        raise SeccompUnavailable(f"python3-seccomp (libseccomp) is not importable: {err}") from None
     return seccomp
 
 

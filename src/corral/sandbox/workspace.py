@@ -48,8 +48,10 @@ def check_workspace(path: Path, supervisor_paths: list[str]) -> Path:
         raise SandboxRefused(f"workspace {real} is a home directory (keys, shell history)", fix)
     for sup in supervisor_paths:
         sup_real = os.path.realpath(sup)
-        if _inside(sup_real, real) or _inside(real, sup_real) and not _inside(
-            real, os.path.join(sup_real, "sandboxes")
+        if (
+            _inside(sup_real, real)
+            or _inside(real, sup_real)
+            and not _inside(real, os.path.join(sup_real, "sandboxes"))
         ):
             raise SandboxRefused(
                 f"workspace {real} holds or lies in corral's own state ({sup_real})",
