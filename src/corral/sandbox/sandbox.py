@@ -416,17 +416,19 @@ class Sandbox:
         )
 
     def _give_back_workspace(self) -> None:
-        if self.identity is None:
-            return
+        """Files back to their owners, and no setuid/setgid file outlives the sandbox (whoever
+        the supervisor is: a setuid copy of a shell would make any host user the file's owner)."""
         if self.workspace is not None and self.workspace.exists():
-            cleared = identity.take_back(self.workspace, self._owners, self.identity.uid)
+            uid = self.identity.uid if self.identity else None
+            cleared = identity.take_back(self.workspace, self._owners, uid)
             if cleared:
                 self.emit(source="file", rule="file.setuid_cleared", category="escape",
                           severity="high", action="blocked", step=self.step or None,
                           message=f"{cleared} setuid/setgid file(s) left in the workspace were "
                           "made ordinary before it was handed back")  # fmt: skip
-        self.identity.release()
-        self.identity = None
+        if self.identity is not None:
+            self.identity.release()
+            self.identity = None
 
     def _stage_sources(self) -> dict[str, str]:
         """Directories the sandbox's host id could not reach, bound where it can (stage.py)."""
@@ -503,6 +505,9 @@ class Sandbox:
                 stderr=err_w,
                 pass_fds=(ctl_w, info_w, block_r, spec.seccomp_fd, *spec.fds, *extra_fds),
                 close_fds=True,
+                # bwrap stays in the sandbox as its pid 1, /proc/1/environ readable by the agent:
+                # it must not carry the supervisor's environment (keys, tokens)
+                env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"},
             )
         except OSError as err:
             for fd in (*child_ends, in_w, out_r, err_r, ctl_r, info_r, block_w):
@@ -520,6 +525,7 @@ class Sandbox:
             os.close(fd)
         self._ctl_fd_inside = ctl_w
         self._chan = ShellChannel(loop, in_w, out_r, err_r, ctl_r)
+        self._chan.on_forged = self._forged
         cap = Capture()
         self._chan.capture = cap
         try:
@@ -725,7 +731,6 @@ class Sandbox:
                       message=f"CPU time limit of {self.policy.limits.cpu_time:g}s reached")  # fmt: skip
         if not self._borrowed_identity:  # a harness's own denied writes are not the agent's
             self._scan_denied_writes(stderr, step)
-        self._check_forged(step)
         if self.terminated:
             killed = True
             exit_code = KILLED_EXIT
@@ -873,18 +878,13 @@ class Sandbox:
             )  # fmt: skip
         return now.oom_kills > prev.oom_kills or now.pids_max_hits > prev.pids_max_hits
 
-    def _check_forged(self, step: int | None) -> None:
-        """Reports on the control pipe that no command was waiting for: the agent writing to the
+    def _forged(self, line: str) -> None:
+        """A report on a control pipe that no command was waiting for: the agent writing to the
         framing's channel (through /proc/<shell>/fd) to fake an exit status."""
-        chans = [self._chan, *(s._chan for s in self.sessions.values())]
-        for chan in chans:
-            if chan is None or not chan.forged:
-                continue
-            lines, chan.forged = chan.forged, []
-            self.emit(source="sandbox", rule="sandbox.report_forged", category="reward_tampering",
-                      severity="high", action="blocked", step=step, attack="T1565",
-                      message="a command's exit report was forged on the shell's control channel",
-                      evidence={"lines": lines[:5]})  # fmt: skip
+        self.emit(source="sandbox", rule="sandbox.report_forged", category="reward_tampering",
+                  severity="high", action="blocked", step=self.step or None, attack="T1565",
+                  message="a command's exit report was forged on the shell's control channel",
+                  evidence={"line": line})  # fmt: skip
 
     def _scan_denied_writes(self, stderr: str, step: int | None) -> None:
         if "Read-only file system" not in stderr:

@@ -245,6 +245,7 @@ async def open_session(sb: Sandbox, name: str) -> ShellSession:
                 name, f"could not be started: the main shell kept its pipes ({left})"
             )
         chan = ShellChannel(asyncio.get_running_loop(), *ends)
+        chan.on_forged = sb._forged
         exit_status = chan.expect("exit")
         ready = chan.expect("ready")
         for fut in (exit_status, ready):  # an EOF nobody awaits is no error

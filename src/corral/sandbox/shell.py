@@ -91,7 +91,7 @@ class ShellChannel:
         self.capture: Capture | None = None
         self._ctl_buf = b""
         self._waiters: dict[str, asyncio.Future[int]] = {}
-        self.forged: list[str] = []  # reports for keys nobody was waiting for
+        self.on_forged: Callable[[str], None] | None = None  # a report nobody was waiting for
         self.eof = False
         self.eof_event = asyncio.Event()
         loop.add_reader(stdout, self._on_stream, stdout, "stdout")
@@ -147,10 +147,14 @@ class ShellChannel:
                 try:
                     fut.set_result(int(rc or 0))
                 except ValueError:
-                    self.forged.append(line[:200].decode(errors="replace"))
+                    self._forged(line)
                     fut.set_exception(EOFError("the shell's report was not a number"))
             elif key not in ("ready", "exit"):
-                self.forged.append(line[:200].decode(errors="replace"))
+                self._forged(line)
+
+    def _forged(self, line: bytes) -> None:
+        if self.on_forged is not None:
+            self.on_forged(line[:200].decode(errors="replace"))
 
     def expect(self, key: str) -> asyncio.Future[int]:
         fut: asyncio.Future[int] = self.loop.create_future()
