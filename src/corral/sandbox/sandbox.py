@@ -56,6 +56,7 @@ from corral.store.sqlite import EventStore
 
 TIMEOUT_EXIT = 124
 KILLED_EXIT = 137
+CTL_FD_LOW = 9  # below bash's own saved-fd range (10+) and any open-files limit (>= 16)
 _RO_RE = re.compile(
     r"(?:['‘\"](/?[^\s'’\":]+)['’\"]: Read-only file system)"
     r"|(?:(?:^|\s)(/?[^\s'’\":]+): Read-only file system)"
@@ -523,7 +524,10 @@ class Sandbox:
                     os.close(fd)
         for fd in child_ends:
             os.close(fd)
-        self._ctl_fd_inside = ctl_w
+        # A busy supervisor hands over fd numbers past the sandbox's open-files limit, where bash
+        # could not put back the control fd it closes around each command ("Bad file
+        # descriptor" on every command): the shell moves it to a low number first.
+        self._ctl_fd_inside = ctl_w if ctl_w < CTL_FD_LOW else CTL_FD_LOW
         self._chan = ShellChannel(loop, in_w, out_r, err_r, ctl_r)
         self._chan.on_forged = self._forged
         cap = Capture()
@@ -535,7 +539,7 @@ class Sandbox:
             os.write(block_w, b"1")
             if self.egress is not None:
                 await self.egress.started(self, self._proc.pid)
-            self._chan.send(bootstrap(self._ctl_fd_inside))
+            self._chan.send(bootstrap(self._ctl_fd_inside, moved_from=ctl_w))
             await asyncio.wait_for(ready, 10)
         except SandboxRefused:
             self._chan.drain()

@@ -30,7 +30,7 @@ _UNSHADOW = ("\\unset -f builtin command printf read eval enable 2>/dev/null;"
              " \\enable builtin command printf read eval 2>/dev/null; ")  # fmt: skip
 
 
-def bootstrap(ctl_fd: int) -> bytes:
+def bootstrap(ctl_fd: int, moved_from: int | None = None) -> bytes:
     """The framing functions, read-only: the agent cannot redefine or unset them.
 
     LIMITATION: an agent that controls its own shell can still, with effort (shadowing `unset`
@@ -39,7 +39,9 @@ def bootstrap(ctl_fd: int) -> bytes:
     without seeing the key is recorded as tampering, and nothing that grades an episode ever runs
     in this shell (`Sandbox.harness_exec`).
     """
-    return (
+    move = f"exec {ctl_fd}>&{moved_from} {moved_from}>&-\n" if moved_from not in (
+        None, ctl_fd) else ""  # fmt: skip
+    return move.encode() + (
         f"__corral_read() {{ {_UNSHADOW}builtin read -r -d '' __corral_cmd; }}\n"
         '__corral_exec() { builtin eval "$__corral_cmd"; }\n'
         f'__corral_done() {{ {_UNSHADOW}builtin printf \'%s %d\\n\' "$1" "$2" >&{ctl_fd}; }}\n'
