@@ -41,15 +41,18 @@ def bootstrap(ctl_fd: int, moved_from: int | None = None) -> bytes:
     """
     move = f"exec {ctl_fd}>&{moved_from} {moved_from}>&-\n" if moved_from not in (
         None, ctl_fd) else ""  # fmt: skip
-    return move.encode() + (
-        f"__corral_read() {{ {_UNSHADOW}builtin read -r -d '' __corral_cmd; }}\n"
-        '__corral_exec() { builtin eval "$__corral_cmd"; }\n'
-        f'__corral_done() {{ {_UNSHADOW}builtin printf \'%s %d\\n\' "$1" "$2" >&{ctl_fd}; }}\n'
-        "builtin readonly -f __corral_read __corral_exec __corral_done\n"
-        "unset HISTFILE\n"
-        f"builtin trap 'builtin return {INTERRUPTED_EXIT} 2>/dev/null' USR1\n"
-        f"builtin printf 'ready 0\\n' >&{ctl_fd}\n"
-    ).encode()
+    return (
+        move.encode()
+        + (
+            f"__corral_read() {{ {_UNSHADOW}builtin read -r -d '' __corral_cmd; }}\n"
+            '__corral_exec() { builtin eval "$__corral_cmd"; }\n'
+            f'__corral_done() {{ {_UNSHADOW}builtin printf \'%s %d\\n\' "$1" "$2" >&{ctl_fd}; }}\n'
+            "builtin readonly -f __corral_read __corral_exec __corral_done\n"
+            "unset HISTFILE\n"
+            f"builtin trap 'builtin return {INTERRUPTED_EXIT} 2>/dev/null' USR1\n"
+            f"builtin printf 'ready 0\\n' >&{ctl_fd}\n"
+        ).encode()
+    )
 
 
 def new_key(prefix: str = "") -> str:
