@@ -52,7 +52,10 @@ async def _reward(sb: Sandbox) -> float:
 
 
 async def test_swe_task_agent_fixes_harness_grades(image_home: Path) -> None:
-    async with Sandbox(_policy(), image="swe") as sb:
+    sb = Sandbox(_policy(), image="swe")
+    recorded: list = []  # everything the sink records, the harness sandbox's events included
+    sb.sink.listeners.append(recorded.append)
+    async with sb:
         r = await sb.exec("pwd; echo $TASK; python3 -c 'import pytest'")
         assert r.exit_code == 0, r.stderr
         assert r.stdout.splitlines() == ["/testbed", "swe-tiny"]
@@ -77,9 +80,13 @@ async def test_swe_task_agent_fixes_harness_grades(image_home: Path) -> None:
         assert sb.step == steps_before + 2
         assert await _reward(sb) == 1.0
         assert sb.step == steps_before + 2  # the harness's commands are not the agent's steps
+        r = await sb.harness_exec(GRADE)  # the one-shot form: the same root, the agent's fix
+        assert r.exit_code == 0, r.stdout + r.stderr
         harness = [e for e in sb.events if (e.evidence or {}).get("harness")]
-        assert {e.rule for e in harness} >= {"file.harness_write", "sandbox.command_started"}
-        assert RewardShaper(sb.policy).penalty(harness) == 0.0
+        assert {e.rule for e in harness} >= {"file.harness_write"}
+        in_harness = [e for e in recorded if e.sandbox_id == f"{sb.id}-harness"]
+        assert any(e.rule == "sandbox.command_started" for e in in_harness)
+        assert RewardShaper(sb.policy).penalty([*harness, *in_harness]) == 0.0
         assert all(e.step is None for e in harness)
         state = sb.workspace
     assert state is not None and not state.exists()

@@ -1,7 +1,8 @@
 /* corral-overlay-exec: mount a sandbox's writable image root, then exec bubblewrap on it.
  *
- *   corral-overlay-exec [--idmap UID] [--layer-size BYTES:INODES] LOWER UPPER WORK MERGED --
+ *   corral-overlay-exec [--idmap UID] [--layer-size BYTES:INODES] [--fuse] LOWER UPPER WORK MERGED --
  *       bwrap ARGS...
+ *   corral-overlay-exec --join PID LOWER UPPER WORK MERGED -- bwrap ARGS...
  *
  * Why a helper: bubblewrap 0.8 (Debian 12) has no overlay support, and the mount must live in a
  * mount namespace of its own so that it vanishes with the sandbox (no mount is ever left on the
@@ -16,10 +17,14 @@
  * directory of UPPER and WORK (both made in it): a hard quota on what the sandbox may add to its
  * root (ENOSPC inside), gone with the namespace like the overlay.
  *
- * Where the kernel refuses an unprivileged overlay (older kernels, some distributions), or with
- * CORRAL_OVERLAY=fuse, an ordinary user's overlay is fuse-overlayfs instead: run in the foreground
- * as a child that dies with this process (PR_SET_PDEATHSIG survives our exec into bwrap), so it
- * ends with the sandbox like the kernel mount does.
+ * --join PID: mount nothing; enter the mount namespace (and, as an ordinary user, the user
+ * namespace) of PID, an earlier helper's bwrap, where MERGED is already mounted: the harness's own
+ * sandbox then runs on the very root the agent changes (Sandbox.harness_exec).
+ *
+ * Where the kernel refuses an unprivileged overlay (older kernels, some distributions), an
+ * ordinary user's overlay is fuse-overlayfs instead (--fuse asks for it outright, root included):
+ * run in the foreground as a child that dies with this process (PR_SET_PDEATHSIG survives our
+ * exec into bwrap), so it ends with the sandbox like the kernel mount does.
  *
  * --idmap UID (root only): the sandbox runs as the unprivileged host id UID (the supervisor's
  * setpriv), so the image's root-owned files must look like UID's or the agent could not change
@@ -145,14 +150,27 @@ static int fuse_overlay(const char *opts, const char *merged) {
 }
 
 int main(int argc, char **argv) {
-    long idmap = -1;
+    long idmap = -1, join = -1;
+    int want_fuse = 0;
     unsigned long long layer_size = 0, layer_inodes = 0;
     while (argc > 2 && strncmp(argv[1], "--", 2) == 0 && strcmp(argv[1], "--") != 0) {
         char *end;
+        if (strcmp(argv[1], "--fuse") == 0) {
+            want_fuse = 1;
+            argv += 1;
+            argc -= 1;
+            continue;
+        }
         if (strcmp(argv[1], "--idmap") == 0) {
             idmap = strtol(argv[2], &end, 10);
             if (*end || idmap <= 0) {
                 fprintf(stderr, "corral-overlay-exec: --idmap needs a host uid\n");
+                return 125;
+            }
+        } else if (strcmp(argv[1], "--join") == 0) {
+            join = strtol(argv[2], &end, 10);
+            if (*end || join <= 0) {
+                fprintf(stderr, "corral-overlay-exec: --join needs a pid\n");
                 return 125;
             }
         } else if (strcmp(argv[1], "--layer-size") == 0) {
@@ -175,6 +193,23 @@ int main(int argc, char **argv) {
         return 125;
     }
     const char *lower = argv[1], *upper = argv[2], *work = argv[3], *merged = argv[4];
+    if (join > 0) {
+        char path[64];
+        int userns = -1, mntns;
+        if (geteuid() != 0) {
+            snprintf(path, sizeof path, "/proc/%ld/ns/user", join);
+            if ((userns = open(path, O_RDONLY | O_CLOEXEC)) < 0) die("open the sandbox's userns");
+        }
+        snprintf(path, sizeof path, "/proc/%ld/ns/mnt", join);
+        if ((mntns = open(path, O_RDONLY | O_CLOEXEC)) < 0) die("open the sandbox's mount ns");
+        if (userns >= 0 && setns(userns, CLONE_NEWUSER) != 0) die("join the sandbox's userns");
+        if (setns(mntns, CLONE_NEWNS) != 0) die("join the sandbox's mount ns");
+        if (chdir("/") != 0) die("chdir");
+        struct stat st;
+        if (stat(merged, &st) != 0) die("the sandbox's root");
+        execvp(argv[6], &argv[6]);
+        die("exec");
+    }
     uid_t uid = getuid();
     gid_t gid = getgid();
     int rootless = geteuid() != 0;
@@ -221,8 +256,6 @@ int main(int argc, char **argv) {
     if (!opts) die("malloc");
     snprintf(opts, len, "lowerdir=%s,upperdir=%s,workdir=%s%s", lower, upper, work,
              rootless ? ",userxattr" : "");
-    const char *mode = getenv("CORRAL_OVERLAY");
-    int want_fuse = mode && strcmp(mode, "fuse") == 0;
     if (want_fuse || mount("overlay", merged, "overlay", MS_NOSUID | MS_NODEV, opts) != 0) {
         int saved = want_fuse ? 0 : errno;
         if (!want_fuse && (!rootless || (saved != EPERM && saved != EINVAL && saved != ENODEV)))

@@ -2,6 +2,7 @@
 
     python3 -I -S overlay_exec.py [--idmap UID] [--layer-size BYTES[:INODES]] LOWER UPPER WORK
         MERGED -- COMMAND...
+    python3 -I -S overlay_exec.py --join PID LOWER UPPER WORK MERGED -- COMMAND...
 
 Same steps: a private mount namespace (in an identity-mapped user namespace when not root), the
 image mounted idmapped to UID first when asked (root only), the layer on a sized tmpfs when
@@ -94,10 +95,17 @@ def _fuse_overlay(libc, opts: str, merged: str) -> bool:  # type: ignore[no-unty
 def main() -> None:
     a = sys.argv
     idmap = 0
-    size = inodes = 0
-    while len(a) > 2 and a[1] in ("--idmap", "--layer-size"):
+    size = inodes = join = 0
+    want_fuse = False
+    while len(a) > 2 and a[1] in ("--idmap", "--layer-size", "--join", "--fuse"):
+        if a[1] == "--fuse":
+            want_fuse = True
+            a = [a[0], *a[2:]]
+            continue
         if a[1] == "--idmap":
             idmap = int(a[2])
+        elif a[1] == "--join":
+            join = int(a[2])
         else:
             size_s, _, inodes_s = a[2].partition(":")
             size, inodes = int(size_s), int(inodes_s or 0)
@@ -107,6 +115,17 @@ def main() -> None:
         os._exit(125)
     lower, upper, work, merged = a[1:5]
     libc = ctypes.CDLL(None, use_errno=True)
+    if join:  # the harness's sandbox: the agent sandbox's namespaces, its mounted root
+        fds = []
+        if os.geteuid() != 0:
+            fds.append((os.open(f"/proc/{join}/ns/user", os.O_RDONLY), CLONE_NEWUSER))
+        fds.append((os.open(f"/proc/{join}/ns/mnt", os.O_RDONLY), CLONE_NEWNS))
+        for fd, kind in fds:
+            if libc.setns(fd, kind) != 0:
+                _die("join the sandbox's namespaces")
+        os.chdir("/")
+        os.stat(merged)
+        os.execvp(a[6], a[6:])
     uid, gid = os.getuid(), os.getgid()
     rootless = os.geteuid() != 0
     if rootless:
@@ -139,7 +158,6 @@ def main() -> None:
             os.chown(layer, idmap, idmap)
             os.chown(upper, idmap, idmap)
     opts = f"lowerdir={lower},upperdir={upper},workdir={work}" + (",userxattr" if rootless else "")
-    want_fuse = os.environ.get("CORRAL_OVERLAY") == "fuse"
     if want_fuse or libc.mount(b"overlay", merged.encode(), b"overlay", MS_NOSUID | MS_NODEV,
                                opts.encode()):  # fmt: skip
         saved = 0 if want_fuse else ctypes.get_errno()

@@ -163,11 +163,18 @@ class SandboxRoot:
         )
         return self.spec
 
-    def wrap(self, argv: list[str], idmap: int | None = None) -> list[str]:
+    def wrap(self, argv: list[str], idmap: int | None = None, join: int | None = None
+             ) -> list[str]:  # fmt: skip
         """bwrap's command line (with its setpriv/prlimit prefix, if any), run through the helper
         that mounts the overlay first; `idmap`: the sandbox's host id (root supervisor), which
-        the image's root-owned files are shown as."""
+        the image's root-owned files are shown as; `join`: the pid of the agent sandbox's bwrap
+        whose mounted root a harness sandbox shares (nothing is mounted then)."""
+        if join is not None:
+            return [*helper_command(), "--join", str(join), str(self.image.rootfs),
+                    str(self.upper), str(self.work), str(self.merged), "--", *argv]  # fmt: skip
         head = [*helper_command(), *(["--idmap", str(idmap)] if idmap is not None else [])]
+        if os.environ.get("CORRAL_OVERLAY") == "fuse":  # (the helper starts with a bare env)
+            head.append("--fuse")
         if self.quota is not None:
             head += ["--layer-size", f"{self.quota[0]}:{self.quota[1]}"]
         return [*head, str(self.image.rootfs), str(self.upper), str(self.work),

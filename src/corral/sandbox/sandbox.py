@@ -47,13 +47,21 @@ from corral.sandbox.limits import (
 from corral.sandbox.probe import Capabilities, probe
 from corral.sandbox.procs import children_of
 from corral.sandbox.session import ShellSession, open_session
-from corral.sandbox.shell import Capture, OutputCallback, ShellChannel, bootstrap, frame
+from corral.sandbox.shell import (
+    Capture,
+    OutputCallback,
+    ShellChannel,
+    bootstrap,
+    frame,
+    new_key,
+)
 from corral.sandbox.workspace import check_workspace
 from corral.store.paths import corral_home
 from corral.store.sqlite import EventStore
 
 TIMEOUT_EXIT = 124
 KILLED_EXIT = 137
+CTL_FD_LOW = 9  # below bash's own saved-fd range (10+) and any open-files limit (>= 16)
 _RO_RE = re.compile(
     r"(?:['‘\"](/?[^\s'’\":]+)['’\"]: Read-only file system)"
     r"|(?:(?:^|\s)(/?[^\s'’\":]+): Read-only file system)"
@@ -163,6 +171,9 @@ class Sandbox:
         self.keep = keep
         self.kept_layer: Path | None = None
         self._root: Any = None  # corral.images.rootfs.SandboxRoot, while running on an image
+        self._join: Sandbox | None = (
+            None  # a harness sandbox: the agent sandbox whose root it shares
+        )
         self.id = sandbox_id or "sb-" + uuid.uuid4().hex[:12]
         self.episode_id = episode_id or "ep-" + uuid.uuid4().hex[:12]
         self._own_workspace = workspace is None
@@ -172,6 +183,8 @@ class Sandbox:
         self._owners: identity.Owners = {}
         self._placeholders: list[Path] = []
         self._stages: dict[str, str] = {}
+        self._harness: Sandbox | None = None
+        self._borrowed_identity = False
         if sink is None:
             if store is True:
                 store = EventStore.shared()
@@ -353,6 +366,8 @@ class Sandbox:
             self._make_protected_placeholders()
         if caps.root and self.identity is None:
             await self._take_identity()
+        elif self._borrowed_identity:
+            pass  # a harness sandbox runs as its agent sandbox's id over the same workspace
         rlimits = self._setup_limits(caps)
         await self._spawn(caps, rlimits)
         self._started_at = time.monotonic()
@@ -381,6 +396,14 @@ class Sandbox:
         from corral.images.rootfs import SandboxRoot
 
         assert self.image
+        if self._join is not None:  # a harness sandbox: the agent's own root, not a new layer
+            self._root = self._join._root
+            self.workspace = self._join.workspace
+            if self._root is None:
+                raise SandboxClosed(
+                    self._join.closed_reason or "the agent's sandbox is not running"
+                )
+            return
         root = stage.sandboxes_root(corral_home() / "sandboxes")
         if not _swept_workspaces:
             _sweep_workspaces(root)
@@ -471,17 +494,19 @@ class Sandbox:
         )
 
     def _give_back_workspace(self) -> None:
-        if self.identity is None:
-            return
+        """Files back to their owners, and no setuid/setgid file outlives the sandbox (whoever
+        the supervisor is: a setuid copy of a shell would make any host user the file's owner)."""
         if self.workspace is not None and self.workspace.exists():
-            cleared = identity.take_back(self.workspace, self._owners, self.identity.uid)
+            uid = self.identity.uid if self.identity else None
+            cleared = identity.take_back(self.workspace, self._owners, uid)
             if cleared:
                 self.emit(source="file", rule="file.setuid_cleared", category="escape",
                           severity="high", action="blocked", step=self.step or None,
                           message=f"{cleared} setuid/setgid file(s) left in the workspace were "
                           "made ordinary before it was handed back")  # fmt: skip
-        self.identity.release()
-        self.identity = None
+        if self.identity is not None:
+            self.identity.release()
+            self.identity = None
 
     def _stage_sources(self) -> dict[str, str]:
         """Directories the sandbox's host id could not reach, bound where it can (stage.py)."""
@@ -552,8 +577,9 @@ class Sandbox:
             command, extra_fds = self.egress.prepare(self, spec, command)
         try:
             if spec.image is not None:  # the image root: the helper mounts the overlay first
+                join = self._join._proc.pid if self._join and self._join._proc else None
                 argv = self._root.wrap(build_image_argv(caps.bwrap, spec, command),
-                                       idmap=spec.host_uid)  # fmt: skip
+                                       idmap=spec.host_uid, join=join)  # fmt: skip
             else:
                 argv = build_argv(caps.bwrap, spec, command)
             self._proc = subprocess.Popen(
@@ -563,6 +589,9 @@ class Sandbox:
                 stderr=err_w,
                 pass_fds=(ctl_w, info_w, block_r, spec.seccomp_fd, *spec.fds, *extra_fds),
                 close_fds=True,
+                # bwrap stays in the sandbox as its pid 1, /proc/1/environ readable by the agent:
+                # it must not carry the supervisor's environment (keys, tokens)
+                env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"},
             )
         except OSError as err:
             for fd in (*child_ends, in_w, out_r, err_r, ctl_r, info_r, block_w):
@@ -578,8 +607,12 @@ class Sandbox:
                     os.close(fd)
         for fd in child_ends:
             os.close(fd)
-        self._ctl_fd_inside = ctl_w
+        # A busy supervisor hands over fd numbers past the sandbox's open-files limit, where bash
+        # could not put back the control fd it closes around each command ("Bad file
+        # descriptor" on every command): the shell moves it to a low number first.
+        self._ctl_fd_inside = ctl_w if ctl_w < CTL_FD_LOW else CTL_FD_LOW
         self._chan = ShellChannel(loop, in_w, out_r, err_r, ctl_r)
+        self._chan.on_forged = self._forged
         cap = Capture()
         self._chan.capture = cap
         try:
@@ -589,7 +622,7 @@ class Sandbox:
             os.write(block_w, b"1")
             if self.egress is not None:
                 await self.egress.started(self, self._proc.pid)
-            self._chan.send(bootstrap(self._ctl_fd_inside))
+            self._chan.send(bootstrap(self._ctl_fd_inside, moved_from=ctl_w))
             await asyncio.wait_for(ready, 10)
         except SandboxRefused:
             self._chan.drain()
@@ -689,13 +722,21 @@ class Sandbox:
         """Another persistent bash in this sandbox, with its own cwd and variables (ROCK's
         sessions); `await session.exec(...)` as `exec`. Closing the sandbox ends it.
 
-        `harness=True` is the harness's session (uploading tests, running the grader): its
-        commands are recorded, tagged `harness`, but never gated, never counted as the agent's
-        steps and never charged to the agent."""
+        `harness=True` is the harness's session (uploading tests, running the grader), the
+        persistent-shell form of `harness_exec`: a bash in the harness sandbox (same root and
+        workspace, its own pid namespace, unreachable from the agent's processes, which are
+        frozen while each of its commands runs); its commands are recorded, tagged `harness`,
+        under the harness sandbox's id, never gated, never the agent's steps or charges."""
         old = self.sessions.get(name)
         if old is not None and old.alive:
             raise ValueError(f"session {name!r} is already open")
-        session = await open_session(self, name, harness=harness)
+        if harness:
+            hs = await self._harness_sandbox()
+            session = await open_session(hs, name, harness=True)
+            session.owner = self
+            hs.sessions[name] = session
+        else:
+            session = await open_session(self, name)
         self.sessions[name] = session
         return session
 
@@ -737,7 +778,7 @@ class Sandbox:
         assert self._chan is not None
         chan = self._chan
         self._next_id += 1
-        key = str(self._next_id)
+        key = new_key(f"{self._next_id}-")
         cap = Capture(on_output=on_output)
         chan.capture = cap
         done = chan.expect(key)
@@ -745,7 +786,7 @@ class Sandbox:
         spared = self._running_before()
         timed_out = killed = False
         try:
-            chan.send(frame(self._next_id, command, self._ctl_fd_inside))
+            chan.send(frame(key, command, self._ctl_fd_inside))
             exit_code = await asyncio.wait_for(asyncio.shield(done), limit)
         except TimeoutError:
             timed_out = True
@@ -794,9 +835,9 @@ class Sandbox:
             self.emit(source="resource", rule="resource.cpu_time", category="resource",
                       severity="low", action="killed", step=step, argv=argv,
                       message=f"CPU time limit of {self.policy.limits.cpu_time:g}s reached")  # fmt: skip
-        if not harness:
+        if not harness and not self._borrowed_identity:  # the harness's are not the agent's
             self._scan_denied_writes(stderr, step)
-        if self._root is not None:
+        if self._root is not None and self._join is None:
             self._check_layer(step, argv, stderr)
         if self.terminated:
             killed = True
@@ -862,6 +903,10 @@ class Sandbox:
         return 128 - rc if rc < 0 else rc
 
     async def _restart_session(self) -> None:
+        if self._harness is not None and self._root is not None:
+            # it shares the mount namespace of the shell that ended: start it again with the next
+            await self._harness.close()
+            self._harness = None
         if self._proc is not None:
             await self._teardown()
         assert self.caps is not None
@@ -966,6 +1011,14 @@ class Sandbox:
                   evidence={"layer_bytes": used, "layer_inodes": files, "limit_bytes": quota[0],
                             "limit_inodes": quota[1]})  # fmt: skip
 
+    def _forged(self, line: str) -> None:
+        """A report on a control pipe that no command was waiting for: the agent writing to the
+        framing's channel (through /proc/<shell>/fd) to fake an exit status."""
+        self.emit(source="sandbox", rule="sandbox.report_forged", category="reward_tampering",
+                  severity="high", action="blocked", step=self.step or None, attack="T1565",
+                  message="a command's exit report was forged on the shell's control channel",
+                  evidence={"line": line})  # fmt: skip
+
     def _scan_denied_writes(self, stderr: str, step: int | None) -> None:
         if "Read-only file system" not in stderr:
             return
@@ -1001,6 +1054,62 @@ class Sandbox:
         except OSError:
             return None
         return os.path.normpath(f"{cwd}/{rel}")
+
+    # ---------------------------------------------------------------- harness
+    async def harness_exec(self, command: str, timeout: float | None = None,
+                           step: int | None = None) -> ExecResult:  # fmt: skip
+        """Run the harness's own command (a grader, a test run, a set-up step): never in the agent's
+        shell, never gated, never charged to the agent.
+
+        It runs in a harness sandbox of its own over the same workspace — same policy, limits,
+        seccomp list, host id and protected paths, but its own pid namespace and shell — so nothing
+        the agent defined (functions, aliases, a `bash` of its own, a stub on PATH in its shell)
+        and none of its processes can reach it: they cannot see, signal, trace or write to it. The
+        agent's processes are frozen while the command runs, so none can race it either.
+        """
+        if self.closed_reason:
+            raise SandboxClosed(self.closed_reason)
+        harness = await self._harness_sandbox()
+        frozen = await asyncio.to_thread(self._freeze_agent, True)
+        try:
+            result = await harness.exec(command, step=step, timeout=timeout)
+        finally:
+            if frozen:
+                await asyncio.to_thread(self._freeze_agent, False)
+        return result  # its events are in the store under `<id>-harness`, not the agent's
+
+    async def _harness_sandbox(self) -> Sandbox:
+        if self._harness is not None and self._harness.closed_reason is None:
+            return self._harness
+        assert self.workspace is not None
+        policy = self.policy.model_copy(deep=True)
+        policy.gate.enabled = False
+        env = {**self.extra_env, "PYTHONDONTWRITEBYTECODE": "1"}
+        if self._root is not None:  # an image root: the harness runs on the same mounted root
+            host_ws = self._root.spec.host_workspace
+            harness = Sandbox(policy, workspace=host_ws, image=self.image,
+                              episode_id=self.episode_id, sandbox_id=f"{self.id}-harness",
+                              sink=self.sink, extra_env=env, egress=False)  # fmt: skip
+            harness._join = self
+        else:
+            harness = Sandbox(policy, workspace=self.workspace, episode_id=self.episode_id,
+                              sandbox_id=f"{self.id}-harness", sink=self.sink, extra_env=env,
+                              egress=False)  # fmt: skip
+        harness.identity = self.identity
+        harness._borrowed_identity = True
+        await harness.start()
+        self._harness = harness
+        return harness
+
+    def _freeze_agent(self, freeze: bool) -> bool:
+        """Stop (or let go on) every agent process: the cgroup freezer, else SIGSTOP/SIGCONT."""
+        if self.cgroup is not None and self.cgroup.freeze(freeze):
+            return True
+        sig = signal.SIGSTOP if freeze else signal.SIGCONT
+        for pid in self.host_pids():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+        return True
 
     # ---------------------------------------------------------------- files
     def _require_workspace(self) -> Path:
@@ -1141,6 +1250,11 @@ class Sandbox:
         already = self.closed_reason is not None and self._proc is None and self.workspace is None
         if already:
             return
+        if self._harness is not None:
+            await self._harness.close()
+            self._harness = None
+        if self._join is not None:  # a harness sandbox: the layer is its agent sandbox's
+            self._root = None
         usage = None
         if self._root is not None:  # (a tmpfs layer is only readable while the sandbox runs)
             usage = await asyncio.to_thread(
@@ -1169,7 +1283,9 @@ class Sandbox:
         )
         if self._stages:
             await asyncio.to_thread(self._unstage)
-        if self._own_workspace and self.workspace is not None:
+        if self._borrowed_identity:
+            self.identity = None  # the agent sandbox's, given back by it
+        elif self._own_workspace and self.workspace is not None:
             if self.kept_layer is None:  # (an image root's state dir holds a kept layer)
                 await asyncio.to_thread(shutil.rmtree, self.workspace, True)
         else:

@@ -30,7 +30,7 @@ import psutil
 
 from corral.sandbox.errors import SandboxClosed
 from corral.sandbox.procs import children_of
-from corral.sandbox.shell import Capture, OutputCallback, ShellChannel, bootstrap, frame
+from corral.sandbox.shell import Capture, OutputCallback, ShellChannel, bootstrap, frame, new_key
 
 if TYPE_CHECKING:
     from corral.sandbox.sandbox import ExecResult, Sandbox
@@ -66,6 +66,7 @@ class ShellSession:
         # the harness's own session (uploads, test runs, grading): its commands are recorded but
         # never gated, never numbered as the agent's steps, never charged to the agent
         self.harness = harness
+        self.owner: Sandbox | None = None  # a harness session: the agent sandbox frozen meanwhile
         self.bash_pid = bash_pid
         self.wrapper_pid = wrapper_pid
         self.ended: str | None = None
@@ -81,7 +82,13 @@ class ShellSession:
     async def exec(self, command: str, step: int | None = None, timeout: float | None = None,
                    on_output: OutputCallback | None = None) -> ExecResult:  # fmt: skip
         async with self._lock:
-            return await self._exec(command, step, timeout, on_output)
+            owner = self.owner
+            frozen = owner is not None and await asyncio.to_thread(owner._freeze_agent, True)
+            try:
+                return await self._exec(command, step, timeout, on_output)
+            finally:
+                if frozen and owner is not None:
+                    await asyncio.to_thread(owner._freeze_agent, False)
 
     async def _exec(self, command: str, step: int | None, timeout: float | None,
                     on_output: OutputCallback | None) -> ExecResult:  # fmt: skip
@@ -110,14 +117,15 @@ class ShellSession:
         chan = self._chan
         assert chan is not None
         self._next_id += 1
+        key = new_key(f"{self._next_id}-")
         cap = Capture(on_output=on_output)
         chan.capture = cap
-        done = chan.expect(str(self._next_id))
+        done = chan.expect(key)
         limit = timeout if timeout is not None else sb.policy.limits.command_timeout
         spared = children_of(self.bash_pid)
         timed_out = killed = False
         try:
-            chan.send(frame(self._next_id, command, SESSION_CTL_FD))
+            chan.send(frame(key, command, SESSION_CTL_FD))
             exit_code = await asyncio.wait_for(asyncio.shield(done), limit)
         except TimeoutError:
             timed_out = True
@@ -253,6 +261,7 @@ async def open_session(sb: Sandbox, name: str, harness: bool = False) -> ShellSe
                 name, f"could not be started: the main shell kept its pipes ({left})"
             )
         chan = ShellChannel(asyncio.get_running_loop(), *ends)
+        chan.on_forged = sb._forged
         exit_status = chan.expect("exit")
         ready = chan.expect("ready")
         for fut in (exit_status, ready):  # an EOF nobody awaits is no error
@@ -278,7 +287,7 @@ async def open_session(sb: Sandbox, name: str, harness: bool = False) -> ShellSe
 async def _control(sb: Sandbox, chan: ShellChannel, script: str) -> str:
     """Run corral's own command in the main shell (not the agent's: no gate, no step)."""
     sb._next_id += 1
-    key = f"c{sb._next_id}"
+    key = new_key(f"c{sb._next_id}-")
     cap = Capture()
     chan.capture = cap
     done = chan.expect(key)
