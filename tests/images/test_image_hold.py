@@ -55,3 +55,21 @@ def test_resolve_user_reads_the_images_own_files(tmp_path: Path) -> None:
     assert resolve_user(tmp_path, "4321:7") == (4321, 7, "/")
     with pytest.raises(ValueError, match="'alice' is not in its /etc/passwd"):
         resolve_user(tmp_path, "alice")
+
+
+@pytest.mark.parametrize("image", [None, "swe"], ids=["host-root", "image-root"])
+async def test_file_api_agent_vs_harness_on_either_root(image_home: Path, tmp_path: Path,
+                                                        image: str | None) -> None:  # fmt: skip
+    from corral.sandbox.errors import ProtectedPath
+
+    pol = sandbox_policy()
+    pol.filesystem.protected = ["tests"]
+    async with Sandbox(pol, image=image) as sb:
+        where = await sb.write_file("tests/t.py", "graded\n")  # the harness (the default)
+        with pytest.raises(ProtectedPath):
+            await sb.write_file("tests/t.py", "forged\n", harness=False)  # the agent's tool
+        assert await sb.read_file(where) == b"graded\n"
+        r = await sb.exec("cat tests/t.py")
+        assert r.stdout == "graded\n"
+        rules = [(e.rule, e.path) for e in sb.events if e.source == "file"]
+        assert ("file.harness_write", where) in rules and ("file.protected_write", where) in rules

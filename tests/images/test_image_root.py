@@ -66,8 +66,8 @@ async def test_swe_task_agent_fixes_harness_grades(image_home: Path) -> None:
         # the agent tries the grader's files, through the shell and the file API
         r = await sb.exec("echo 'def test_add(): pass' > /tests/test_x.py")
         assert r.exit_code != 0 and "Read-only file system" in r.stderr
-        with pytest.raises(ProtectedPath):
-            await sb.write_file("/tests/test_x.py", "def test_add(): pass\n")
+        with pytest.raises(ProtectedPath):  # the agent's own editor tool
+            await sb.write_file("/tests/test_x.py", "def test_add(): pass\n", harness=False)
         assert (await sb.read_file("/tests/test_x.py")).decode() == TEST_X
         refused = [e for e in sb.events if e.rule == "file.protected_write"]
         assert len(refused) >= 2 and all(e.path == "/tests/test_x.py" for e in refused)

@@ -1180,9 +1180,11 @@ class Sandbox:
                   evidence={"harness": True, "bytes": size})  # fmt: skip
 
     async def write_file(self, path: str, content: str | bytes, mode: int = 0o644, *,
-                         harness: bool = False) -> str:  # fmt: skip
-        """Write a file in the sandbox. `harness=True`: the harness's own write (tests, task
-        files; any path, protected ones included), recorded and never charged to the agent."""
+                         harness: bool = True) -> str:  # fmt: skip
+        """Write a file in the sandbox. The file API is the harness's (tests, task files; any
+        path, protected ones included): recorded, never gated or charged to the agent.
+        `harness=False` is the agent's own write (an editor tool of its): refused, and recorded,
+        in protected paths as its shell writes are."""
         self._require_workspace()
         data = content.encode() if isinstance(content, str) else content
         base, root, target = await self._file_target(path, write=True, harness=harness)
@@ -1197,8 +1199,8 @@ class Sandbox:
         base, root, target = await self._file_target(path, write=False, harness=True)
         return await asyncio.to_thread(files.read, base, root, target, max_bytes)
 
-    async def upload(self, local: str | Path, path: str, *, harness: bool = False) -> str:
-        """Copy a host file or tree into the sandbox (`harness=True` as for write_file)."""
+    async def upload(self, local: str | Path, path: str, *, harness: bool = True) -> str:
+        """Copy a host file or tree into the sandbox (`harness` as for write_file)."""
         self._require_workspace()
         base, root, target = await self._file_target(path, write=True, harness=harness)
         where = await asyncio.to_thread(files.upload, base, root, Path(local), target)
