@@ -28,7 +28,7 @@ from corral.events.model import Event, severity_rank
 from corral.events.sink import EventSink
 from corral.policy.loader import load_policy
 from corral.policy.model import Policy
-from corral.sandbox import files, identity, stage, syscalls
+from corral.sandbox import files, identity, stage, syscalls, usage
 from corral.sandbox.bwrap import BwrapSpec, build_argv
 from corral.sandbox.errors import SandboxClosed, SandboxRefused
 from corral.sandbox.limits import (
@@ -168,6 +168,8 @@ class Sandbox:
         self._placeholders: list[Path] = []
         self._stages: dict[str, str] = {}
         self._harness: Sandbox | None = None
+        self._disk_base: usage.Usage | None = None
+        self._disk_hit: set[str] = set()
         self._borrowed_identity = False
         if sink is None:
             if store is True:
@@ -345,6 +347,8 @@ class Sandbox:
                     tempfile.mkdtemp(prefix=f"{os.getpid()}-{self.id}-", dir=root)
                 )
         self._make_protected_placeholders()
+        if self._disk_base is None and (self.policy.limits.disk or self.policy.limits.inodes):
+            self._disk_base = await asyncio.to_thread(usage.measure, str(self.workspace))
         if caps.root and self.identity is None:
             await self._take_identity()
         elif self._borrowed_identity:
@@ -690,6 +694,7 @@ class Sandbox:
         limit = timeout if timeout is not None else self.policy.limits.command_timeout
         spared = self._running_before()
         timed_out = killed = False
+        watch = asyncio.get_running_loop().create_task(self._disk_watch(step, command, spared))
         try:
             chan.send(frame(key, command, self._ctl_fd_inside))
             exit_code = await asyncio.wait_for(asyncio.shield(done), limit)
@@ -704,9 +709,11 @@ class Sandbox:
         except (EOFError, BrokenPipeError, OSError):
             exit_code = await self._session_exit_code()
             killed = self.terminated
+        watch.cancel()
         chan.drain()
         chan.capture = None
-        if self._check_counters(step, command) and self._resource_response() in (
+        over_disk = await asyncio.to_thread(self._check_disk, step, command)
+        if (self._check_counters(step, command) or over_disk) and self._resource_response() in (
             "kill",
             "terminate",
         ):
@@ -840,6 +847,46 @@ class Sandbox:
         finally:
             if frozen and self.cgroup is not None:
                 self.cgroup.freeze(False)
+
+    DISK_WATCH_INTERVAL = 3.0
+
+    async def _disk_watch(self, step: int, command: str, spared: set[int]) -> None:
+        """While a command runs, look at its disk use now and then (usage.py)."""
+        while True:
+            await asyncio.sleep(self.DISK_WATCH_INTERVAL)
+            over = await asyncio.to_thread(self._check_disk, step, command)
+            if over and self._resource_response() in ("kill", "terminate"):
+                await asyncio.to_thread(self._kill_command_tree, spared)
+
+    def _check_disk(self, step: int | None, command: str | None) -> bool:
+        """A `source=resource` event when the workspace grew past `limits.disk`/`inodes` or /tmp
+        filled up; True while over (the command is then answered like any limit hit)."""
+        lim = self.policy.limits
+        over: dict[str, str] = {}
+        if self._disk_base is not None and self.workspace is not None:
+            base = self._disk_base
+            cap = base.inodes + lim.inodes if lim.inodes else None
+            now = usage.measure(str(self.workspace), cap)
+            if lim.inodes and now.inodes - base.inodes > lim.inodes:
+                over["workspace_inodes"] = f"more than {lim.inodes} files added to the workspace"
+            if lim.disk and now.bytes - base.bytes > lim.disk:
+                over["workspace_disk"] = f"workspace grew past {lim.disk} bytes"
+        tmp = usage.tmp_fill(self._init_pid)
+        if lim.disk and tmp is not None and tmp[1] and tmp[0] >= tmp[1] - 64 * 1024:
+            over["tmp_disk"] = f"/tmp is full ({tmp[1]} bytes)"
+        argv = ["bash", "-c", command] if command else None
+        for where, why in over.items():
+            if where in self._disk_hit:
+                continue
+            self._disk_hit.add(where)
+            rule = "resource.inode_limit" if where.endswith("inodes") else "resource.disk_limit"
+            self.emit(source="resource", rule=rule, category="resource", severity="medium",
+                      action="killed" if self._resource_response() in ("kill", "terminate")
+                      else "blocked", step=step, argv=argv, message=why,
+                      evidence={"where": where, "limit_bytes": lim.disk,
+                                "limit_inodes": lim.inodes})  # fmt: skip
+        self._disk_hit &= set(over)  # a limit freed again may be reported again
+        return bool(over)
 
     def _resource_response(self) -> str:
         return (
