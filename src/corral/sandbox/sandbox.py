@@ -1032,11 +1032,29 @@ class Sandbox:
             raise SandboxClosed(self.closed_reason or "not started")
         return self.workspace
 
-    async def write_file(self, path: str, content: str | bytes, mode: int = 0o644) -> str:
+    async def write_file(self, path: str, content: str | bytes, mode: int = 0o644, *,
+                         agent: bool = False) -> str:  # fmt: skip
+        """Write a workspace file. By default the caller is the harness (task files, tests; any
+        path, protected ones included, recorded as `file.harness_write` there). `agent=True` is an
+        agent's tool call: a protected path is refused and recorded as tampering, as in its shell.
+        """
         ws = self._require_workspace()
         data = content.encode() if isinstance(content, str) else content
-        return await asyncio.to_thread(files.write, ws, self.policy.filesystem.workspace.path,
-                                       path, data, mode)  # fmt: skip
+        inside = self.policy.filesystem.workspace.path
+        hit = files.protected_hit(inside, path, self.policy.filesystem.protected)
+        if hit is not None and agent:
+            self.emit(source="file", rule="file.protected_write", category="reward_tampering",
+                      severity="high", action="blocked", attack="T1565", step=self.step or None,
+                      path=path, message=f"file API write to protected path {path} refused",
+                      evidence={"via": "file_api", "protected": hit})  # fmt: skip
+            raise files.ProtectedPath(f"{path!r} is protected ({hit}): the agent may not write it")
+        owner = None if hit is not None else self.file_owner()
+        written = await asyncio.to_thread(files.write, ws, inside, path, data, mode, owner)
+        if hit is not None:
+            self.emit(source="file", rule="file.harness_write", path=written,
+                      message=f"harness wrote protected file {written}",
+                      evidence={"bytes": len(data), "protected": hit})  # fmt: skip
+        return written
 
     async def read_file(self, path: str, max_bytes: int | None = None) -> bytes:
         ws = self._require_workspace()
@@ -1046,7 +1064,7 @@ class Sandbox:
     async def upload(self, local: str | Path, path: str) -> str:
         ws = self._require_workspace()
         return await asyncio.to_thread(files.upload, ws, self.policy.filesystem.workspace.path,
-                                       Path(local), path)  # fmt: skip
+                                       Path(local), path, self.file_owner())  # fmt: skip
 
     # ---------------------------------------------------------------- ending
     async def terminate(self, reason: str, *, emit: bool = True, rule: str | None = None) -> None:
