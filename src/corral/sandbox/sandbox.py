@@ -1006,7 +1006,9 @@ class Sandbox:
         assert self.workspace is not None
         policy = self.policy.model_copy(deep=True)
         policy.gate.enabled = False
-        env = {**self.extra_env, "PYTHONDONTWRITEBYTECODE": "1"}
+        # git config the agent wrote (core.fsmonitor, hooks) must not run its code in the harness
+        git_safe = "'core.fsmonitor'='' 'core.hooksPath'='/dev/null' 'core.pager'='cat'"
+        env = {**self.extra_env, "PYTHONDONTWRITEBYTECODE": "1", "GIT_CONFIG_PARAMETERS": git_safe}
         harness = Sandbox(policy, workspace=self.workspace, episode_id=self.episode_id,
                           sandbox_id=f"{self.id}-harness", sink=self.sink, extra_env=env,
                           egress=False)  # fmt: skip
