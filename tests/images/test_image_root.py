@@ -67,7 +67,7 @@ async def test_swe_task_agent_fixes_harness_grades(image_home: Path) -> None:
         r = await sb.exec("echo 'def test_add(): pass' > /tests/test_x.py")
         assert r.exit_code != 0 and "Read-only file system" in r.stderr
         with pytest.raises(ProtectedPath):  # the agent's own editor tool
-            await sb.write_file("/tests/test_x.py", "def test_add(): pass\n", harness=False)
+            await sb.write_file("/tests/test_x.py", "def test_add(): pass\n", agent=True)
         assert (await sb.read_file("/tests/test_x.py")).decode() == TEST_X
         refused = [e for e in sb.events if e.rule == "file.protected_write"]
         assert len(refused) >= 2 and all(e.path == "/tests/test_x.py" for e in refused)
@@ -82,7 +82,8 @@ async def test_swe_task_agent_fixes_harness_grades(image_home: Path) -> None:
         assert sb.step == steps_before + 2  # the harness's commands are not the agent's steps
         r = await sb.harness_exec(GRADE)  # the one-shot form: the same root, the agent's fix
         assert r.exit_code == 0, r.stdout + r.stderr
-        harness = [e for e in sb.events if (e.evidence or {}).get("harness")]
+        harness = [e for e in sb.events
+                   if e.rule == "file.harness_write" or (e.evidence or {}).get("harness")]  # fmt: skip
         assert {e.rule for e in harness} >= {"file.harness_write"}
         in_harness = [e for e in recorded if e.sandbox_id == f"{sb.id}-harness"]
         assert any(e.rule == "sandbox.command_started" for e in in_harness)

@@ -28,5 +28,5 @@ class PathOutsideWorkspace(SandboxError):
     pass
 
 
-class ProtectedPath(PathOutsideWorkspace):
-    """The agent's write to a protected path (tests, grader) was refused (and recorded)."""
+class ProtectedPath(SandboxError, PermissionError):
+    """An agent's write to a protected path (the task's tests, the grader) was refused."""

@@ -28,7 +28,7 @@ from corral.events.model import Event, severity_rank
 from corral.events.sink import EventSink
 from corral.policy.loader import load_policy
 from corral.policy.model import Policy
-from corral.sandbox import files, identity, stage, syscalls
+from corral.sandbox import files, identity, stage, syscalls, usage
 from corral.sandbox.bwrap import BwrapSpec, build_argv, build_image_argv
 from corral.sandbox.errors import (
     PathOutsideWorkspace,
@@ -184,6 +184,8 @@ class Sandbox:
         self._placeholders: list[Path] = []
         self._stages: dict[str, str] = {}
         self._harness: Sandbox | None = None
+        self._disk_base: usage.Usage | None = None
+        self._disk_hit: set[str] = set()
         self._borrowed_identity = False
         if sink is None:
             if store is True:
@@ -364,6 +366,8 @@ class Sandbox:
                 )
         if self._root is None:  # an image root has its protected copies (images/rootfs.py)
             self._make_protected_placeholders()
+        if self._disk_base is None and (self.policy.limits.disk or self.policy.limits.inodes):
+            self._disk_base = await asyncio.to_thread(usage.measure, str(self.workspace))
         if caps.root and self.identity is None:
             await self._take_identity()
         elif self._borrowed_identity:
@@ -785,6 +789,7 @@ class Sandbox:
         limit = timeout if timeout is not None else self.policy.limits.command_timeout
         spared = self._running_before()
         timed_out = killed = False
+        watch = asyncio.get_running_loop().create_task(self._disk_watch(step, command, spared))
         try:
             chan.send(frame(key, command, self._ctl_fd_inside))
             exit_code = await asyncio.wait_for(asyncio.shield(done), limit)
@@ -799,9 +804,11 @@ class Sandbox:
         except (EOFError, BrokenPipeError, OSError):
             exit_code = await self._session_exit_code()
             killed = self.terminated
+        watch.cancel()
         chan.drain()
         chan.capture = None
-        if self._check_counters(step, command) and self._resource_response() in (
+        over_disk = await asyncio.to_thread(self._check_disk, step, command)
+        if (self._check_counters(step, command) or over_disk) and self._resource_response() in (
             "kill",
             "terminate",
         ):
@@ -949,6 +956,46 @@ class Sandbox:
             if frozen and self.cgroup is not None:
                 self.cgroup.freeze(False)
 
+    DISK_WATCH_INTERVAL = 3.0
+
+    async def _disk_watch(self, step: int, command: str, spared: set[int]) -> None:
+        """While a command runs, look at its disk use now and then (usage.py)."""
+        while True:
+            await asyncio.sleep(self.DISK_WATCH_INTERVAL)
+            over = await asyncio.to_thread(self._check_disk, step, command)
+            if over and self._resource_response() in ("kill", "terminate"):
+                await asyncio.to_thread(self._kill_command_tree, spared)
+
+    def _check_disk(self, step: int | None, command: str | None) -> bool:
+        """A `source=resource` event when the workspace grew past `limits.disk`/`inodes` or /tmp
+        filled up; True while over (the command is then answered like any limit hit)."""
+        lim = self.policy.limits
+        over: dict[str, str] = {}
+        if self._disk_base is not None and self.workspace is not None:
+            base = self._disk_base
+            cap = base.inodes + lim.inodes if lim.inodes else None
+            now = usage.measure(str(self.workspace), cap)
+            if lim.inodes and now.inodes - base.inodes > lim.inodes:
+                over["workspace_inodes"] = f"more than {lim.inodes} files added to the workspace"
+            if lim.disk and now.bytes - base.bytes > lim.disk:
+                over["workspace_disk"] = f"workspace grew past {lim.disk} bytes"
+        tmp = usage.tmp_fill(self._init_pid)
+        if lim.disk and tmp is not None and tmp[1] and tmp[0] >= tmp[1] - 64 * 1024:
+            over["tmp_disk"] = f"/tmp is full ({tmp[1]} bytes)"
+        argv = ["bash", "-c", command] if command else None
+        for where, why in over.items():
+            if where in self._disk_hit:
+                continue
+            self._disk_hit.add(where)
+            rule = "resource.inode_limit" if where.endswith("inodes") else "resource.disk_limit"
+            self.emit(source="resource", rule=rule, category="resource", severity="medium",
+                      action="killed" if self._resource_response() in ("kill", "terminate")
+                      else "blocked", step=step, argv=argv, message=why,
+                      evidence={"where": where, "limit_bytes": lim.disk,
+                                "limit_inodes": lim.inodes})  # fmt: skip
+        self._disk_hit &= set(over)  # a limit freed again may be reported again
+        return bool(over)
+
     def _resource_response(self) -> str:
         return (
             "alert" if self.policy.observe_only else self.policy.responses.for_category("resource")
@@ -1084,7 +1131,9 @@ class Sandbox:
         assert self.workspace is not None
         policy = self.policy.model_copy(deep=True)
         policy.gate.enabled = False
-        env = {**self.extra_env, "PYTHONDONTWRITEBYTECODE": "1"}
+        # git config the agent wrote (core.fsmonitor, hooks) must not run its code in the harness
+        git_safe = "'core.fsmonitor'='' 'core.hooksPath'='/dev/null' 'core.pager'='cat'"
+        env = {**self.extra_env, "PYTHONDONTWRITEBYTECODE": "1", "GIT_CONFIG_PARAMETERS": git_safe}
         if self._root is not None:  # an image root: the harness runs on the same mounted root
             host_ws = self._root.spec.host_workspace
             harness = Sandbox(policy, workspace=host_ws, image=self.image,
@@ -1135,26 +1184,23 @@ class Sandbox:
                 return full
         return None
 
-    async def _file_target(self, path: str, *, write: bool, harness: bool
-                           ) -> tuple[Path, str, str]:  # fmt: skip
-        """Where a file API call lands: (host directory, the sandbox path it stands for, the
-        path to give `files` under it).
+    async def _image_target(self, path: str, *, write: bool, agent: bool
+                            ) -> tuple[Path, str, str, str | None]:  # fmt: skip
+        """Where a file API call lands on an image root: (host directory, the sandbox path it
+        stands for, the path to give `files` under it, the protected path it lies in).
 
-        The agent's writes into protected paths are refused and recorded; the harness's are not
-        (it is who puts the tests there). On an image root, protected paths are host directories
-        bound read-only inside, a host workspace is itself, and anything else is reached through
-        the running sandbox's own root (`/proc/<init>/root`, walked without following links)."""
+        Protected paths are host directories bound read-only inside (the harness writes them
+        here, the agent's tool calls are refused and recorded), a host workspace is itself, and
+        anything else is reached through the running sandbox's own root (`/proc/<init>/root`,
+        walked without following links)."""
         inside = self._inside(path)
         hit = self._protected_hit(inside)
-        if write and hit and not harness:
+        if write and hit and agent:
             self.emit(source="file", rule="file.protected_write", category="reward_tampering",
                       severity="high", action="blocked", attack="T1565", step=self.step or None,
-                      path=inside, message=f"write to protected path {inside} refused (file API)",
+                      path=inside, message=f"file API write to protected path {inside} refused",
                       evidence={"via": "file_api", "protected": hit})  # fmt: skip
-            raise ProtectedPath(f"{path!r} is in the protected path {hit}: refused")
-        if self._root is None:
-            ws = self._require_workspace()
-            return ws, self.policy.filesystem.workspace.path, path
+            raise ProtectedPath(f"{path!r} is protected ({hit}): the agent may not write it")
         spec = self._root.spec
         prot = self._root.protected_target(inside)
         if prot is not None:
@@ -1162,54 +1208,71 @@ class Sandbox:
             if host.is_file():  # a protected file: written as its copy's name in its directory
                 if inside != where:
                     raise PathOutsideWorkspace(f"{path!r}: {where} is a file")
-                return host.parent, "/", "/" + host.name
-            return host, where, inside
+                return host.parent, "/", "/" + host.name, hit
+            return host, where, inside, hit
         ws = spec.workdir
         if spec.host_workspace is not None and (inside == ws or inside.startswith(ws + "/")):
-            return spec.host_workspace, ws, inside
+            return spec.host_workspace, ws, inside, hit
         if self._init_pid is None:
             if self.closed_reason:
                 raise SandboxClosed(self.closed_reason)
             async with self._lock:
                 await self._restart_session()
-        return Path(f"/proc/{self._init_pid}/root"), "/", inside
-
-    def _record_harness(self, action: str, where: str, size: int) -> None:
-        self.emit(source="file", rule=f"file.harness_{action}", severity="info",
-                  action="allowed", path=where, message=f"harness {action} {where} ({size} bytes)",
-                  evidence={"harness": True, "bytes": size})  # fmt: skip
+        return Path(f"/proc/{self._init_pid}/root"), "/", inside, hit
 
     async def write_file(self, path: str, content: str | bytes, mode: int = 0o644, *,
-                         harness: bool = True) -> str:  # fmt: skip
-        """Write a file in the sandbox. The file API is the harness's (tests, task files; any
-        path, protected ones included): recorded, never gated or charged to the agent.
-        `harness=False` is the agent's own write (an editor tool of its): refused, and recorded,
-        in protected paths as its shell writes are."""
-        self._require_workspace()
+                         agent: bool = False) -> str:  # fmt: skip
+        """Write a workspace file. By default the caller is the harness (task files, tests; any
+        path, protected ones included, recorded as `file.harness_write` there). `agent=True` is an
+        agent's tool call: a protected path is refused and recorded as tampering, as in its shell.
+        On an image root any absolute path of the image may be written (relative ones are under
+        the workspace, the image's working directory).
+        """
+        ws = self._require_workspace()
         data = content.encode() if isinstance(content, str) else content
-        base, root, target = await self._file_target(path, write=True, harness=harness)
-        where = await asyncio.to_thread(files.write, base, root, target, data, mode)
-        where = self._inside(path) if self._root is not None else where
-        if harness:
-            self._record_harness("write", where, len(data))
-        return where
+        if self._root is not None:
+            base, root, target, hit = await self._image_target(path, write=True, agent=agent)
+            owner = None if hit is not None else self.file_owner()
+            await asyncio.to_thread(files.write, base, root, target, data, mode, owner)
+            written = self._inside(path)
+            if hit is not None:
+                self.emit(source="file", rule="file.harness_write", path=written,
+                          message=f"harness wrote protected file {written}",
+                          evidence={"bytes": len(data), "protected": hit})  # fmt: skip
+            return written
+        inside = self.policy.filesystem.workspace.path
+        hit = files.protected_hit(inside, path, self.policy.filesystem.protected)
+        if hit is not None and agent:
+            self.emit(source="file", rule="file.protected_write", category="reward_tampering",
+                      severity="high", action="blocked", attack="T1565", step=self.step or None,
+                      path=path, message=f"file API write to protected path {path} refused",
+                      evidence={"via": "file_api", "protected": hit})  # fmt: skip
+            raise files.ProtectedPath(f"{path!r} is protected ({hit}): the agent may not write it")
+        owner = None if hit is not None else self.file_owner()
+        written = await asyncio.to_thread(files.write, ws, inside, path, data, mode, owner)
+        if hit is not None:
+            self.emit(source="file", rule="file.harness_write", path=written,
+                      message=f"harness wrote protected file {written}",
+                      evidence={"bytes": len(data), "protected": hit})  # fmt: skip
+        return written
 
     async def read_file(self, path: str, max_bytes: int | None = None) -> bytes:
-        self._require_workspace()
-        base, root, target = await self._file_target(path, write=False, harness=True)
-        return await asyncio.to_thread(files.read, base, root, target, max_bytes)
+        ws = self._require_workspace()
+        if self._root is not None:
+            base, root, target, _ = await self._image_target(path, write=False, agent=False)
+            return await asyncio.to_thread(files.read, base, root, target, max_bytes)
+        return await asyncio.to_thread(files.read, ws, self.policy.filesystem.workspace.path,
+                                       path, max_bytes)  # fmt: skip
 
-    async def upload(self, local: str | Path, path: str, *, harness: bool = True) -> str:
-        """Copy a host file or tree into the sandbox (`harness` as for write_file)."""
-        self._require_workspace()
-        base, root, target = await self._file_target(path, write=True, harness=harness)
-        where = await asyncio.to_thread(files.upload, base, root, Path(local), target)
-        where = self._inside(path) if self._root is not None else where
-        if harness:
-            size = sum(f.stat().st_size for f in Path(local).rglob("*") if f.is_file()) if (
-                Path(local).is_dir()) else Path(local).stat().st_size  # fmt: skip
-            self._record_harness("upload", where, size)
-        return where
+    async def upload(self, local: str | Path, path: str) -> str:
+        ws = self._require_workspace()
+        if self._root is not None:
+            base, root, target, hit = await self._image_target(path, write=True, agent=False)
+            owner = None if hit is not None else self.file_owner()
+            await asyncio.to_thread(files.upload, base, root, Path(local), target, owner)
+            return self._inside(path)
+        return await asyncio.to_thread(files.upload, ws, self.policy.filesystem.workspace.path,
+                                       Path(local), path, self.file_owner())  # fmt: skip
 
     # ---------------------------------------------------------------- ending
     async def terminate(self, reason: str, *, emit: bool = True, rule: str | None = None) -> None:
