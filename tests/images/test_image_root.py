@@ -60,7 +60,7 @@ async def test_swe_task_agent_fixes_harness_grades(image_home: Path) -> None:
         assert r.exit_code == 0, r.stderr
         assert r.stdout.splitlines() == ["/testbed", "swe-tiny"]
         # the harness's upload: any path, /tests included, recorded as the harness's
-        await sb.write_file("/tests/test_x.py", TEST_X, harness=True)
+        await sb.write_file("/tests/test_x.py", TEST_X)  # the file API is the harness's
         assert await _reward(sb) == 0.0  # the bug is still there
         steps_before = sb.step
         # the agent tries the grader's files, through the shell and the file API
@@ -140,7 +140,7 @@ async def test_policy_image_field_and_host_workspace(image_home: Path, tmp_path:
         r = await sb.exec("pwd; cat mine.txt; cat /etc/image-marker; echo back > out.txt")
         assert r.stdout.splitlines() == ["/testbed", "host", "from-the-image"], r.stderr
         assert (await sb.read_file("/etc/image-marker")) == b"from-the-image\n"
-        await sb.write_file("/tmp/from-harness", "h", harness=True)
+        await sb.write_file("/tmp/from-harness", "h")
         r = await sb.exec("cat /tmp/from-harness")
         assert r.stdout == "h"
     assert (ws / "out.txt").read_text() == "back\n"  # a given workspace is the caller's
