@@ -26,7 +26,7 @@ BINARIES = ["bash", "sh", "dash", "ls", "cat", "cp", "mv", "rm", "mkdir", "rmdir
             "env", "id", "sleep", "chmod", "grep", "sed", "head", "tail", "wc", "true", "false",
             "test", "stat", "du", "find", "dirname", "basename", "pwd", "uname", "printf",
             "readlink", "ln", "sort", "tr", "cut", "date", "whoami", "dd", "sync", "df",
-            "timeout", "kill", "ps", "nohup", "ssh", "curl", "xargs"]  # fmt: skip
+            "timeout", "kill", "ps", "nohup", "ssh", "curl", "xargs", "seq", "truncate"]  # fmt: skip
 PY_PACKAGES = ["pytest", "_pytest", "pluggy", "iniconfig", "packaging", "py.py", "pygments"]
 PY_SKIP = {"test", "__pycache__", "idlelib", "tkinter", "ensurepip", "lib2to3", "turtledemo",
            "pydoc_data", "config-3.11-x86_64-linux-gnu"}  # fmt: skip

@@ -138,9 +138,16 @@ class SandboxRoot:
         except ValueError as err:
             raise ImageError(self.label, str(err), "unusable") from None
         self.protected = []
-        for i, inside in enumerate(protected_paths(policy, workdir)):
+        for i, (entry, inside) in enumerate(
+            zip(policy.filesystem.protected, protected_paths(policy, workdir), strict=True)
+        ):
             if inside == "/":
                 raise ImageError(self.label, "the whole root cannot be a protected path")
+            if host_workspace is not None and not entry.startswith("/"):
+                # in a host workspace: its own file or directory, as on the host root (the
+                # sandbox makes a placeholder first; bound only if it is no symlink then)
+                self.protected.append((host_workspace / entry, inside))
+                continue
             host = self.state / "protected" / str(i)
             src = _in_image(rootfs, inside, self.label)
             if src is not None and src.is_file():

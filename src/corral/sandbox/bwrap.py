@@ -256,7 +256,8 @@ def build_image_argv(bwrap: str, spec: BwrapSpec, command: list[str]) -> list[st
         mode = "--bind" if fs.workspace.mode == "rw" else "--ro-bind"
         argv += _bind(spec, mode, str(img.host_workspace), img.workdir)
     for host, inside in img.protected:
-        argv += _bind(spec, "--ro-bind", str(host), inside)
+        if host.exists() and not host.is_symlink():
+            argv += _bind(spec, "--ro-bind", str(host), inside)
     for dev in spec.gpu_devices:
         argv += ["--dev-bind", dev, dev]
     env = {

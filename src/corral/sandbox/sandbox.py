@@ -364,8 +364,8 @@ class Sandbox:
                 self.workspace = Path(
                     tempfile.mkdtemp(prefix=f"{os.getpid()}-{self.id}-", dir=root)
                 )
-        if self._root is None:  # an image root has its protected copies (images/rootfs.py)
-            self._make_protected_placeholders()
+        if self._root is None or self._root.spec.host_workspace is not None:
+            self._make_protected_placeholders()  # (an image's own paths: copies, images/rootfs.py)
         if self._disk_base is None and (self.policy.limits.disk or self.policy.limits.inodes):
             self._disk_base = await asyncio.to_thread(usage.measure, str(self.workspace))
         if caps.root and self.identity is None:
@@ -449,6 +449,8 @@ class Sandbox:
         the ones still empty at close are removed again."""
         assert self.workspace is not None
         for rel in self.policy.filesystem.protected:
+            if rel.startswith("/"):  # a path in an image (images/rootfs.py), never the host's
+                continue
             host = self.workspace / rel
             if os.path.lexists(host):
                 continue
@@ -516,6 +518,8 @@ class Sandbox:
         """Directories the sandbox's host id could not reach, bound where it can (stage.py)."""
         if self.identity is None:
             return {}
+        if self._join is not None:  # its agent sandbox's stages: the mount namespace it joins
+            return dict(self._join._stages)  # was copied before they were made in this one
         from corral.sandbox.bwrap import reachable
 
         fs = self.policy.filesystem
