@@ -502,6 +502,8 @@ def _redirected(node: Node, ctx: _Ctx, stdin: bytes | None,
             for h in c.named_children:
                 if h.type == "heredoc_body":
                     body_text = _text(h, ctx)
+                elif h.type == "file_redirect":  # `cat <<'EOF' > f`: the grammar nests `> f` here
+                    reds.append(_file_redirect(h, ctx, extra))
                 elif h.type not in ("heredoc_start", "heredoc_end"):
                     tails.append(h)
             stdin = body_text.encode("utf-8", "surrogateescape")
