@@ -124,7 +124,8 @@ def render(summary: dict[str, Any], worst: list[dict[str, Any]], malformed: list
     v = summary["verdicts"]
     cards = [
         ("trajectories", summary["trajectories"]), ("deny", v["deny"]), ("ask", v["ask"]),
-        ("allow", v["allow"]), ("kept", summary["kept"]), ("dropped", summary["dropped"]),
+        ("allow", v["allow"]), ("unreadable", v.get("unreadable", 0)), ("kept", summary["kept"]),
+        ("dropped", summary["dropped"]),
         ("malformed", summary["malformed"]), ("files", summary["files"]),
         ("commands", summary["commands"]),
     ]  # fmt: skip
@@ -132,8 +133,22 @@ def render(summary: dict[str, Any], worst: list[dict[str, Any]], malformed: list
         f"<tr><td>{escape(c)}</td><td>{n['trajectories']}</td><td>{n['findings']}</td></tr>"
         for c, n in summary["categories"].items()
     )
+    fv = summary.get("format_verdicts", {})
     fmt_rows = "".join(
-        f"<tr><td>{escape(f)}</td><td>{n}</td></tr>" for f, n in summary["formats"].items()
+        f"<tr><td>{escape(f)}</td><td>{n}</td>"
+        + "".join(
+            f"<td>{fv.get(f, {}).get(c, 0)}</td>" for c in ("allow", "ask", "deny", "unreadable")
+        )
+        + "</tr>"
+        for f, n in summary["formats"].items()
+    )
+    rule_rows = "".join(
+        f"<tr><td>{escape(r)}</td><td>{n}</td></tr>" for r, n in summary.get("rules", {}).items()
+    )
+    unread_rows = "".join(
+        f"<tr><td>{escape(_where(u))}</td><td>{escape(str(u['id']))}</td><td>{escape(u['format'])}"
+        f"</td><td>{escape(u['unreadable'])}</td></tr>"
+        for u in summary.get("unreadable", [])
     )
     bad_rows = "".join(
         f"<tr><td>{escape(_where(m))}</td><td>{escape(m['error'])}</td></tr>" for m in malformed
@@ -153,8 +168,16 @@ def render(summary: dict[str, Any], worst: list[dict[str, Any]], malformed: list
         (f"<table><tr><th>category</th><th>trajectories flagged</th><th>findings</th></tr>{cat_rows}</table>"
          if cat_rows else ""),
         "<h2>Formats</h2>",
-        f"<table><tr><th>format</th><th>trajectories</th></tr>{fmt_rows}</table>" if fmt_rows
+        ("<table><tr><th>format</th><th>trajectories</th><th>allow</th><th>ask</th><th>deny</th>"
+         f"<th>unreadable</th></tr>{fmt_rows}</table>") if fmt_rows
         else '<p class="empty">No trajectories read.</p>',
+        "<h2>Findings per rule</h2>",
+        f"<table><tr><th>rule</th><th>findings</th></tr>{rule_rows}</table>" if rule_rows
+        else '<p class="empty">No findings.</p>',
+        f"<h2>Unreadable trajectories ({v.get('unreadable', 0)})</h2>",
+        ("<table><tr><th>where</th><th>id</th><th>format</th><th>why</th></tr>"
+         f"{unread_rows}</table>") if unread_rows
+        else '<p class="empty">None: every trajectory had commands read.</p>',
         f"<h2>Worst trajectories ({len(worst)} shown)</h2>",
         "".join(_trajectory_html(r) for r in worst) or '<p class="empty">Nothing flagged.</p>',
         f"<h2>Malformed records ({summary['malformed']})</h2>",

@@ -15,6 +15,7 @@ from corral.audit.model import SEVERITY_RANK
 
 WORST_KEPT = 50
 MALFORMED_KEPT = 500
+UNREADABLE_KEPT = 500
 
 
 def _public(result: dict[str, Any]) -> dict[str, Any]:
@@ -41,6 +42,8 @@ class AuditSink:
         self.dropped = 0
         self.malformed_count = 0
         self.malformed: list[dict[str, Any]] = []
+        self.unreadable: list[dict[str, Any]] = []  # the first ones, with why (see summary)
+        self.format_verdicts: dict[str, Counter[str]] = {}
         self._worst: list[tuple[tuple[int, int, int], int, dict[str, Any]]] = []
         self._seq = 0
 
@@ -71,6 +74,10 @@ class AuditSink:
         self.files.add(r["file"])
         self.verdicts[r["verdict"]] += 1
         self.formats[r["format"]] += 1
+        self.format_verdicts.setdefault(r["format"], Counter())[r["verdict"]] += 1
+        if r["verdict"] == "unreadable" and len(self.unreadable) < UNREADABLE_KEPT:
+            self.unreadable.append({k: r.get(k) for k in ("file", "line", "item", "format", "id",
+                                                          "steps", "unreadable")})  # fmt: skip
         for cat in {f["category"] for f in r["findings"]}:
             self.category_trajectories[cat] += 1
         for f in r["findings"]:
@@ -109,7 +116,9 @@ class AuditSink:
             "trajectories": self.trajectories,
             "steps": self.steps,
             "commands": self.commands,
-            "verdicts": {v: self.verdicts.get(v, 0) for v in ("allow", "ask", "deny")},
+            "verdicts": {
+                v: self.verdicts.get(v, 0) for v in ("allow", "ask", "deny", "unreadable")
+            },
             "kept": self.kept,
             "dropped": self.dropped,
             "malformed": self.malformed_count,
@@ -119,6 +128,8 @@ class AuditSink:
                 for c, n in self.category_trajectories.most_common()
             },
             "rules": dict(self.rules.most_common()),
+            "format_verdicts": {f: dict(c) for f, c in sorted(self.format_verdicts.items())},
+            "unreadable": self.unreadable,
         }
 
     def close(self) -> None:

@@ -328,7 +328,9 @@ class _Builder:
             if self.keep_raw
             else []
         )
-        return Trajectory(reader.NAME, tid, self.path, line, item, steps, raw)
+        where = getattr(reader, "cwd", None)
+        return Trajectory(reader.NAME, tid, self.path, line, item, steps, raw,
+                          where(record) if where else None)  # fmt: skip
 
 
 def trajectories(

@@ -93,13 +93,20 @@ def _editor(name: str, args: dict[str, Any]) -> list[Command]:
     edits = args.get("edits")
     if isinstance(edits, list):  # Claude Code MultiEdit
         text = "\n".join(str(e.get("new_string", "")) for e in edits if isinstance(e, dict))
-        return [file_write(path, text, append=True, tool=name)]
+        cmd = file_write(path, text, append=True, tool=name)
+        cmd.mode = "replace"
+        return [cmd]
     content = _first(args, _CONTENT_KEYS)
     content = content if isinstance(content, str) else ""
     overwrite = sub in _OVERWRITE or (
         not sub and name.lower() in {"write", "write_file", "create_file", "write_to_file"}
     )
-    return [file_write(path, content, append=not overwrite, tool=name)]
+    cmd = file_write(path, content, append=not overwrite, tool=name)
+    replaces = sub in ("str_replace", "replace", "edit") or any(
+        k in args for k in ("old_str", "old_string", "old_text", "search")
+    )
+    cmd.mode = "create" if overwrite else ("replace" if replaces else "insert")
+    return [cmd]
 
 
 def _patch(name: str, text: str) -> list[Command]:

@@ -44,6 +44,7 @@ def steps(record: Any) -> list[Step]:
         for j, call in enumerate(calls):
             if not isinstance(call, dict) or not isinstance(call.get("function_name"), str):
                 raise MalformedError(f"steps[{i}].tool_calls[{j}].function_name missing")
+            step.calls += 1
             step.commands.extend(commands_for_tool(call["function_name"], call.get("arguments")))
         obs = s.get("observation")
         if isinstance(obs, dict):

@@ -44,6 +44,7 @@ def steps(record: Any) -> list[Step]:
         if step.role == "assistant" and not step.commands:
             step.commands = [Command(block, "bash") for block in
                              _BASH_BLOCK.findall(flatten(m.get("content"))) if block.strip()]  # fmt: skip
+            step.calls = len(step.commands)
         elif step.role == "user" and step.index > 1:
             step.observation, step.text = step.text, ""
     return out

@@ -46,6 +46,7 @@ def message_steps(msgs: list[Any]) -> list[Step]:
             fn = call.get("function") if isinstance(call, dict) else None
             if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
                 raise MalformedError(f"messages[{i}].tool_calls[{j}].function.name missing")
+            step.calls += 1
             step.commands.extend(commands_for_tool(fn["name"], fn.get("arguments")))
             step.ref = step.ref or first_str(call, "id")
         if role == "tool":

@@ -19,6 +19,7 @@ from corral.audit.readers._common import TRAJECTORY_ID_KEYS, clip, first_str
 from corral.audit.tools import commands_for_tool
 
 NAME = "openhands"
+_NOT_CALLS = {"message", "system", "finish", "recall", "think", "change_agent_state", "null"}
 GROUPED = False
 _ACTIONS = {"run": "execute_bash", "run_ipython": "execute_ipython_cell", "write": "write_file",
             "edit": "str_replace_editor"}  # fmt: skip
@@ -63,6 +64,7 @@ def event_step(i: int, e: Any) -> Step:
             args = {"command": "create", **args}
         if tool:
             step.commands = commands_for_tool(tool, args)
+        step.calls = int(str(e["action"]) not in _NOT_CALLS)
         step.text = clip(args.get("thought") or e.get("message") or args.get("content"))
     else:
         step.role, step.observation = "tool", clip(e.get("content"))

@@ -51,6 +51,7 @@ def steps(record: Any) -> list[Step]:
             step = Step(i, "assistant", clip(entry.get("thought") or entry.get("response")),
                         swe_agent_action(entry.get("action") or ""),
                         clip(entry.get("observation")))  # fmt: skip
+            step.calls = int(bool((entry.get("action") or "").strip()))
             out.append(step)
         return out
     hist = record.get("history")
@@ -63,5 +64,6 @@ def steps(record: Any) -> list[Step]:
         step = Step(i, str(m.get("role", "")), clip(m.get("thought") or m.get("content")))
         if m.get("role") == "assistant" and isinstance(m.get("action"), str):
             step.commands = swe_agent_action(m["action"])
+            step.calls = int(bool(m["action"].strip()))
         out.append(step)
     return out
