@@ -11,7 +11,7 @@ from typing import Any
 
 from corral.audit.model import MalformedError, Step
 from corral.audit.readers._common import TRAJECTORY_ID_KEYS, clip, first_str, flatten
-from corral.audit.tools import commands_for_tool
+from corral.audit.tools import commands_for_tool, text_commands
 
 NAME = "openai_chat"
 GROUPED = False
@@ -49,7 +49,10 @@ def message_steps(msgs: list[Any]) -> list[Step]:
             step.calls += 1
             step.commands.extend(commands_for_tool(fn["name"], fn.get("arguments")))
             step.ref = step.ref or first_str(call, "id")
-        if role == "tool":
+        if not calls and role == "assistant":  # agents without native tool calling write actions
+            step.commands = text_commands(flatten(m.get("content")))
+            step.calls = len(step.commands)
+        if role in ("tool", "function", "ipython"):
             step.observation, step.text = clip(flatten(m.get("content"))), ""
             step.ref = first_str(m, "tool_call_id")
         steps.append(step)
