@@ -26,7 +26,7 @@ class AuditSink:
     def __init__(self, json_path: Path | None = None, keep_path: Path | None = None,
                  drop_path: Path | None = None) -> None:  # fmt: skip
         self._files: list[IO[str]] = []
-        self.json_out = self._open(json_path)
+        self.json_out = self._open(json_path, "backslashreplace")
         self.keep_out = self._open(keep_path)
         self.drop_out = self._open(drop_path)
         self.trajectories = 0
@@ -47,11 +47,13 @@ class AuditSink:
         self._worst: list[tuple[tuple[int, int, int], int, dict[str, Any]]] = []
         self._seq = 0
 
-    def _open(self, path: Path | None) -> IO[str] | None:
+    def _open(self, path: Path | None, errors: str = "surrogateescape") -> IO[str] | None:
+        """--keep/--drop write records back byte for byte (non-UTF-8 bytes were read as surrogate
+        escapes); --json escapes such bytes (`\\udcXX`) so it stays valid UTF-8."""
         if path is None:
             return None
         path.parent.mkdir(parents=True, exist_ok=True)
-        fh = path.open("w", encoding="utf-8")
+        fh = path.open("w", encoding="utf-8", errors=errors)
         self._files.append(fh)
         return fh
 

@@ -173,14 +173,43 @@ def _slice(data: bytes, part: tuple[int, int | None]) -> tuple[bytes, int]:
     return data[begin:stop], data.count(b"\n", 0, begin) + 1
 
 
-def _text(chunk: Chunk, data: bytes) -> tuple[str, int]:
-    """The chunk's text and the number of its first line."""
+def _gunzip(data: bytes) -> tuple[bytes, str | None]:
+    """Everything a gzip stream holds up to where it breaks, and why it broke (None: intact)."""
+    try:
+        return gzip.decompress(data), None
+    except (OSError, EOFError, zlib.error) as err:
+        out: list[bytes] = []
+        rest = data
+        try:
+            while rest:
+                dec = zlib.decompressobj(16 + zlib.MAX_WBITS)
+                out.append(dec.decompress(rest))
+                if not dec.eof:
+                    break
+                rest = dec.unused_data
+        except zlib.error:
+            pass
+        reason = str(err) or type(err).__name__
+        return b"".join(out), f"compressed stream broken ({reason}); records after the cut are lost"
+
+
+def _text(chunk: Chunk, data: bytes) -> tuple[str, int, str | None]:
+    """The chunk's text, the number of its first line, and a damaged-stream error to report once
+    (by the part holding the cut) after the intact records before it."""
     first = chunk.first_line
+    broken: str | None = None
     if chunk.path.endswith(".gz") and not chunk.unpacked:
-        data = gzip.decompress(data)
+        data, broken = _gunzip(data)
+        if broken is not None:
+            if chunk.part is None or chunk.part[1] is None:
+                cut = data.rfind(b"\n") + 1 if chunk.lines else len(data)
+                data = data[:cut] if chunk.lines else data
+            else:
+                broken = None  # an earlier part: its lines are intact, the last part reports
         if chunk.part is not None:
             data, first = _slice(data, chunk.part)
-    return data.decode("utf-8", errors="replace"), first
+    # surrogateescape: bytes that are not UTF-8 survive the round trip to --keep/--drop unchanged
+    return data.decode("utf-8", errors="surrogateescape"), first, broken
 
 
 class PartReader:
@@ -294,9 +323,28 @@ class _Builder:
 
     def finish(self) -> Iterator[Trajectory | Malformed]:
         for reader, entries in self.groups.values():
-            yield self.build(reader, [e[2] for e in entries], entries)
+            yield from self.build_group(reader, entries)
         for name, entries in self.pending.items():
-            yield self.build(readers.BY_NAME[name], [e[2] for e in entries], entries)
+            yield from self.build_group(readers.BY_NAME[name], entries)
+
+    def build_group(
+        self, reader: ModuleType, entries: list[tuple[int | None, int | None, Any, str]]
+    ) -> Iterator[Trajectory | Malformed]:
+        """A session of line records; a line the reader cannot use costs that line only (reported
+        with its own line number), never the session."""
+        built = self.build(reader, [e[2] for e in entries], entries)
+        if not isinstance(built, Malformed) or len(entries) == 1:
+            yield built
+            return
+        good = []
+        for e in entries:
+            one = self.build(reader, [e[2]], [e])
+            if isinstance(one, Malformed):
+                yield one
+            else:
+                good.append(e)
+        if good:
+            yield self.build(reader, [e[2] for e in good], good)
 
     def build(
         self,
@@ -339,11 +387,25 @@ def trajectories(
     """Every trajectory (or malformed record) in one chunk, in file order."""
     builder = _Builder(chunk.path, readers.BY_NAME[forced] if forced else None, keep_raw)
     try:
-        text, first_line = _text(chunk, data)
+        text, first_line, broken = _text(chunk, data)
     except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as err:
         yield Malformed(chunk.path, None, None, f"cannot read: {err}")
         return
+    if broken is not None and not chunk.lines:  # half a JSON document: one error, not two
+        yield Malformed(chunk.path, None, None, broken)
+        return
+    if broken is not None:
+        yield from _records(chunk, builder, text, first_line)
+        yield Malformed(chunk.path, first_line + text.count("\n"), None, broken)
+        return
+    yield from _records(chunk, builder, text, first_line)
+
+
+def _records(
+    chunk: Chunk, builder: _Builder, text: str, first_line: int
+) -> Iterator[Trajectory | Malformed]:
     if not chunk.lines:
+        text = text.removeprefix("\ufeff")  # a UTF-8 byte order mark
         stripped = text.lstrip()
         try:
             doc = json.loads(text) if stripped else None
@@ -368,7 +430,7 @@ def trajectories(
         if not raw.strip():
             continue
         try:
-            obj = json.loads(raw)
+            obj = json.loads(raw.removeprefix("\ufeff"))  # kept in `raw`: written back as read
         except json.JSONDecodeError as err:
             yield Malformed(chunk.path, line, None, f"invalid JSON: {err.msg} (column {err.colno})")
             continue
