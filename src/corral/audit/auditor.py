@@ -198,6 +198,12 @@ def audit_trajectory(traj: Trajectory, options: AuditOptions) -> dict[str, Any]:
 
 def audit_chunk(chunk: Chunk, options: AuditOptions, data: bytes | None = None) -> dict[str, Any]:
     """A worker's whole job for one chunk; `data` is given when the bytes were shipped (Ray)."""
+    if chunk.oversize:
+        what = "line" if chunk.lines else "JSON document"
+        bad = Malformed(chunk.path, chunk.first_line if chunk.lines else None, None,
+                        f"{what} of {chunk.size:,} bytes is over the record size limit "
+                        f"(--max-record-mb); skipped unread")  # fmt: skip
+        return {"results": [], "malformed": [bad.to_dict()], "bytes": chunk.size}
     if data is None:
         try:
             data = load(chunk)

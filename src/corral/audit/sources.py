@@ -24,6 +24,9 @@ from corral.audit.model import Malformed, MalformedError, Trajectory
 TRAJECTORY_SUFFIXES = (".json", ".jsonl", ".ndjson", ".traj")
 LINE_SUFFIXES = (".jsonl", ".ndjson")
 CHUNK_BYTES = 4 * 1024 * 1024
+# A record (a JSONL line, or a whole JSON file) larger than this is skipped with its size, never
+# read: decoding and parsing one costs several times its size in memory (`--max-record-mb`).
+MAX_RECORD_BYTES = 256 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +41,7 @@ class Chunk:
     # to the end). start/end above then stay 0/None: a gzip stream cannot be entered mid-way.
     part: tuple[int, int | None] | None = None
     unpacked: bool = False  # the bytes handed over are already decompressed (see PartReader)
+    oversize: bool = False  # one record over the size limit: reported with its size, never read
 
 
 def _wanted(path: Path) -> bool:
@@ -111,12 +115,33 @@ def _unpacked_size(path: Path, packed: int) -> int:
     return max(isize, packed)
 
 
-def plan(files: Iterable[Path], chunk_bytes: int = CHUNK_BYTES) -> list[Chunk]:
+def _line_end(fh: Any, at: int, block: int = 1024 * 1024) -> int:
+    """Offset just past the newline ending the line that runs through `at` (EOF if none), found
+    block by block so a line of any length is never held in memory."""
+    fh.seek(at)
+    pos = at
+    while True:
+        buf = fh.read(block)
+        if not buf:
+            return pos
+        nl = buf.find(b"\n")
+        if nl >= 0:
+            return pos + nl + 1
+        pos += len(buf)
+
+
+def plan(
+    files: Iterable[Path], chunk_bytes: int = CHUNK_BYTES, max_record: int = MAX_RECORD_BYTES
+) -> list[Chunk]:
     """Large plain JSONL files are cut at line boundaries so several workers share one file;
-    gzip files, JSON documents and grouped event streams (Claude Code) stay whole."""
+    gzip files, JSON documents and grouped event streams (Claude Code) stay whole. A line or a
+    JSON document over `max_record` bytes becomes an `oversize` chunk: reported, not read."""
     chunks: list[Chunk] = []
     for path in files:
         size = path.stat().st_size
+        if not _is_lines_file(path) and not path.name.endswith(".gz") and size > max_record:
+            chunks.append(Chunk(str(path), size=size, oversize=True))
+            continue
         splittable = (
             _is_lines_file(path) and not path.name.endswith(".gz") and size > chunk_bytes
         ) and not _grouped_first_line(path)
@@ -143,9 +168,13 @@ def plan(files: Iterable[Path], chunk_bytes: int = CHUNK_BYTES) -> list[Chunk]:
                     else start + (cut + 1 if cut >= 0 else len(block))
                 )
                 if cut < 0 and end < size:  # one line longer than a chunk: extend to its end
-                    rest = fh.readline()
-                    end = start + len(block) + len(rest)
-                    block += rest
+                    end = _line_end(fh, start + len(block))
+                    over = end - start > max_record
+                    chunks.append(Chunk(str(path), start, end, line, end - start, True,
+                                        oversize=over))  # fmt: skip
+                    line += 1
+                    start = end
+                    continue
                 chunks.append(Chunk(str(path), start, end, line, end - start, True))
                 line += block[: end - start].count(b"\n")
                 start = end

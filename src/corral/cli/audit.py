@@ -62,6 +62,9 @@ def audit(
     policy_spec: str = typer.Option(
         "rl-strict", "--policy", help="preset name or policy YAML file"
     ),
+    max_record_mb: int = typer.Option(
+        256, "--max-record-mb", help="skip (and report) a JSONL line or JSON file larger than this"
+    ),
     keep_unreadable: bool = typer.Option(
         False,
         "--keep-unreadable",
@@ -73,6 +76,9 @@ def audit(
     if fmt != "auto" and fmt not in FORMAT_NAMES:
         err.print(f"--format must be auto or one of {', '.join(FORMAT_NAMES)} (got {fmt!r})")
         raise typer.Exit(2)
+    if max_record_mb < 1:
+        err.print(f"--max-record-mb must be at least 1 (got {max_record_mb})")
+        raise typer.Exit(2)
     if workers < 1:
         err.print(f"--workers must be at least 1 (got {workers})")
         raise typer.Exit(2)
@@ -80,7 +86,7 @@ def audit(
         start_workers(workers)  # the forkserver warms up while we walk the paths
     try:
         policy = load_policy(policy_spec)
-        chunks = plan(discover(paths))
+        chunks = plan(discover(paths), max_record=max_record_mb * 1024 * 1024)
     except (PolicyError, FileNotFoundError) as e:
         err.print(f"[red]error:[/] {escape(str(e))}")
         raise typer.Exit(2) from None
