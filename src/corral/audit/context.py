@@ -18,6 +18,7 @@ dropped); when a script is run by another spelling of its path, a unique basenam
 
 from __future__ import annotations
 
+import ast
 import posixpath
 import re
 import shlex
@@ -97,15 +98,69 @@ def _echoed(cmd: Simple) -> str | None:
     return None
 
 
+def _literal(node: ast.AST | None) -> str | None:
+    if isinstance(node, ast.Constant) and isinstance(node.value, str | bytes):
+        v = node.value
+        return v.decode("utf-8", "replace") if isinstance(v, bytes) else v
+    return None
+
+
+def _open_target(node: ast.AST | None) -> str | None:
+    """`open('p', 'w')` or `Path('p')` -> 'p'."""
+    if isinstance(node, ast.Call) and node.args:
+        name = node.func.id if isinstance(node.func, ast.Name) else getattr(node.func, "attr", "")
+        if name in ("open", "Path", "PurePath"):
+            return _literal(node.args[0])
+    return None
+
+
+def python_writes(code: str) -> dict[str, str]:
+    """Literal content a Python program writes to literal paths: `open(p, 'w').write(s)`,
+    `with open(p, 'w') as f: f.write(s)`, `Path(p).write_text(s)` (several writes join)."""
+    try:
+        tree = ast.parse(code)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return {}
+    handles: dict[str, str] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.With):
+            for item in node.items:
+                path = _open_target(item.context_expr)
+                if path is not None and isinstance(item.optional_vars, ast.Name):
+                    handles[item.optional_vars.id] = path
+        elif isinstance(node, ast.Assign) and len(node.targets) == 1:
+            path = _open_target(node.value)
+            if path is not None and isinstance(node.targets[0], ast.Name):
+                handles[node.targets[0].id] = path
+    out: dict[str, str] = {}
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+            continue
+        if node.func.attr not in ("write", "write_text", "write_bytes", "writelines"):
+            continue
+        owner = node.func.value
+        path = _open_target(owner)
+        if path is None and isinstance(owner, ast.Name):
+            path = handles.get(owner.id)
+        text = _literal(node.args[0]) if node.args else None
+        if path is not None and text is not None:
+            out[path] = out.get(path, "") + text
+    return out
+
+
 def effects(analysis: Analysis) -> list[Effect]:
     """What the commands of one analysed line do to files, in order."""
     out: list[Effect] = []
     for cmd in analysis.commands:
         prog, args = cmd.program, cmd.args
         body = _heredoc(cmd)
+        py_written: dict[str, str] = {}
+        if _PYTHON.match(prog) and "-c" in args[:-1]:
+            py_written = python_writes(args[args.index("-c") + 1])
         for r in cmd.redirects:
             if r.writes and r.target and not r.target.startswith(("/dev/", "&")) and r.op != ">&":
                 content = body if prog in ("cat", "tee") and body is not None else _echoed(cmd)
+                content = py_written.get(r.target, content)
                 out.append(Effect("append" if r.appends else "create", r.target, content))
         if prog == "tee":
             kind = "append" if any(a in ("-a", "--append") for a in args) else "create"

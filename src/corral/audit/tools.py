@@ -201,12 +201,45 @@ def commands_for_tool(name: str, arguments: Any) -> list[Command]:
     return []
 
 
-def swe_agent_action(action: str) -> list[Command]:
-    """SWE-agent actions are command lines; its editor tools are parsed back into file writes."""
+def _windowed(head: str, text: str, current: str | None) -> list[Command]:
+    """SWE-agent's windowed editor writes into the file `open`/`create` made current:
+    `edit N:M` + lines + `end_of_edit` (0.x), `edit 'search' 'replace'` (1.x), `insert N` + lines +
+    `end_of_insert` or `insert 'text' [N]`, `append` likewise. Each is a synthetic file write."""
+    if current is None:
+        return []
+    first, _, body = text.partition("\n")
+    if body:
+        for end in ("end_of_edit", "end_of_insert", "end_of_append"):
+            body = body.removesuffix(end).rstrip("\n") if body.rstrip().endswith(end) else body
+        content = body
+    else:
+        try:
+            argv = shlex.split(first)
+        except ValueError:
+            argv = first.split()
+        rest = argv[1:]
+        content = rest[1] if head == "edit" and len(rest) >= 2 else rest[0] if rest else ""
+    cmd = file_write(current, content, append=True, tool=f"swe_agent.{head}")
+    cmd.mode = "replace" if head == "edit" else "insert"
+    return [cmd]
+
+
+def swe_agent_action(action: str, state: dict[str, str] | None = None) -> list[Command]:
+    """SWE-agent actions are command lines; its editor tools are parsed back into file writes.
+    `state` carries the file the windowed editor has open from one step to the next."""
     text = action.strip()
     if not text:
         return []
+    state = {} if state is None else state
     head = text.split(None, 1)[0]
+    if head in ("open", "create") and len(text.split("\n", 1)[0].split()) >= 2:
+        target = text.split("\n", 1)[0].split()[1].strip("\"'")
+        state["file"] = target
+        if head == "create":
+            return [file_write(target, "", append=False, tool="create")]
+        return []
+    if head in ("edit", "insert", "append"):
+        return _windowed(head, text, state.get("file"))
     if head in ("str_replace_editor", "edit_file"):
         try:
             argv = shlex.split(text)
@@ -220,8 +253,6 @@ def swe_agent_action(action: str) -> list[Command]:
             if tok.startswith("--") and i + 1 < len(rest):
                 args[tok[2:]] = rest[i + 1]
         return _editor(head, args)
-    if head == "create" and len(text.split()) == 2:
-        return [file_write(text.split()[1], "", append=False, tool="create")]
     if head in ("submit", "exit", "exit_forfeit", "open", "goto", "scroll_up", "scroll_down",
                 "find_file", "search_dir", "search_file", "filemap"):  # fmt: skip
         return []

@@ -3,8 +3,9 @@
 `message_type`, and `action`/`thought` on assistant turns) and `info` (`exit_status`,
 `submission`, `model_stats`).
 
-Actions are command lines; `str_replace_editor create|str_replace|insert PATH ...` and `create
-PATH` become synthetic file writes. Step index: 0-based position in `trajectory[]`; when a file has
+Actions are command lines; `str_replace_editor create|str_replace|insert PATH ...`, `create PATH`
+and the windowed editor's `edit`/`insert`/`append` into the file `open`/`create` made current
+become synthetic file writes. Step index: 0-based position in `trajectory[]`; when a file has
 no `trajectory[]`, the 0-based position in `history[]` of assistant messages carrying `action`.
 """
 
@@ -45,11 +46,12 @@ def steps(record: Any) -> list[Step]:
         if not isinstance(traj, list):
             raise MalformedError("field 'trajectory' must be a list")
         out = []
+        state: dict[str, str] = {}
         for i, entry in enumerate(traj):
             if not isinstance(entry, dict) or not isinstance(entry.get("action", ""), str):
                 raise MalformedError(f"trajectory[{i}].action must be a string")
             step = Step(i, "assistant", clip(entry.get("thought") or entry.get("response")),
-                        swe_agent_action(entry.get("action") or ""),
+                        swe_agent_action(entry.get("action") or "", state),
                         clip(entry.get("observation")))  # fmt: skip
             step.calls = int(bool((entry.get("action") or "").strip()))
             out.append(step)
@@ -58,12 +60,13 @@ def steps(record: Any) -> list[Step]:
     if not isinstance(hist, list):
         raise MalformedError("field 'trajectory' (or 'history') must be a list")
     out = []
+    state: dict[str, str] = {}
     for i, m in enumerate(hist):
         if not isinstance(m, dict):
             raise MalformedError(f"history[{i}] must be an object")
         step = Step(i, str(m.get("role", "")), clip(m.get("thought") or m.get("content")))
         if m.get("role") == "assistant" and isinstance(m.get("action"), str):
-            step.commands = swe_agent_action(m["action"])
+            step.commands = swe_agent_action(m["action"], state)
             step.calls = int(bool(m["action"].strip()))
         out.append(step)
     return out
