@@ -129,9 +129,14 @@ def audit_trajectory(traj: Trajectory, options: AuditOptions) -> dict[str, Any]:
                         })  # fmt: skip
                 here.add(f, _finding_dict(f, step, cmd.command, cmd.synthetic))
             for path, as_command, written in prov.scripts_run(effs):
+                inner = None
                 for f in checker.analyse(as_command):
-                    if f.rule in PROVENANCE_RULES or f.category == "policy":
+                    if f.category == "policy":
                         continue
+                    if f.rule in PROVENANCE_RULES:
+                        inner = prov.effects_of(as_command, True) if inner is None else inner
+                        if prov.judge(inner, f.rule) != "keep":
+                            continue
                     wrote = sorted({traj.steps[w].index for w in written.steps})
                     ran = f.model_copy(
                         update={

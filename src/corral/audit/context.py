@@ -347,8 +347,10 @@ class Provenance:
                 if e.source is not None:
                     src = self._lookup(e.source)
                     content = src.content if src is not None else None
-                self._put(p, Written(content, [pos]))
-            elif e.kind == "append":
+                self._put(p, Written(content, [pos] if content or content is None else []))
+            elif e.kind == "append" or (e.kind == "edit" and e.content is not None):
+                # an editor's replacement: what it put in is kept with what was there (a script's
+                # content after a str_replace is not known exactly; both parts are analysed)
                 old = self.files.get(p)
                 if old is None:
                     self._put(p, Written(e.content, [pos]))

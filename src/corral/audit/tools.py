@@ -92,9 +92,11 @@ def text_commands(text: str) -> list[Command]:
     `<execute_ipython>` / `<execute>`, and fenced ```bash / ```mswea_bash_command blocks (mini-swe-agent,
     AgentTuning's `Act: bash`). Python cells become `python3 -c`; their `!cmd` lines and `%%bash`
     cells are shell."""
-    if not text or ("<" not in text and "```" not in text):
+    if not text or ("<" not in text and "```" not in text and "keystrokes" not in text):
         return []
     out: list[Command] = []
+    if "keystrokes" in text:
+        out.extend(_terminus_json(text))
     for name, body in _FUNCTION_TAG.findall(text):
         args = {k: v for k, v in _PARAM_TAG.findall(body)}
         out.extend(commands_for_tool(name, args))
@@ -106,6 +108,26 @@ def text_commands(text: str) -> list[Command]:
     if not out:
         out.extend(Command(body, "bash") for _, body in _FENCE.findall(text) if body.strip())
     return out
+
+
+def _terminus_json(text: str) -> list[Command]:
+    """Terminus (Harbor/Terminal-Bench) answers as JSON: `{"analysis", "plan", "commands":
+    [{"keystrokes", "duration"}], "task_complete"}` (terminus-1: `is_blocking`, `timeout_sec`).
+    The keystrokes are typed into a shell; a trailing newline runs them."""
+    start = text.find("{")
+    if start < 0:
+        return []
+    try:
+        doc, _ = json.JSONDecoder(strict=False).raw_decode(text[start:])
+    except json.JSONDecodeError:
+        doc = parse_arguments(text[start:])
+        found = doc.get("keystrokes") if isinstance(doc, dict) else None
+        return [Command(found, "keystrokes")] if isinstance(found, str) and found.strip() else []
+    cmds = doc.get("commands") if isinstance(doc, dict) else None
+    if not isinstance(cmds, list):
+        return []
+    return [Command(c["keystrokes"], "keystrokes") for c in cmds
+            if isinstance(c, dict) and isinstance(c.get("keystrokes"), str) and c["keystrokes"].strip()]  # fmt: skip
 
 
 def python_cell(code: str, tool: str) -> list[Command]:

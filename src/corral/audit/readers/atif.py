@@ -3,6 +3,8 @@
 `message`, `reasoning_content`, `tool_calls[]` {`tool_call_id`, `function_name`, `arguments`},
 `observation.results[]` {`source_call_id`, `content`}.
 
+Terminus-2 writes `bash_command` calls with `keystrokes` (and `duration`); with raw content kept it
+writes no tool calls and the agent `message` holds its JSON answer (`commands[].keystrokes`).
 Step index: 0-based position in `steps[]` (ATIF's own `step_id` starts at 1; it is kept as `ref`).
 """
 
@@ -12,7 +14,7 @@ from typing import Any
 
 from corral.audit.model import MalformedError, Step
 from corral.audit.readers._common import clip, first_str, flatten, require_list
-from corral.audit.tools import commands_for_tool
+from corral.audit.tools import commands_for_tool, text_commands
 
 NAME = "atif"
 GROUPED = False
@@ -46,6 +48,9 @@ def steps(record: Any) -> list[Step]:
                 raise MalformedError(f"steps[{i}].tool_calls[{j}].function_name missing")
             step.calls += 1
             step.commands.extend(commands_for_tool(call["function_name"], call.get("arguments")))
+        if not calls and step.role == "agent":  # terminus with raw content kept: JSON or text
+            step.commands = text_commands(flatten(s.get("message")))
+            step.calls = len(step.commands)
         obs = s.get("observation")
         if isinstance(obs, dict):
             results = obs.get("results") or []
