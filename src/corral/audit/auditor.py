@@ -185,6 +185,7 @@ def audit_trajectory(traj: Trajectory, options: AuditOptions) -> dict[str, Any]:
         "id": traj.id,
         "steps": len(traj.steps),
         "commands": commands,
+        "actions": sum(s.calls for s in traj.steps),
         "verdict": verdict,
         "passed": passes(verdict, policy, options.keep_unreadable),
         "worst": worst,

@@ -3,7 +3,8 @@
 --json FILE writes one JSON object per line:
   trajectory lines: {"kind": "trajectory", "file", "line" (1-based line of its first record, null
     for a whole-file JSON document), "item" (index in a top-level JSON array, else null), "format",
-    "id", "steps" (step count), "commands" (commands analysed), "verdict" ("allow"|"ask"|"deny"|
+    "id", "steps" (step count), "commands" (commands analysed), "actions" (tool calls and text
+    actions the reader saw, shell or not), "verdict" ("allow"|"ask"|"deny"|
     "unreadable": steps but no tool call or command the reader recognises, so nothing was checked;
     "unreadable" then says why),
     "passed" (what --keep took), "worst": null | {"rule", "category", "severity", "attack",

@@ -33,6 +33,17 @@ def is_event(e: Any) -> bool:
     )
 
 
+def is_old_event(e: Any) -> bool:
+    """The older resolver layout (`output.jsonl` of openhands-resolver): `history[]` holds bare
+    actions with their arguments inline ({`action`: "run", `command`, `thought`}) and
+    observations ({`observation`: "run", `content`, `command`}), without ids."""
+    return (
+        isinstance(e, dict)
+        and "role" not in e
+        and (isinstance(e.get("action"), str) or isinstance(e.get("observation"), str))
+    )
+
+
 def _events(record: Any) -> Any:
     if isinstance(record, dict):
         for key in ("history", "events"):
@@ -44,7 +55,11 @@ def _events(record: Any) -> Any:
 
 def sniff(record: Any) -> bool:
     events = _events(record)
-    return isinstance(events, list) and any(is_event(e) for e in events[:5])
+    if not isinstance(events, list):
+        return False
+    if any(is_event(e) for e in events[:5]):
+        return True
+    return isinstance(record, dict) and any(is_old_event(e) for e in events[:5])
 
 
 def trajectory_id(record: Any) -> str | None:
@@ -56,7 +71,9 @@ def event_step(i: int, e: Any) -> Step:
         raise MalformedError(f"event {i} must be an object")
     step = Step(i, str(e.get("source", "")), ref=first_str(e, "id"))
     if "action" in e:
-        args = e.get("args") or {}
+        args = e.get("args")
+        if args is None:  # older layout: arguments inline
+            args = {k: v for k, v in e.items() if k not in ("action", "id", "source", "message")}
         if not isinstance(args, dict):
             raise MalformedError(f"event {i}: field 'args' must be an object")
         tool = _ACTIONS.get(str(e["action"]))
