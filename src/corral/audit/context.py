@@ -22,7 +22,7 @@ import ast
 import posixpath
 import re
 import shlex
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from corral.analysis.model import Analysis
 from corral.analysis.model import Command as Simple
@@ -48,6 +48,8 @@ _WRITE_HINT = re.compile(r">|\btee\b|\btouch\b|\bcp\b|\bmv\b|\brm\b|\bunlink\b|\
 # `sed -i '12a\\ text'`, `sed -i '/def f/i ...'`: inserts lines, changes none
 _SED_INSERT = re.compile(r"^\s*(?:\d+|\$|/(?:[^/\\]|\\.)*/)?\s*[aiAI](?:\\|\s)")
 MAX_CONTENT = 256 * 1024  # per file: what is kept to analyse when the file is run
+_EFFECTS: dict[str, tuple[Effect, ...]] = {}
+_EFFECTS_MAX = 50_000
 
 
 @dataclass(slots=True)
@@ -268,12 +270,19 @@ class Provenance:
 
     # -- what a line does -------------------------------------------------------------------
     def effects_of(self, command: str, synthetic: bool) -> list[Effect]:
-        """What one command does to files (cheap text checks first: most lines touch none)."""
+        """What one command does to files (cheap text checks first: most lines touch none; the
+        rest are remembered per process, as corpora repeat `python reproduce.py` endlessly)."""
         if not self.in_workspace and self.workspace.rstrip("/") + "/" in command + "/":
             self.in_workspace = True
         if not synthetic and not _WRITE_HINT.search(command) and not _runs_hint(command):
             return []
-        return effects(analyse(command))
+        hit = _EFFECTS.get(command)
+        if hit is None:
+            hit = tuple(effects(analyse(command)))
+            if len(_EFFECTS) >= _EFFECTS_MAX:
+                _EFFECTS.clear()
+            _EFFECTS[command] = hit
+        return [replace(e) for e in hit]
 
     # -- reward tampering by context --------------------------------------------------------
     def is_protected(self, path: str) -> bool:

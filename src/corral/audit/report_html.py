@@ -119,8 +119,44 @@ def _trajectory_html(r: dict[str, Any]) -> str:
     return "".join(out)
 
 
+PAGE = 100
+PAGER_JS = """
+function corralPage(d){var pages=document.querySelectorAll('tbody.page');var cur=0;
+pages.forEach(function(p,i){if(!p.hidden)cur=i;});var n=Math.max(0,Math.min(pages.length-1,cur+d));
+pages.forEach(function(p,i){p.hidden=(i!==n);});
+document.getElementById('pageno').textContent=(n+1)+' / '+pages.length;}
+"""
+
+
+def _flagged_html(flagged: list[dict[str, Any]], total: int) -> str:
+    """Every flagged trajectory in brief, 100 rows a page (pages are <tbody> blocks; the buttons
+    show one at a time, and without scripts the browser shows the first)."""
+    if not flagged:
+        return '<p class="empty">Nothing flagged.</p>'
+    pages = [flagged[i : i + PAGE] for i in range(0, len(flagged), PAGE)]
+    body = []
+    for n, rows in enumerate(pages):
+        cells = "".join(
+            f"<tr><td>{_badge(r['verdict'], VERDICT_COLOR.get(r['verdict'], '#607d8b'))}</td>"
+            f"<td>{escape(str(r['id']))}</td><td>{escape(_where(r))}</td><td>{escape(r['format'])}</td>"
+            f"<td>{escape(r['severity'])} {escape(r['rule'])}</td>"
+            f"<td>{escape(', '.join(map(str, r['steps'])))}</td><td>{r['findings']}</td></tr>"
+            for r in rows
+        )
+        body.append(f'<tbody class="page" data-page="{n}"{" hidden" if n else ""}>{cells}</tbody>')
+    more = (f'<p class="meta">{total - len(flagged):,} more flagged trajectories are in --json.</p>'
+            if total > len(flagged) else "")  # fmt: skip
+    pager = (f'<div class="pager"><button onclick="corralPage(-1)">previous</button> '
+             f'<span id="pageno">1 / {len(pages)}</span> '
+             f'<button onclick="corralPage(1)">next</button></div>')  # fmt: skip
+    return (pager + "<table><thead><tr><th>verdict</th><th>trajectory</th><th>where</th>"
+            "<th>format</th><th>worst finding</th><th>steps</th><th>findings</th></tr></thead>"
+            + "".join(body) + "</table>" + more + f"<script>{PAGER_JS}</script>")  # fmt: skip
+
+
 def render(summary: dict[str, Any], worst: list[dict[str, Any]], malformed: list[dict[str, Any]],
-           *, policy: str, inputs: list[str]) -> str:  # fmt: skip
+           *, policy: str, inputs: list[str],
+           flagged: list[dict[str, Any]] | None = None) -> str:  # fmt: skip
     v = summary["verdicts"]
     cards = [
         ("trajectories", summary["trajectories"]), ("deny", v["deny"]), ("ask", v["ask"]),
@@ -178,6 +214,8 @@ def render(summary: dict[str, Any], worst: list[dict[str, Any]], malformed: list
         ("<table><tr><th>where</th><th>id</th><th>format</th><th>why</th></tr>"
          f"{unread_rows}</table>") if unread_rows
         else '<p class="empty">None: every trajectory had commands read.</p>',
+        f"<h2>All flagged trajectories ({summary.get('flagged', len(flagged or [])):,})</h2>",
+        _flagged_html(flagged or [], summary.get("flagged", len(flagged or []))),
         f"<h2>Worst trajectories ({len(worst)} shown)</h2>",
         "".join(_trajectory_html(r) for r in worst) or '<p class="empty">Nothing flagged.</p>',
         f"<h2>Malformed records ({summary['malformed']})</h2>",

@@ -16,6 +16,7 @@ from corral.audit.model import SEVERITY_RANK
 WORST_KEPT = 50
 MALFORMED_KEPT = 500
 UNREADABLE_KEPT = 500
+FLAGGED_KEPT = 200_000  # every flagged trajectory, in brief, for the report's paged list
 
 
 def _public(result: dict[str, Any]) -> dict[str, Any]:
@@ -43,6 +44,8 @@ class AuditSink:
         self.malformed_count = 0
         self.malformed: list[dict[str, Any]] = []
         self.unreadable: list[dict[str, Any]] = []  # the first ones, with why (see summary)
+        self.flagged: list[dict[str, Any]] = []  # every trajectory with findings, in brief
+        self.flagged_count = 0
         self.format_verdicts: dict[str, Counter[str]] = {}
         self._worst: list[tuple[tuple[int, int, int], int, dict[str, Any]]] = []
         self._seq = 0
@@ -97,6 +100,14 @@ class AuditSink:
             for line in r.get("_raw", []):
                 out.write(line + "\n")
         if r["findings"]:
+            self.flagged_count += 1
+            if len(self.flagged) < FLAGGED_KEPT:
+                w = r["worst"]
+                self.flagged.append({
+                    "file": r["file"], "line": r["line"], "item": r["item"], "id": r["id"],
+                    "format": r["format"], "verdict": r["verdict"], "findings": len(r["findings"]),
+                    "rule": w["rule"], "severity": w["severity"], "steps": w["steps"][:20],
+                })  # fmt: skip
             sev = SEVERITY_RANK.get(r["worst"]["severity"], 0)
             verdict_rank = {"deny": 2, "ask": 1}.get(r["verdict"], 0)
             key = (verdict_rank, sev, len(r["findings"]))
@@ -131,6 +142,7 @@ class AuditSink:
             },
             "rules": dict(self.rules.most_common()),
             "format_verdicts": {f: dict(c) for f, c in sorted(self.format_verdicts.items())},
+            "flagged": self.flagged_count,
             "unreadable": self.unreadable,
         }
 

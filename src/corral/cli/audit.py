@@ -122,7 +122,7 @@ def audit(
         report.parent.mkdir(parents=True, exist_ok=True)
         report.write_text(
             render(summary, sink.worst(), sink.malformed, policy=policy.name,
-                   inputs=[str(p) for p in paths]),
+                   inputs=[str(p) for p in paths], flagged=sink.flagged),
             encoding="utf-8",
         )  # fmt: skip
     _print_summary(Console(), summary, sink, elapsed, report, json_out, keep, drop)
