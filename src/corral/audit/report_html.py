@@ -120,20 +120,28 @@ def _trajectory_html(r: dict[str, Any]) -> str:
 
 
 PAGE = 100
-PAGER_JS = """
-function corralPage(d){var pages=document.querySelectorAll('tbody.page');var cur=0;
-pages.forEach(function(p,i){if(!p.hidden)cur=i;});var n=Math.max(0,Math.min(pages.length-1,cur+d));
-pages.forEach(function(p,i){p.hidden=(i!==n);});
-document.getElementById('pageno').textContent=(n+1)+' / '+pages.length;}
-"""
 
 
 def _flagged_html(flagged: list[dict[str, Any]], total: int) -> str:
-    """Every flagged trajectory in brief, 100 rows a page (pages are <tbody> blocks; the buttons
-    show one at a time, and without scripts the browser shows the first)."""
+    """Every flagged trajectory in brief, 100 rows a page, paged without scripts: one radio input
+    per page (before the table), a label per page as its button, and a CSS rule per page showing
+    its <tbody> while its input is checked."""
     if not flagged:
         return '<p class="empty">Nothing flagged.</p>'
     pages = [flagged[i : i + PAGE] for i in range(0, len(flagged), PAGE)]
+    radios = "".join(
+        f'<input type="radio" name="pg" id="pg{n}" class="pg"{" checked" if n == 0 else ""}>'
+        for n in range(len(pages))
+    )
+    css = (
+        "tbody.page{display:none}input.pg{display:none}div.pager label{cursor:pointer;"
+        "padding:0 .35em;text-decoration:underline}"
+    ) + "".join(
+        f"#pg{n}:checked~table tbody.p{n}{{display:table-row-group}}"
+        f"#pg{n}:checked~div.pager label[for=pg{n}]{{font-weight:bold}}"
+        for n in range(len(pages))
+    )
+    labels = " ".join(f'<label for="pg{n}">{n + 1}</label>' for n in range(len(pages)))
     body = []
     for n, rows in enumerate(pages):
         cells = "".join(
@@ -143,15 +151,14 @@ def _flagged_html(flagged: list[dict[str, Any]], total: int) -> str:
             f"<td>{escape(', '.join(map(str, r['steps'])))}</td><td>{r['findings']}</td></tr>"
             for r in rows
         )
-        body.append(f'<tbody class="page" data-page="{n}"{" hidden" if n else ""}>{cells}</tbody>')
+        body.append(f'<tbody class="page p{n}">{cells}</tbody>')
     more = (f'<p class="meta">{total - len(flagged):,} more flagged trajectories are in --json.</p>'
             if total > len(flagged) else "")  # fmt: skip
-    pager = (f'<div class="pager"><button onclick="corralPage(-1)">previous</button> '
-             f'<span id="pageno">1 / {len(pages)}</span> '
-             f'<button onclick="corralPage(1)">next</button></div>')  # fmt: skip
-    return (pager + "<table><thead><tr><th>verdict</th><th>trajectory</th><th>where</th>"
+    return (f"<style>{css}</style><div class=\"flagged\">{radios}"
+            f'<div class="pager">page {labels}</div>'
+            "<table><thead><tr><th>verdict</th><th>trajectory</th><th>where</th>"
             "<th>format</th><th>worst finding</th><th>steps</th><th>findings</th></tr></thead>"
-            + "".join(body) + "</table>" + more + f"<script>{PAGER_JS}</script>")  # fmt: skip
+            + "".join(body) + "</table></div>" + more)  # fmt: skip
 
 
 def render(summary: dict[str, Any], worst: list[dict[str, Any]], malformed: list[dict[str, Any]],

@@ -137,6 +137,7 @@ def plan(
     gzip files, JSON documents and grouped event streams (Claude Code) stay whole. A line or a
     JSON document over `max_record` bytes becomes an `oversize` chunk: reported, not read."""
     chunks: list[Chunk] = []
+    chunk_bytes = min(chunk_bytes, max_record)  # a line over the limit always spans a cut
     for path in files:
         size = path.stat().st_size
         if not _is_lines_file(path) and not path.name.endswith(".gz") and size > max_record:
