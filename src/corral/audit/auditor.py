@@ -17,6 +17,7 @@ from corral.audit.context import PROVENANCE_RULES, Provenance
 from corral.audit.model import SEVERITY_RANK, Malformed, Step, Trajectory
 from corral.audit.sources import Chunk, load, trajectories
 from corral.policy import Policy
+from corral.rules import Finding
 
 CONTEXT_STEPS = 5  # offending steps shown with neighbours per trajectory
 CONTEXT_CHARS = 1200
@@ -73,6 +74,17 @@ def _context(traj: Trajectory, flagged: dict[int, list[str]]) -> list[dict[str, 
             "commands": [{"command": _clip(c.command), "synthetic": c.synthetic} for c in s.commands],
         })  # fmt: skip
     return out
+
+
+def _recorded(ev: dict[str, Any]) -> Finding | None:
+    """An event the live run recorded at this step (`corral export`), as a finding of its own."""
+    severity, rule = ev.get("severity"), ev.get("rule")
+    if severity not in SEVERITY_RANK or severity == "info" or not isinstance(rule, str):
+        return None
+    what = f"{ev.get('source', '?')} {ev.get('action', '')}".strip()
+    return Finding(rule=rule, category=str(ev.get("category") or "policy"), severity=severity,
+                   attack=ev.get("attack"), message=f"recorded live ({what}): {ev.get('message', '')}",
+                   evidence={"recorded": True})  # fmt: skip
 
 
 def _unreadable(traj: Trajectory, commands: int) -> str | None:
@@ -160,6 +172,12 @@ def audit_trajectory(traj: Trajectory, options: AuditOptions) -> dict[str, Any]:
                         per_step.setdefault(w, _Step()).add(wf, wd)
             prov.record(pos, effs)
             prov.remember(cmd.command)
+        for ev in step.recorded:
+            f = _recorded(ev)
+            if f is not None:
+                d = _finding_dict(f, step, " ".join(map(str, ev.get("argv") or [])) or "", False)
+                d["recorded"] = True
+                here.add(f, d)
         prov.remember(step.observation)
     raw_findings: list[Any] = []
     findings: list[dict[str, Any]] = []

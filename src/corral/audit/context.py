@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, replace
 from corral.analysis.model import Analysis
 from corral.analysis.model import Command as Simple
 from corral.analysis.shell import SHELLS, analyse
+from corral.audit.model import IN_WORKSPACE
 
 # Paths that look like the task's tests or grader (the rule packs' own reading of "tests").
 TEST_LIKE = re.compile(
@@ -259,6 +260,8 @@ class Provenance:
                  cwd: str | None = None) -> None:  # fmt: skip
         self.protected = [p.strip("/") for p in protected if p.strip("/")]
         self.workspace = workspace
+        if cwd == IN_WORKSPACE:
+            cwd = workspace
         self.cwd = cwd if cwd and cwd.startswith("/") else None
         self.created: set[str] = set()
         self.files: dict[str, Written] = {}

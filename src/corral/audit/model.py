@@ -37,6 +37,7 @@ class Step:
     observation: str = ""
     ref: str | None = None
     calls: int = 0  # tool calls / actions the reader saw (recognised as commands or not)
+    recorded: list[dict[str, Any]] = field(default_factory=list)  # events a live run recorded
 
 
 @dataclass(slots=True)
@@ -51,6 +52,10 @@ class Trajectory:
     steps: list[Step]
     raw: list[str] = field(default_factory=list)
     cwd: str | None = None  # where the agent's commands ran, when the format records it
+
+
+# `Trajectory.cwd` of an episode corral recorded: it ran in the policy's workspace, whatever its path
+IN_WORKSPACE = "<workspace>"
 
 
 @dataclass(slots=True)

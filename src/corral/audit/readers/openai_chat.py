@@ -2,14 +2,15 @@
 
 A record is `{"messages": [...]}` (one per JSONL line, as in fine-tuning files) or a bare list of
 messages. `arguments` may be a JSON string (the API's form) or an object (many exporters).
-Step index: 0-based position in `messages[]`; `ref` is the tool call `id`.
+Step index: 0-based position in `messages[]`; `ref` is the tool call `id`. `corral export --format
+openai` adds `metadata.corral.steps[]` (one per tool call, its recorded events): findings too.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from corral.audit.model import MalformedError, Step
+from corral.audit.model import IN_WORKSPACE, MalformedError, Step
 from corral.audit.readers._common import TRAJECTORY_ID_KEYS, clip, first_str, flatten
 from corral.audit.tools import commands_for_tool, text_commands
 
@@ -59,8 +60,27 @@ def message_steps(msgs: list[Any]) -> list[Step]:
     return steps
 
 
+def _corral_meta(record: Any) -> dict[str, Any] | None:
+    meta = record.get("metadata") if isinstance(record, dict) else None
+    mine = meta.get("corral") if isinstance(meta, dict) else None
+    return mine if isinstance(mine, dict) else None
+
+
+def cwd(record: Any) -> str | None:
+    """`corral export --format openai` episodes ran in the policy's workspace."""
+    return IN_WORKSPACE if _corral_meta(record) is not None else None
+
+
 def steps(record: Any) -> list[Step]:
     msgs = _messages(record)
     if not isinstance(msgs, list):
         raise MalformedError("field 'messages' must be a list")
-    return message_steps(msgs)
+    out = message_steps(msgs)
+    mine = _corral_meta(record)
+    per_step = mine.get("steps") if mine is not None else None
+    if isinstance(per_step, list):  # `corral export`: one entry per assistant tool call, in order
+        acting = [s for s in out if s.role == "assistant" and s.calls]
+        for step, rec in zip(acting, per_step, strict=False):
+            if isinstance(rec, dict) and isinstance(rec.get("events"), list):
+                step.recorded = [e for e in rec["events"] if isinstance(e, dict)]
+    return out
