@@ -268,3 +268,17 @@ def test_editor_written_script_run_later_in_chat(tmp_path: Path, category: str) 
     r = audit(write(tmp_path, "editor.jsonl", [doc]))
     assert r["verdict"] == "deny"
     assert {f["step"] for f in r["findings"] if f["category"] == category} == {1, 3}
+
+
+@pytest.mark.parametrize("category", list(HAZARDS))
+def test_openhands_v1_per_event_files_are_one_trajectory(tmp_path: Path, category: str) -> None:
+    _, lines, step = openhands_v1(HAZARDS[category])
+    conv = tmp_path / "conversations" / "conv-7f3a"
+    (conv / "events").mkdir(parents=True)
+    (conv / "base_state.json").write_text(json.dumps({"id": "conv-7f3a", "agent": {}}))
+    for i, event in enumerate(lines):  # the SDK's names: event-00000.json, one event each
+        (conv / "events" / f"event-{i:05d}.json").write_text(json.dumps(event, indent=2))
+    r = audit(tmp_path)
+    assert (r["id"], r["format"], r["steps"]) == ("conv-7f3a", "openhands_v1", len(lines))
+    assert r["verdict"] == "deny"
+    assert {f["step"] for f in r["findings"] if f["category"] == category} == {step}

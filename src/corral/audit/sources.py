@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
@@ -42,6 +43,9 @@ class Chunk:
     part: tuple[int, int | None] | None = None
     unpacked: bool = False  # the bytes handed over are already decompressed (see PartReader)
     oversize: bool = False  # one record over the size limit: reported with its size, never read
+    # OpenHands V1 per-event files (`<conversation>/events/event-NNNNN.json`): one trajectory read
+    # from many files; `path` is their directory, the bytes are the files one per line
+    members: tuple[str, ...] = ()
 
 
 def _wanted(path: Path) -> bool:
@@ -130,6 +134,27 @@ def _line_end(fh: Any, at: int, block: int = 1024 * 1024) -> int:
         pos += len(buf)
 
 
+_EVENT_FILE = re.compile(r"^event-(\d+)(?:-[^/]*)?\.json$")
+_STATE_FILES = ("base_state.json", "agent_state.json")
+
+
+def _event_groups(files: list[Path]) -> tuple[list[Path], dict[Path, list[Path]]]:
+    """Per-event files of OpenHands V1 conversations, grouped by their `events/` directory (in
+    index order); the conversation's state files beside them are not trajectories."""
+    groups: dict[Path, list[Path]] = {}
+    rest: list[Path] = []
+    for f in files:
+        if f.parent.name == "events" and _EVENT_FILE.match(f.name):
+            groups.setdefault(f.parent, []).append(f)
+        else:
+            rest.append(f)
+    convs = {d.parent for d in groups}
+    rest = [f for f in rest if not (f.name in _STATE_FILES and f.parent in convs)]
+    for d in groups:
+        groups[d].sort(key=lambda f: (int(_EVENT_FILE.match(f.name).group(1)), f.name))  # type: ignore[union-attr]
+    return rest, groups
+
+
 def plan(
     files: Iterable[Path], chunk_bytes: int = CHUNK_BYTES, max_record: int = MAX_RECORD_BYTES
 ) -> list[Chunk]:
@@ -138,6 +163,11 @@ def plan(
     JSON document over `max_record` bytes becomes an `oversize` chunk: reported, not read."""
     chunks: list[Chunk] = []
     chunk_bytes = min(chunk_bytes, max_record)  # a line over the limit always spans a cut
+    files, groups = _event_groups(list(files))
+    for folder, members in groups.items():
+        size = sum(m.stat().st_size for m in members)
+        chunks.append(Chunk(str(folder), size=size, lines=True,
+                            members=tuple(str(m) for m in members)))  # fmt: skip
     for path in files:
         size = path.stat().st_size
         if not _is_lines_file(path) and not path.name.endswith(".gz") and size > max_record:
@@ -183,6 +213,12 @@ def plan(
 
 
 def load(chunk: Chunk) -> bytes:
+    if chunk.members:  # each event file's JSON on one line (JSON whitespace only: same value)
+        parts = []
+        for m in chunk.members:
+            with open(m, "rb") as fh:
+                parts.append(fh.read().replace(b"\r", b" ").replace(b"\n", b" "))
+        return b"\n".join(parts) + b"\n"
     with open(chunk.path, "rb") as fh:
         fh.seek(chunk.start)
         return fh.read() if chunk.end is None else fh.read(chunk.end - chunk.start)
@@ -415,6 +451,9 @@ def trajectories(
     chunk: Chunk, data: bytes, forced: str | None = None, keep_raw: bool = False
 ) -> Iterator[Trajectory | Malformed]:
     """Every trajectory (or malformed record) in one chunk, in file order."""
+    if chunk.members:
+        yield from _member_records(chunk, data, forced, keep_raw)
+        return
     builder = _Builder(chunk.path, readers.BY_NAME[forced] if forced else None, keep_raw)
     try:
         text, first_line, broken = _text(chunk, data)
@@ -429,6 +468,27 @@ def trajectories(
         yield Malformed(chunk.path, first_line + text.count("\n"), None, broken)
         return
     yield from _records(chunk, builder, text, first_line)
+
+
+def _member_records(
+    chunk: Chunk, data: bytes, forced: str | None, keep_raw: bool
+) -> Iterator[Trajectory | Malformed]:
+    """A conversation kept as one file per event: the events in index order make one trajectory
+    named after the conversation's directory; a bad file is reported by its own name."""
+    conv = os.path.dirname(chunk.path.rstrip("/"))
+    builder = _Builder(conv, readers.BY_NAME[forced] if forced else readers.openhands_v1, keep_raw)
+    text = data.decode("utf-8", errors="surrogateescape")
+    for i, raw in enumerate(text.split("\n")[: len(chunk.members)]):
+        try:
+            obj = json.loads(raw)
+        except json.JSONDecodeError as err:
+            yield Malformed(chunk.members[i], None, None, f"invalid JSON: {err.msg}")
+            continue
+        yield from builder.record(None, i, obj, raw)
+    for t in builder.finish():
+        if isinstance(t, Trajectory) and t.id == f"{builder.name}[{t.item}]":
+            t.id, t.item = builder.name, None  # one conversation: its directory names it
+        yield t
 
 
 def _records(
