@@ -86,3 +86,24 @@ def test_a_huge_line_is_skipped_with_its_size_and_the_rest_read(cli, tmp_path: P
     (bad,) = [r for r in got if r["kind"] == "malformed"]
     assert bad["line"] == 2 and f"{len(big) + 1:,} bytes" in bad["error"]
     assert cli(str(src), "--max-record-mb", "0").exit_code == 2
+
+
+def test_a_huge_line_in_gzip_is_skipped_as_it_streams(cli, tmp_path: Path) -> None:
+    big = json.dumps(chat("big", note="y" * (3 * 1024 * 1024)))
+    lines = [json.dumps(chat(f"a{i}")) for i in range(3000)] + [big]
+    lines += [json.dumps(chat(f"b{i}")) for i in range(3000)]
+    src = tmp_path / "huge.jsonl.gz"
+    src.write_bytes(gzip.compress(("\n".join(lines) + "\n").encode()))
+    out = tmp_path / "o.jsonl"
+    for workers in ("1", "2"):
+        assert (
+            cli(
+                str(src), "--json", str(out), "--max-record-mb", "1", "--workers", workers
+            ).exit_code
+            == 0
+        )
+        got = rows(out)
+        ids = [r["id"] for r in got if r["kind"] == "trajectory"]
+        assert ids == [f"a{i}" for i in range(3000)] + [f"b{i}" for i in range(3000)]
+        (bad,) = [r for r in got if r["kind"] == "malformed"]
+        assert bad["line"] == 3001 and f"{len(big) + 1:,} bytes" in bad["error"]

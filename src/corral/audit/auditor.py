@@ -235,7 +235,11 @@ def audit_chunk(chunk: Chunk, options: AuditOptions, data: bytes | None = None) 
             bad = Malformed(chunk.path, None, None, f"cannot read: {err}")
             return {"results": [], "malformed": [bad.to_dict()], "bytes": chunk.size}
     results: list[dict[str, Any]] = []
-    malformed: list[dict[str, Any]] = []
+    malformed: list[dict[str, Any]] = [
+        Malformed(chunk.path, line, None, f"line of {size:,} bytes is over the record size limit "
+                  "(--max-record-mb); skipped unread").to_dict()
+        for line, size in chunk.skipped
+    ]  # fmt: skip
     for t in trajectories(chunk, data, options.format, options.keep_raw):
         if isinstance(t, Malformed):
             malformed.append(t.to_dict())

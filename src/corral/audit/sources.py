@@ -46,6 +46,8 @@ class Chunk:
     # OpenHands V1 per-event files (`<conversation>/events/event-NNNNN.json`): one trajectory read
     # from many files; `path` is their directory, the bytes are the files one per line
     members: tuple[str, ...] = ()
+    limit: int = 0  # gzip parts: a line longer than this is skipped as it streams (0: no limit)
+    skipped: tuple[tuple[int, int], ...] = ()  # (line, bytes) of lines the reader skipped
 
 
 def _wanted(path: Path) -> bool:
@@ -182,7 +184,8 @@ def plan(
                 for lo in range(0, size, chunk_bytes):
                     hi = lo + chunk_bytes if lo + chunk_bytes < size else None
                     part_size = (hi or size) - lo
-                    chunks.append(Chunk(str(path), size=part_size, lines=True, part=(lo, hi)))
+                    chunks.append(Chunk(str(path), size=part_size, lines=True, part=(lo, hi),
+                                        limit=max_record))  # fmt: skip
                 continue
         if not splittable:
             chunks.append(Chunk(str(path), size=size, lines=_is_lines_file(path)))
@@ -287,10 +290,12 @@ class PartReader:
     cuts the same lines, or reports the file unreadable)."""
 
     BLOCK = 1024 * 1024
+    OUT = 4 * 1024 * 1024  # decompressed per step: a bomb of repeated bytes never lands at once
 
     def __init__(self) -> None:
         self.path: str | None = None
         self.next_lo = 0
+        self.limit = 0
 
     def read(self, chunk: Chunk) -> tuple[Chunk, bytes | None]:
         assert chunk.part is not None
@@ -298,6 +303,7 @@ class PartReader:
         try:
             if lo == 0:
                 self._open(chunk.path)
+                self.limit = chunk.limit
             elif self.path != chunk.path or self.next_lo != lo:
                 return chunk, None
             stop = self._stop(hi)
@@ -307,15 +313,21 @@ class PartReader:
         data, line = self.buf[:stop], self.line
         self.buf, self.line, self.base = self.buf[stop:], line + data.count(b"\n"), self.base + stop
         self.next_lo = hi or 0
+        mine = tuple(s for s in self.skipped if s[0] < self.line)
+        self.skipped = [s for s in self.skipped if s[0] >= self.line]
         if hi is None:
             self._close()
-        return replace(chunk, first_line=line, unpacked=True), data
+        return replace(chunk, first_line=line, unpacked=True, skipped=mine), data
 
     def _open(self, path: str) -> None:
         self._close()
         self.path, self.fh = path, open(path, "rb")  # noqa: SIM115 (closed in _close)
         self.dec = zlib.decompressobj(16 + zlib.MAX_WBITS)
         self.buf, self.base, self.line, self.done = b"", 0, 1, False
+        self.pending = b""  # compressed input not yet decompressed (bounded output per step)
+        self.skipping: list[int] | None = None  # [line, bytes so far] of a line being skipped
+        self._long: tuple[int, re.Pattern[bytes]] | None = None
+        self.skipped: list[tuple[int, int]] = []
 
     def _close(self) -> None:
         if self.path is not None:
@@ -337,18 +349,52 @@ class PartReader:
             self._more()
 
     def _more(self) -> None:
-        block = self.fh.read(self.BLOCK)
-        if not block:
-            if not self.dec.eof:
-                raise EOFError("compressed file ended before the end-of-stream marker")
-            self.done = True
-            return
-        out = self.dec.decompress(block)
-        while self.dec.eof and self.dec.unused_data:  # another gzip member follows
-            rest = self.dec.unused_data
+        if not self.pending:
+            self.pending = self.fh.read(self.BLOCK)
+            if not self.pending:
+                if not self.dec.eof:
+                    raise EOFError("compressed file ended before the end-of-stream marker")
+                self.done = True
+                if self.skipping is not None:  # the last line, without a newline, was too long
+                    self.skipped.append((self.skipping[0], self.skipping[1]))
+                    self.skipping = None
+                return
+        out = self.dec.decompress(self.pending, self.OUT)
+        self.pending = self.dec.unconsumed_tail
+        if self.dec.eof and self.dec.unused_data:  # another gzip member follows
+            self.pending = self.dec.unused_data + self.pending
             self.dec = zlib.decompressobj(16 + zlib.MAX_WBITS)
-            out += self.dec.decompress(rest)
+        self._feed(out)
+
+    def _feed(self, out: bytes) -> None:
+        """Append decompressed bytes; a line growing past the limit is dropped as it streams and
+        left as an empty line (so line numbers hold), to be reported with its size."""
+        if self.skipping is not None:
+            nl = out.find(b"\n")
+            if nl < 0:
+                self.skipping[1] += len(out)
+                return
+            self.skipping[1] += nl + 1
+            self.skipped.append((self.skipping[0], self.skipping[1]))
+            self.skipping = None
+            out = b"\n" + out[nl + 1 :]
+        begin = self.buf.rfind(b"\n") + 1  # the first line the new bytes touch starts here
         self.buf += out
+        if not self.limit:
+            return
+        if self._long is None or self._long[0] != self.limit:
+            self._long = (self.limit, re.compile(b"(?m)^[^\n]{%d}" % (self.limit + 1)))
+        while (m := self._long[1].search(self.buf, begin)) is not None:
+            start = self.buf.rfind(b"\n", 0, m.start()) + 1
+            line = self.line + self.buf.count(b"\n", 0, start)
+            end = self.buf.find(b"\n", m.end())
+            if end < 0:  # still growing: drop what there is and skip the rest as it streams
+                self.skipping = [line, len(self.buf) - start]
+                self.buf = self.buf[:start]
+                return
+            self.skipped.append((line, end + 1 - start))
+            self.buf = self.buf[:start] + b"\n" + self.buf[end + 1 :]
+            begin = start + 1
 
 
 class _Builder:
