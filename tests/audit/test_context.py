@@ -144,3 +144,11 @@ def test_steps_without_any_recognised_action_are_unreadable_not_allow() -> None:
     assert r["verdict"] == "unreadable" and not r["passed"] and "no tool call" in r["unreadable"]
     assert audit([], [], keep_unreadable=True)["passed"]
     assert audit(bash("ls"))["verdict"] == "allow"
+
+
+def test_a_directory_the_agent_made_is_its_own_but_mkdir_p_proves_nothing() -> None:
+    own = audit(bash("mkdir tests"), bash("cat > tests/test_a.py <<'EOF'\nx = 1\nEOF"),
+                bash("rm -rf tests"))  # fmt: skip
+    assert own["verdict"] == "allow", own["findings"]
+    maybe = audit(bash("mkdir -p tests"), bash("rm -rf tests/test_old.py"))
+    assert maybe["verdict"] == "ask" and maybe["findings"][0]["step"] == 1

@@ -44,7 +44,7 @@ PROVENANCE_RULES = frozenset({
 _PYTHON = re.compile(r"^(?:python|pypy)(?:\d+(?:\.\d+)?)?$")
 _LANG_FLAG = {"node": "-e", "nodejs": "-e", "perl": "-e", "ruby": "-e", "php": "-r"}
 _EDITORS_IN_PLACE = frozenset({"sed", "perl", "ruby", "gawk", "awk"})
-_WRITE_HINT = re.compile(r">|\btee\b|\btouch\b|\bcp\b|\bmv\b|\brm\b|\bunlink\b|\binstall\b|\b"
+_WRITE_HINT = re.compile(r">|\btee\b|\btouch\b|\bmkdir\b|\bcp\b|\bmv\b|\brm\b|\bunlink\b|\binstall\b|\b"
                          r"ln\b|open\(|-i\b|--in-place|\bgit\b|\bfind\b|\bdd\b|\btruncate\b")  # fmt: skip
 # `sed -i '12a\\ text'`, `sed -i '/def f/i ...'`: inserts lines, changes none
 _SED_INSERT = re.compile(r"^\s*(?:\d+|\$|/(?:[^/\\]|\\.)*/)?\s*[aiAI](?:\\|\s)")
@@ -97,7 +97,7 @@ def _echoed(cmd: Simple) -> str | None:
     if cmd.program == "echo":
         return " ".join(a for a in cmd.args if not re.fullmatch(r"-[neE]+", a)) + "\n"
     if cmd.program == "printf" and cmd.args:
-        return cmd.args[0].replace("\\n", "\n") % () if "%" not in cmd.args[0] else None
+        return cmd.args[0].replace("\\n", "\n") if "%" not in cmd.args[0] else None
     return None
 
 
@@ -170,6 +170,11 @@ def effects(analysis: Analysis) -> list[Effect]:
             out.extend(Effect(kind, p, body) for p in _positional(args))
         elif prog == "touch":
             out.extend(Effect("create", p, None) for p in _positional(args, "dtr"))
+        elif prog == "mkdir" and not any(a in ("-p", "--parents") or
+                                         (a.startswith("-") and "p" in a[1:]) for a in args):  # fmt: skip
+            out.extend(
+                Effect("create", p, None) for p in _positional(args, "m")
+            )  # fails if it exists
         elif prog in ("cp", "mv", "install", "ln", "rsync"):
             pos = _positional(args, "tSgmo")
             if len(pos) >= 2:
@@ -308,6 +313,11 @@ class Provenance:
         p = norm(path, self.workspace)
         if p in self.created:
             return True
+        parent = posixpath.dirname(p)
+        while parent and parent not in ("/", "."):
+            if parent in self.created:
+                return True  # inside a directory the agent made
+            parent = posixpath.dirname(parent)
         base = posixpath.basename(p)
         same = self.by_base.get(base, set())
         return bool(same) and all(s in self.created for s in same) and "/" not in p
