@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
@@ -23,6 +23,8 @@ from corral.policy.model import Policy
 from corral.rl.reward import EMPTY_SAFETY
 from corral.sandbox.errors import PathOutsideWorkspace, SandboxClosed, SandboxRefused
 from corral.server import approval_routes, env_routes, fusion, rock
+from corral.server.auth import AuthError, Tokens, dependency
+from corral.server.limits import BodyTooLarge, Limits, body_limit, too_large_body
 from corral.server.manager import ApiError, SandboxManager
 from corral.store.sqlite import EventStore
 
@@ -33,10 +35,15 @@ def _field(loc: tuple[Any, ...]) -> str:
 
 
 def create_app(policy: Policy | str | None = None, store: EventStore | None = None,
-               approval_timeout: float = 300.0) -> FastAPI:  # fmt: skip
+               approval_timeout: float = 300.0, tokens: Tokens | None = None,
+               limits: Limits | None = None) -> FastAPI:  # fmt: skip
     """`approval_timeout`: seconds a command the gate asked about waits for a decision (policy
-    `gate.ask: callback`) before it is refused as expired."""
-    manager = SandboxManager(load_policy(policy), store, approval_timeout=approval_timeout)
+    `gate.ask: callback`) before it is refused as expired. `tokens`: who may call (see
+    `corral.server.auth`; `corral serve` always passes them; None, for an app embedded in-process,
+    asks for none). `limits`: request body and file transfer sizes (413 beyond)."""
+    limits = limits or Limits()
+    manager = SandboxManager(load_policy(policy), store, approval_timeout=approval_timeout,
+                             limits=limits)  # fmt: skip
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -49,14 +56,27 @@ def create_app(policy: Policy | str | None = None, store: EventStore | None = No
         description="Contained sandboxes for agentic RL: ROCK-compatible sandbox API, "
         "SandboxFusion /run_code, and a gym-style env API. Every response carries `safety`.",
         lifespan=lifespan,
+        dependencies=[Depends(dependency(tokens or Tokens(open=True)))],
     )
     app.state.manager = manager
+    app.add_middleware(body_limit, max_bytes=limits.max_request_bytes)
+
+    @app.exception_handler(AuthError)
+    async def _auth(request: Request, err: AuthError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if err.status == 401 else None
+        return JSONResponse(status_code=err.status, headers=headers, content={
+            "status": "Failed", "message": err.message, "error": err.message, "result": None,
+            "safety": dict(EMPTY_SAFETY)})  # fmt: skip
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, err: ApiError) -> JSONResponse:
         return JSONResponse(status_code=err.status, content={
             "status": "Failed", "message": err.message, "error": err.message,
             "result": err.result, "safety": err.safety})  # fmt: skip
+
+    @app.exception_handler(BodyTooLarge)
+    async def _too_large(request: Request, err: BodyTooLarge) -> JSONResponse:
+        return JSONResponse(status_code=413, content=too_large_body(err))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, err: RequestValidationError) -> JSONResponse:

@@ -23,7 +23,9 @@ from corral.rl.reward import EMPTY_SAFETY, RewardShaper, enforce, safety_state
 from corral.rules.gate import make_gate
 from corral.sandbox.sandbox import ExecResult, Sandbox
 from corral.sandbox.session import SessionEnded, ShellSession
+from corral.server import auth
 from corral.server.approvals import CURRENT, Approval, ApprovalBook, Ticket, shell_of
+from corral.server.limits import Limits
 from corral.store.sqlite import EventStore
 from corral.store.steps import StepRecord
 
@@ -52,12 +54,14 @@ class Entry:
     idle_limit: float | None = None
     gone: str | None = None
     seen: int = 0
+    owner: str | None = None  # the tenant whose token started it (corral.server.auth)
 
 
 class SandboxManager:
     def __init__(self, policy: Policy, store: EventStore | None = None,
-                 approval_timeout: float = 300.0) -> None:  # fmt: skip
+                 approval_timeout: float = 300.0, limits: Limits | None = None) -> None:  # fmt: skip
         self.policy = policy
+        self.limits = limits or Limits()
         self.approvals = ApprovalBook(approval_timeout)
         self.asks_people = (policy.gate.enabled and policy.gate.ask == "callback"
                             and not policy.observe_only)  # fmt: skip
@@ -66,6 +70,7 @@ class SandboxManager:
         self.live: dict[str, Entry] = {}
         self.gone: OrderedDict[str, Entry] = OrderedDict()
         self.episodes: dict[str, Episode] = {}
+        self.episode_owners: dict[str, str | None] = {}
         self.host_name = socket.gethostname()
         self._reaper: asyncio.Task[None] | None = None
 
@@ -80,7 +85,8 @@ class SandboxManager:
             sandbox.gate = make_gate(self.policy, approve=self.approvals.approver(sandbox))
         ensure_gate(sandbox)
         await start_sandbox(sandbox)
-        entry = Entry(sandbox, image=image, idle_limit=idle_minutes * 60 if idle_minutes else None)
+        entry = Entry(sandbox, image=image, idle_limit=idle_minutes * 60 if idle_minutes else None,
+                      owner=auth.owner_name())  # fmt: skip
         entry.seen = len(sandbox.events)
         self.live[sandbox.id] = entry
         if entry.idle_limit and self._reaper is None:
@@ -92,6 +98,7 @@ class SandboxManager:
         if entry is None:
             raise ApiError(404, f"no sandbox {sandbox_id!r} on this server: start one with "
                            "POST /apis/envs/sandbox/v1/start")  # fmt: skip
+        auth.check_owner(entry.owner, f"sandbox {sandbox_id!r}")
         return entry
 
     def get(self, sandbox_id: str) -> Entry:
@@ -132,6 +139,7 @@ class SandboxManager:
 
     async def _reap(self) -> None:
         """ROCK's auto_clear_time: stop sandboxes left idle."""
+        auth.TENANT.set(None)  # the server's own task, not the request that happened to start it
         while True:
             await asyncio.sleep(5)
             now = time.monotonic()
