@@ -36,8 +36,8 @@ def _port() -> int:
 
 
 @contextlib.contextmanager
-def serve(home: Path, *args: str, token: str | None = TOKEN,
-          ready_token: str | None = TOKEN) -> Iterator[dict[str, object]]:  # fmt: skip
+def serve(home: Path, *args: str, token: str | None = TOKEN, ready_token: str | None = TOKEN,
+          scheme: str = "http", verify: object = True) -> Iterator[dict[str, object]]:  # fmt: skip
     """`corral serve --port P ARGS...` with its own CORRAL_HOME, up and answering when it yields.
     `token`: the server's CORRAL_TOKEN (None: unset); `ready_token`: what the readiness poll sends."""
     port = _port()
@@ -52,12 +52,12 @@ def serve(home: Path, *args: str, token: str | None = TOKEN,
         [sys.executable, "-m", "corral.cli.main", "serve", "--port", str(port), *args],
         env=env, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
+    url = f"{scheme}://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while True:
         try:
             headers = {"Authorization": f"Bearer {ready_token}"} if ready_token else {}
-            r = httpx.get(url + "/apis/corral/v1/health", timeout=1, headers=headers)
+            r = httpx.get(url + "/apis/corral/v1/health", timeout=1, headers=headers, verify=verify)
             if r.status_code == 200 or (ready_token is None and r.status_code == 401):
                 break
         except httpx.TransportError:
