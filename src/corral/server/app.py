@@ -9,6 +9,7 @@ for a decision at `/apis/corral/v1/approvals/{id}` (see `corral.server.approvals
 
 from __future__ import annotations
 
+import errno
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -27,6 +28,19 @@ from corral.server.auth import AuthError, Tokens, dependency
 from corral.server.limits import BodyTooLarge, Limits, body_limit, too_large_body
 from corral.server.manager import ApiError, SandboxManager
 from corral.store.sqlite import EventStore
+
+
+def os_error_status(err: OSError) -> tuple[int, str]:
+    """An OS error of a request (a path too long, a full disk) as an HTTP status and a message."""
+    what = f"{err.strerror or err}" + (f": {str(err.filename)[:120]!r}" if err.filename else "")
+    if err.errno in (errno.ENAMETOOLONG, errno.ELOOP, errno.ENOTDIR, errno.EISDIR, errno.EINVAL,
+                     errno.EEXIST):  # fmt: skip
+        return 400, f"path: {what}"
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return 507, f"the server is out of disk space ({what}); free some and retry"
+    if err.errno == errno.EFBIG:
+        return 413, f"file too large for the sandbox's limit ({what})"
+    return 500, f"the server could not do it: {what}"
 
 
 def _field(loc: tuple[Any, ...]) -> str:
@@ -105,6 +119,13 @@ def create_app(policy: Policy | str | None = None, store: EventStore | None = No
     async def _outside(request: Request, err: PathOutsideWorkspace) -> JSONResponse:
         return JSONResponse(status_code=400, content={
             "status": "Failed", "message": f"path: {err}", "error": str(err), "result": None,
+            "safety": dict(EMPTY_SAFETY)})  # fmt: skip
+
+    @app.exception_handler(OSError)
+    async def _os_error(request: Request, err: OSError) -> JSONResponse:
+        status, msg = os_error_status(err)
+        return JSONResponse(status_code=status, content={
+            "status": "Failed", "message": msg, "error": msg, "result": None,
             "safety": dict(EMPTY_SAFETY)})  # fmt: skip
 
     @app.get("/apis/corral/v1/health", tags=["corral"])

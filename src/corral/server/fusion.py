@@ -43,6 +43,10 @@ def router(m: SandboxManager) -> APIRouter:
     async def run_code(req: RunCodeRequest) -> RunCodeResponse:
         decoded: dict[str, bytes] = {}
         for path, b64 in req.files.items():
+            if "\x00" in path or len(path) > 4096:
+                raise ApiError(
+                    422, f"files: {path[:80]!r}... is not a usable path (NUL or too long)"
+                )
             try:
                 decoded[path] = base64.b64decode(b64 or "", validate=True)
             except (binascii.Error, ValueError):
@@ -82,7 +86,13 @@ def router(m: SandboxManager) -> APIRouter:
             for path in req.fetch_files:
                 try:
                     fetched[path] = base64.b64encode(await sb.read_file(path)).decode()
-                except (FileNotFoundError, PathOutsideWorkspace, SandboxClosed, OSError):
+                except (
+                    FileNotFoundError,
+                    PathOutsideWorkspace,
+                    SandboxClosed,
+                    OSError,
+                    ValueError,
+                ):
                     missing.append(path)
             ok = run_status == "Finished" and res.exit_code == 0
             return RunCodeResponse(

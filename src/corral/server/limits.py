@@ -9,6 +9,7 @@ nothing buffers 100 MB to find out it was too much. File transfers (write_file, 
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +18,7 @@ from starlette.exceptions import HTTPException
 from corral.rl.reward import EMPTY_SAFETY
 
 MiB = 1024 * 1024
+log = logging.getLogger("corral.serve")
 
 
 @dataclass(frozen=True)
@@ -44,7 +46,8 @@ def too_large_body(err: BodyTooLarge) -> dict[str, Any]:
 
 
 class body_limit:  # noqa: N801 - named like the other middleware factories Starlette takes
-    """Refuse request bodies over `max_bytes` with 413."""
+    """Refuse request bodies over `max_bytes` with 413; an unexpected error becomes a JSON 500
+    that leaves the client's keep-alive connection usable (uvicorn closes it on an exception)."""
 
     def __init__(self, app: Any, max_bytes: int) -> None:
         self.app = app
@@ -87,12 +90,24 @@ class body_limit:  # noqa: N801 - named like the other middleware factories Star
             if started:
                 raise
             await _refuse(send, err)
+        except Exception as err:  # noqa: BLE001 - the last line: a JSON 500 that keeps the connection
+            if started:
+                raise
+            log.exception("unexpected error on %s %s", scope.get("method"), scope.get("path"))
+            msg = f"internal error ({type(err).__name__}); the server log has the details"
+            await _send_json(send, 500, {"status": "Failed", "message": msg, "error": msg,
+                                         "result": None, "safety": dict(EMPTY_SAFETY)})  # fmt: skip
 
 
 async def _refuse(send: Any, err: BodyTooLarge) -> None:
-    body = json.dumps(too_large_body(err)).encode()
-    await send({"type": "http.response.start", "status": 413,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})  # fmt: skip
+    # the unread rest of the body cannot be skipped on a kept-alive connection: close it
+    await _send_json(send, 413, too_large_body(err), close=True)
+
+
+async def _send_json(send: Any, status: int, content: dict[str, Any], close: bool = False) -> None:
+    body = json.dumps(content).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if close:
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

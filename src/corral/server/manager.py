@@ -217,6 +217,9 @@ class SandboxManager:
                   shell: ShellSession | None = None) -> ExecResult:  # fmt: skip
         """Run one command as one recorded step, then apply the policy's terminate response."""
         sb = entry.sandbox
+        if "\x00" in command and sb.gate is None:  # with a gate, it records the refusal itself
+            raise ApiError(400, "command: holds a NUL byte, which bash cannot run",
+                           safety=self.safety(entry))  # fmt: skip
         started = datetime.now(UTC)
         try:
             res = await (shell or sb).exec(command, timeout=timeout)
@@ -249,6 +252,8 @@ class SandboxManager:
             pre.append(f"cd {shlex.quote(cwd)} || exit 1")
         for k, v in (env or {}).items():
             if not k.isidentifier():
-                raise ApiError(422, f"env: {k!r} is not a valid variable name")
+                raise ApiError(422, f"env: {k[:80]!r} is not a valid variable name")
+            if "\x00" in v:
+                raise ApiError(422, f"env: the value of {k} holds a NUL byte")
             pre.append(f"export {k}={shlex.quote(v)}")
         return "(" + "; ".join([*pre, cmd]) + "\n)"

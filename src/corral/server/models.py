@@ -67,7 +67,7 @@ class CommandRequest(_Rock):
     sandbox_id: NonBlank
     command: str | list[str]
     timeout: float | None = Field(None, gt=0, allow_inf_nan=False)
-    cwd: str | None = None
+    cwd: NonBlank | None = None
     env: dict[str, str] | None = None
 
 
