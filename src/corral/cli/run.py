@@ -11,6 +11,7 @@ from pathlib import Path
 import typer
 
 from corral.events.model import Event
+from corral.events.sink import RecordingFailed
 from corral.policy.loader import PolicyError, load_policy
 from corral.sandbox.errors import SandboxError, SandboxRefused
 from corral.sandbox.sandbox import KILLED_EXIT, TIMEOUT_EXIT, Sandbox
@@ -73,7 +74,7 @@ async def _run(cmd, pol, workspace, events_file, timeout, episode, quiet) -> int
         return REFUSED_EXIT
     try:
         result = await sb.exec(cmd, timeout=timeout, on_output=stream)
-    except SandboxError as err:
+    except (SandboxError, RecordingFailed) as err:
         typer.echo(f"corral: {err}", err=True)
         await sb.close()
         return REFUSED_EXIT

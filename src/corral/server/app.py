@@ -19,6 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from corral import __version__
+from corral.events.sink import RecordingFailed
 from corral.policy.loader import load_policy
 from corral.policy.model import Policy
 from corral.rl.reward import EMPTY_SAFETY
@@ -27,7 +28,7 @@ from corral.server import approval_routes, env_routes, fusion, rock
 from corral.server.auth import AuthError, Tokens, dependency
 from corral.server.limits import BodyTooLarge, Limits, body_limit, too_large_body
 from corral.server.manager import ApiError, SandboxManager
-from corral.store.sqlite import EventStore
+from corral.store.sqlite import EventStore, StoreWriteError
 
 
 def os_error_status(err: OSError) -> tuple[int, str]:
@@ -119,6 +120,14 @@ def create_app(policy: Policy | str | None = None, store: EventStore | None = No
     async def _outside(request: Request, err: PathOutsideWorkspace) -> JSONResponse:
         return JSONResponse(status_code=400, content={
             "status": "Failed", "message": f"path: {err}", "error": str(err), "result": None,
+            "safety": dict(EMPTY_SAFETY)})  # fmt: skip
+
+    @app.exception_handler(RecordingFailed)
+    @app.exception_handler(StoreWriteError)
+    async def _unrecorded(request: Request, err: Exception) -> JSONResponse:
+        msg = f"events cannot be recorded, so nothing was run: {err}"
+        return JSONResponse(status_code=507, content={
+            "status": "Failed", "message": msg, "error": msg, "result": None,
             "safety": dict(EMPTY_SAFETY)})  # fmt: skip
 
     @app.exception_handler(OSError)

@@ -26,7 +26,8 @@ from corral.sandbox.session import SessionEnded, ShellSession
 from corral.server import auth
 from corral.server.approvals import CURRENT, Approval, ApprovalBook, Ticket, shell_of
 from corral.server.limits import Limits
-from corral.store.sqlite import EventStore
+from corral.store.recovery import recover
+from corral.store.sqlite import EventStore, StoreWriteError
 from corral.store.steps import StepRecord
 
 KEEP_GONE = 10_000
@@ -67,6 +68,7 @@ class SandboxManager:
                             and not policy.observe_only)  # fmt: skip
         self.shaper = RewardShaper(policy)
         self.store = store if store is not None else EventStore()
+        recover(self.store)  # episodes of a server that died are marked interrupted
         self.live: dict[str, Entry] = {}
         self.gone: OrderedDict[str, Entry] = OrderedDict()
         self.episodes: dict[str, Episode] = {}
@@ -232,13 +234,14 @@ class SandboxManager:
         events = sb.events[entry.seen :]
         entry.seen = len(sb.events)
         entry.last_used = time.monotonic()
-        self.store.add_step(StepRecord(
-            episode_id=sb.episode_id, sandbox_id=sb.id, step=res.step, action=command,
-            observation=res.output[:65536], exit_code=res.exit_code,
-            penalty=self.shaper.penalty(events), terminated=sb.terminated, started=started,
-            ended=datetime.now(UTC), info={"event_rules": [e.rule for e in events],
-                                          "timed_out": res.timed_out, "blocked": res.blocked},
-        ))  # fmt: skip
+        with contextlib.suppress(StoreWriteError):  # held in memory; the command's answer stands
+            self.store.add_step(StepRecord(
+                episode_id=sb.episode_id, sandbox_id=sb.id, step=res.step, action=command,
+                observation=res.output[:65536], exit_code=res.exit_code,
+                penalty=self.shaper.penalty(events), terminated=sb.terminated, started=started,
+                ended=datetime.now(UTC), info={"event_rules": [e.rule for e in events],
+                                              "timed_out": res.timed_out, "blocked": res.blocked},
+            ))  # fmt: skip
         if entry.gone is None and sb.closed_reason:
             self._retire(entry, sb.closed_reason)
         return res
