@@ -93,7 +93,12 @@ class StoreWriteError(RuntimeError):
 
 
 class StoreReadError(RuntimeError):
-    """The store cannot be opened or read at all; says which file and what to do."""
+    """The store cannot be opened or read at all; says which file and what to do (`cause`: the
+    database's own words)."""
+
+    def __init__(self, message: str, cause: str = "") -> None:
+        super().__init__(message)
+        self.cause = cause or message
 
 
 def _supervisor() -> tuple[int, float | None, int | None, str | None]:
@@ -193,7 +198,7 @@ class EventStore:
         except sqlite3.DatabaseError as err:
             with contextlib.suppress(Exception):
                 self._db.close()
-            raise StoreReadError(_explain(self.path, err)) from None
+            raise StoreReadError(_explain(self.path, err), str(err)) from None
 
     _shared: dict[Path, EventStore] = {}
     _shared_lock = threading.Lock()
@@ -351,12 +356,7 @@ class EventStore:
         with self._lock:
             rows = self._db.execute(sql, args).fetchall()
         for row in rows:
-            d = dict(zip(_COLUMNS, row, strict=True))
-            d["argv"] = json.loads(d["argv"]) if d["argv"] else None
-            d["dst"] = json.loads(d["dst"]) if d["dst"] else None
-            d["evidence"] = json.loads(d["evidence"]) if d["evidence"] else {}
-            d["message"] = d["message"] or ""
-            yield Event.model_validate(d)
+            yield _event(dict(zip(_COLUMNS, row, strict=True)))
 
     # ---------------------------------------------------------------- steps (RL episodes)
     def add_step(self, record: StepRecord) -> None:
@@ -405,3 +405,77 @@ class EventStore:
                 self._pending = []
             self._closed = True
             self._db.close()
+
+
+# ---------------------------------------------------------------- reading a damaged file
+SALVAGE_BATCH = 256
+
+
+def salvage_events(path: Path) -> tuple[list[Event], list[str]]:
+    """Every event of a damaged store that can still be read, oldest first by id, and a line for
+    each part that could not be (a range of ids, a row that does not decode). Read-only."""
+    problems: list[str] = []
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    except sqlite3.Error as err:
+        return [], [f"{path}: cannot open ({err})"]
+    try:
+        try:
+            db.execute("SELECT name FROM sqlite_master").fetchall()
+        except sqlite3.DatabaseError as err:
+            return [], [f"{path}: no table can be read ({err})"]
+        try:
+            top = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+            last = int(top[0]) if top else None
+        except sqlite3.Error:
+            last = None
+        if last is None:  # no sequence to go by: scan as far as the rows go
+            last = 1 << 40
+        out: list[Event] = []
+        sql = f"SELECT id, {','.join(_COLUMNS)} FROM events WHERE id >= ? ORDER BY id LIMIT ?"
+
+        def read(start: int, n: int) -> list[Any] | None:
+            try:
+                return db.execute(sql, (start, n)).fetchall()
+            except sqlite3.DatabaseError:
+                return None
+
+        next_id = 1
+        lost: list[list[int]] = []  # [first, last] id ranges that could not be read
+        while next_id <= last:
+            rows = read(next_id, SALVAGE_BATCH) or read(next_id, 1)
+            if rows is None:  # damaged from here: find the first id a read works from again
+                lo, step = next_id, 1
+                while next_id + step <= last and read(next_id + step, 1) is None:
+                    lo, step = next_id + step, step * 2
+                hi = min(next_id + step, last + 1)
+                while hi - lo > 1:  # lo fails, hi works (or is past the end)
+                    mid = (lo + hi) // 2
+                    lo, hi = (mid, hi) if read(mid, 1) is None else (lo, mid)
+                if lost and lost[-1][1] == next_id - 1:
+                    lost[-1][1] = hi - 1
+                else:
+                    lost.append([next_id, hi - 1])
+                next_id = hi
+                continue
+            if not rows:
+                break
+            for row in rows:
+                try:
+                    out.append(_event(dict(zip(_COLUMNS, row[1:], strict=True))))
+                except (ValueError, TypeError) as err:
+                    problems.append(f"id {row[0]}: does not decode ({str(err).splitlines()[0]})")
+            next_id = rows[-1][0] + 1
+        for a, b in lost:
+            problems.append(f"ids {a}-{b}: unreadable (damaged pages); the rows there may be fewer")
+        return out, problems
+    finally:
+        db.close()
+
+
+def _event(d: dict[str, Any]) -> Event:
+    d["argv"] = json.loads(d["argv"]) if d["argv"] else None
+    d["dst"] = json.loads(d["dst"]) if d["dst"] else None
+    d["evidence"] = json.loads(d["evidence"]) if d["evidence"] else {}
+    d["message"] = d["message"] or ""
+    return Event.model_validate(d)
