@@ -10,13 +10,14 @@ or unreadable one is a one-line error (exit 1).
 from __future__ import annotations
 
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
-from corral.events.model import SOURCES, Event
+from corral.events.model import SOURCES, Event, format_ts
 from corral.store.paths import default_db_path
 from corral.store.sqlite import EventStore, StoreReadError, salvage_events
 
@@ -49,10 +50,22 @@ def events(
     if with_steps and episode is None:
         typer.echo("--with-steps needs --episode ID", err=True)
         raise typer.Exit(2)
+    if since is not None:
+        try:
+            when = datetime.fromisoformat(since)
+        except ValueError:
+            typer.echo(f"--since: not an RFC 3339 time (got {since!r}; e.g. 2026-01-31T12:00:00Z)",
+                       err=True)  # fmt: skip
+            raise typer.Exit(2) from None
+        since = format_ts(when if when.tzinfo else when.replace(tzinfo=UTC))
     path = default_db_path()
     problems: list[str] = []
     try:
         if not path.exists():
+            if with_steps:
+                typer.echo(f"no steps or events recorded for episode {episode!r} ({path} does "
+                           "not exist)", err=True)  # fmt: skip
+                raise typer.Exit(1)
             found: list[Event] = []
         else:
             store = EventStore(path, timeout=5)
