@@ -55,7 +55,8 @@ def serve(
 ) -> None:
     """Serve sandboxes over HTTP; the OpenAPI spec is at /openapi.json, docs at /docs.
 
-    Exit 2: a bad option, policy or token file; 125: this host cannot make sandboxes."""
+    Exit 2: a bad option, policy or token file; 3: the address cannot be bound; 125: this host
+    cannot make sandboxes."""
     from corral.policy.loader import PolicyError, load_policy
 
     def fail(msg: str, code: int = EXIT_USAGE) -> typer.Exit:
