@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 
 from corral.events.model import Event
+from corral.sandbox.limits import Cgroup
+from corral.sandbox.probe import probe
 from corral.store.sqlite import EventStore, StoreWriteError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,6 +51,8 @@ def test_a_killed_supervisor_leaves_its_episode_interrupted_and_its_folders_swep
         line = proc.stdout.readline() if proc.stdout else ""
         sid, episode, workspace = line.split()
         assert (corral_home / "egress" / sid).is_dir() and Path(workspace).is_dir()
+        cg = Cgroup(f"{proc.pid}-{sid}", probe())
+        had_cgroup = any(d.is_dir() for d in cg.dirs.values())
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
@@ -63,6 +67,10 @@ def test_a_killed_supervisor_leaves_its_episode_interrupted_and_its_folders_swep
     assert step.kind == "interrupted" and step.action == "sleep 300" and step.terminated
     assert not (corral_home / "egress" / sid).exists()
     assert not Path(workspace).exists()
+    if had_cgroup:  # its cgroup goes at the next sandbox start (of a new supervisor)
+        subprocess.run([sys.executable, "-m", "corral.cli.main", "run", "-q", "--temp-workspace",
+                        "--", "true"], env={**os.environ, **ENV}, check=True, timeout=60)  # fmt: skip
+        assert not any(d.exists() for d in cg.dirs.values())
     # marked once: another start finds nothing left to do
     from corral.store.recovery import recover
 
