@@ -36,7 +36,8 @@ UNANALYSABLE = "gate.unanalysable"
 
 
 def unanalysable(why: str) -> Finding:
-    return Finding(rule=UNANALYSABLE, category="policy", severity="high",
+    # critical: denied under every policy's thresholds, so `corral check` and the gate agree
+    return Finding(rule=UNANALYSABLE, category="policy", severity="critical",
                    message=f"command cannot be analysed within the gate's bounds: {why}; "
                    "split it, or write it to a file and run the file", response="block",
                    evidence={"why": why})  # fmt: skip
