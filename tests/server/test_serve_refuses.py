@@ -36,3 +36,13 @@ def test_serve_refuses_with_the_fix_and_the_fix_works(tmp_path: Path) -> None:
                                                             "command": "echo up"}).json()  # fmt: skip
         c.close()
         assert out["result"]["stdout"] == "up\n", out
+
+
+def test_serve_with_a_damaged_store_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    (tmp_path / "events.db").write_bytes(b"not sqlite\n" * 100)
+    env = {**os.environ, "CORRAL_HOME": str(tmp_path), "CORRAL_TOKEN": TOKEN,
+           "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}  # fmt: skip
+    r = subprocess.run([sys.executable, "-m", "corral.cli.main", "serve", "--port", "9",
+                        "--policy", "dev"], env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert r.returncode == 2, r.stderr
+    assert "is damaged (file is not a database)" in r.stderr and "Traceback" not in r.stderr

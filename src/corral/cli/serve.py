@@ -55,8 +55,8 @@ def serve(
 ) -> None:
     """Serve sandboxes over HTTP; the OpenAPI spec is at /openapi.json, docs at /docs.
 
-    Exit 2: a bad option, policy or token file; 3: the address cannot be bound; 125: this host
-    cannot make sandboxes."""
+    Exit 2: a bad option, policy or token file, or an event store that cannot be opened; 3: the
+    address cannot be bound; 125: this host cannot make sandboxes."""
     from corral.policy.loader import PolicyError, load_policy
 
     def fail(msg: str, code: int = EXIT_USAGE) -> typer.Exit:
@@ -96,10 +96,15 @@ def serve(
     if scheme == "http" and not is_loopback(host):
         typer.echo("corral serve: warning: tokens travel in clear text off this host: use "
                    "--ssl-certfile/--ssl-keyfile or a TLS reverse proxy (README)", err=True)  # fmt: skip
+    limits = Limits(max_request_bytes=max_request_bytes, max_file_bytes=max_file_bytes)
+    from corral.store.sqlite import StoreReadError
+
+    try:
+        app = create_app(pol, approval_timeout=approval_timeout, tokens=tokens, limits=limits)
+    except StoreReadError as err:  # damaged or locked: nothing could be recorded
+        raise fail(str(err)) from None
     typer.echo(f"corral serve: policy {pol.name} on {scheme}://{host}:{port} (OpenAPI: "
                "/openapi.json)", err=True)  # fmt: skip
-    limits = Limits(max_request_bytes=max_request_bytes, max_file_bytes=max_file_bytes)
-    app = create_app(pol, approval_timeout=approval_timeout, tokens=tokens, limits=limits)
     try:
         uvicorn.run(app, host=host, port=port, log_level=log_level,
                     ssl_certfile=str(ssl_certfile) if ssl_certfile else None,
