@@ -158,6 +158,9 @@ def test_tenants_own_what_they_start(tenants: dict[str, object]) -> None:
             CorralClient(str(tenants["url"]), token=ALICE) as alice:  # fmt: skip
         sid = bob.start()["result"]["sandbox_id"]
         assert bob.execute(sid, "echo mine")["result"]["stdout"] == "mine\n"
+        with CorralClient(str(tenants["url"]), token=TOKEN) as admin:  # each counts its own
+            counts = [c.health()["result"]["sandboxes"] for c in (alice, bob, admin)]
+        assert counts[1] >= 1 and counts[0] + counts[1] == counts[2]
         with pytest.raises(CorralAPIError) as err:
             alice.execute(sid, "echo theirs")
         assert err.value.status_code == 403

@@ -25,7 +25,7 @@ from corral.policy.model import Policy
 from corral.rl.reward import EMPTY_SAFETY
 from corral.sandbox.errors import PathOutsideWorkspace, SandboxClosed, SandboxRefused
 from corral.server import approval_routes, env_routes, fusion, rock
-from corral.server.auth import AuthError, Tokens, dependency
+from corral.server.auth import AuthError, Tokens, dependency, may_use
 from corral.server.limits import BodyTooLarge, Limits, body_limit, too_large_body
 from corral.server.manager import ApiError, SandboxManager
 from corral.store.sqlite import EventStore, StoreWriteError
@@ -140,7 +140,8 @@ def create_app(policy: Policy | str | None = None, store: EventStore | None = No
     @app.get("/apis/corral/v1/health", tags=["corral"])
     async def health() -> dict[str, Any]:
         return {"status": "Success", "result": {"version": __version__,
-                "policy": manager.policy.name, "sandboxes": len(manager.live)},
+                "policy": manager.policy.name,
+                "sandboxes": sum(1 for e in manager.live.values() if may_use(e.owner))},
                 "safety": dict(EMPTY_SAFETY)}  # fmt: skip
 
     app.include_router(rock.router(manager), prefix="/apis/envs/sandbox/v1", tags=["rock"])
