@@ -184,3 +184,21 @@ def test_run_code_memory_limit_can_only_lower_the_policy() -> None:
     assert lowered(pol, higher).limits.memory == pol.limits.memory
     assert lowered(pol, 64).limits.memory == 64 * 1024 * 1024
     assert pol.limits.memory != 64 * 1024 * 1024  # the policy itself is untouched
+
+
+@pytest.mark.parametrize(
+    ("raw", "status"),
+    [
+        (b'{"sandbox_id":', 422),
+        (b'{"sandbox_id": "x", "command": "echo \xff"}', 400),
+        (b"[1, 2]", 422),
+    ],  # fmt: skip
+)
+def test_bodies_that_are_not_json_objects_get_the_envelope(
+    small: dict[str, object], raw: bytes, status: int
+) -> None:
+    with _client(small) as c:
+        r = c.post(f"{ROCK}/execute", content=raw, headers={"content-type": "application/json"})
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert body["status"] == "Failed" and "body" in body["message"] and "safety" in body

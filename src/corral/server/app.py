@@ -17,6 +17,7 @@ from typing import Any
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from corral import __version__
 from corral.events.sink import RecordingFailed
@@ -45,6 +46,8 @@ def os_error_status(err: OSError) -> tuple[int, str]:
 
 
 def _field(loc: tuple[Any, ...]) -> str:
+    if len(loc) == 2 and loc[0] == "body" and isinstance(loc[1], int):  # a JSON syntax error
+        return f"body (character {loc[1]})"
     parts = [str(p) for p in loc if p not in ("body", "query", "form")]
     return ".".join(parts) or "body"
 
@@ -92,6 +95,16 @@ def create_app(policy: Policy | str | None = None, store: EventStore | None = No
     @app.exception_handler(BodyTooLarge)
     async def _too_large(request: Request, err: BodyTooLarge) -> JSONResponse:
         return JSONResponse(status_code=413, content=too_large_body(err))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, err: StarletteHTTPException) -> JSONResponse:
+        """Starlette's own errors (an unknown path, a body that is not UTF-8) in the envelope."""
+        msg = str(err.detail)
+        if err.status_code == 400 and "parsing the body" in msg:
+            msg = "body: cannot be read as JSON (not UTF-8 text, or not JSON)"
+        return JSONResponse(status_code=err.status_code, headers=err.headers, content={
+            "status": "Failed", "message": msg, "error": msg, "result": None,
+            "safety": dict(EMPTY_SAFETY)})  # fmt: skip
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, err: RequestValidationError) -> JSONResponse:
