@@ -14,6 +14,7 @@ which step it is running, so the next start can mark a dead supervisor's episode
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import sqlite3
 import threading
@@ -189,7 +190,7 @@ class EventStore:
         self._lock = threading.Lock()
         self._closed = False
         self._pending: list[tuple[str, tuple[Any, ...]]] = []  # (sql, row) not yet written
-        self._me = _supervisor()
+        self._me_cache: tuple[int, float | None, int | None, str | None] | None = None
         try:
             self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=timeout)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -229,6 +230,15 @@ class EventStore:
             self._write(writes, keep=keep)
 
     @property
+    def _me(self) -> tuple[int, float | None, int | None, str | None]:
+        """This supervisor, looked up again in a forked child (its sandboxes are its own)."""
+        import os
+
+        if self._me_cache is None or self._me_cache[0] != os.getpid():
+            self._me_cache = _supervisor()
+        return self._me_cache
+
+    @property
     def failing(self) -> bool:
         """Writes are waiting in memory for the disk to take them."""
         return bool(self._pending)
@@ -246,8 +256,8 @@ class EventStore:
                 return
             try:
                 with self._db:
-                    for sql, row in batch:
-                        self._db.execute(sql, row)
+                    for sql, rows in itertools.groupby(batch, key=lambda w: w[0]):
+                        self._db.executemany(sql, [r for _, r in rows])
             except sqlite3.Error as err:
                 self._pending = batch if keep else self._pending
                 raise StoreWriteError(
