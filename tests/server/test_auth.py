@@ -208,6 +208,7 @@ def _serve_fails(home: Path, *args: str, env: dict[str, str] | None = None) -> t
         (["--token-file", "/nonexistent/token"], None, "--token-file /nonexistent/token"),
         ([], {"CORRAL_TOKEN": "short"}, "CORRAL_TOKEN: a token needs at least 16"),
         (["--ssl-certfile", "/nonexistent.pem"], None, "--ssl-keyfile go together"),
+        (["--log-level", "bogus"], None, "--log-level must be one of"),
     ],
 )
 def test_bad_auth_setup_is_refused_with_exit_2(tmp_path: Path, args: list[str],

@@ -14,6 +14,7 @@ import typer
 
 EXIT_USAGE = 2
 EXIT_CANNOT_SANDBOX = 125
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")  # uvicorn's
 
 
 def register(app: typer.Typer) -> None:
@@ -67,6 +68,8 @@ def serve(
         pol = load_policy(policy)
     except PolicyError as err:
         raise fail(str(err)) from None
+    if log_level.lower() not in LOG_LEVELS:
+        raise fail(f"--log-level must be one of {', '.join(LOG_LEVELS)} (got {log_level!r})")
     if (ssl_certfile is None) != (ssl_keyfile is None):
         raise fail("--ssl-certfile and --ssl-keyfile go together: give both")
     for opt, f in (("--ssl-certfile", ssl_certfile), ("--ssl-keyfile", ssl_keyfile)):
@@ -106,7 +109,7 @@ def serve(
     typer.echo(f"corral serve: policy {pol.name} on {scheme}://{host}:{port} (OpenAPI: "
                "/openapi.json)", err=True)  # fmt: skip
     try:
-        uvicorn.run(app, host=host, port=port, log_level=log_level,
+        uvicorn.run(app, host=host, port=port, log_level=log_level.lower(),
                     ssl_certfile=str(ssl_certfile) if ssl_certfile else None,
                     ssl_keyfile=str(ssl_keyfile) if ssl_keyfile else None)  # fmt: skip
     except OSError as err:  # the TLS files did not load
