@@ -16,6 +16,18 @@ from corral.sandbox.sandbox import Sandbox
 from corral.store.sqlite import EventStore
 
 
+def fill(path: Path) -> str:
+    """Write `path` until the disk refuses; its error."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        while True:
+            os.write(fd, b"\0" * 65536)
+    except OSError as err:
+        return err.strerror or str(err)
+    finally:
+        os.close(fd)
+
+
 async def main(home: Path) -> dict:
     store = EventStore(home / "events.db")
     jsonl = home / "events.jsonl"
@@ -24,13 +36,7 @@ async def main(home: Path) -> dict:
     await sb.start()
     out["first"] = (await sb.exec("echo one")).stdout
     filler = home / "filler"
-    with open(filler, "wb") as f:  # the disk is full from here
-        try:
-            while True:
-                f.write(b"\0" * 65536)
-                f.flush()
-        except OSError as err:
-            out["fill_error"] = err.strerror
+    out["fill_error"] = fill(filler)  # the disk is full from here
     for cmd in ("echo two", "echo three"):
         try:
             await sb.exec(cmd)

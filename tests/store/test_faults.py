@@ -132,3 +132,20 @@ def test_a_full_disk_fails_the_next_command_closed_and_loses_nothing(tmp_path: P
     assert out["stored_rules"] == out["jsonl_rules"]
     assert out["stored_rules"].count("sandbox.stopped") == 2  # the one held while full included
     assert out["pid_reaped"] and out["zombies"] == []  # close() reaped, though it could not record
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"), reason="needs root (tmpfs)")
+def test_a_full_disk_under_corral_serve_is_507_and_nothing_runs(tmp_path: Path) -> None:
+    d = tmp_path / "small"
+    d.mkdir()
+    script = ROOT / "tests" / "store" / "full_disk_http.py"
+    p = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c",
+                        f'mount -t tmpfs -o size=6m tmpfs "{d}" && exec "{sys.executable}" "{script}"'],
+                       env={**os.environ, **ENV, "CORRAL_HOME": str(d)}, capture_output=True,
+                       text=True, timeout=180)  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    assert out["first"] == "one\n" and out["fill_error"] == "No space left on device"
+    assert out["full_status"] == 507 and out["ran"] == 507
+    assert "nothing was run" in out["full_message"] and "disk is full" in out["full_message"]
+    assert out["after"] == "two\n"  # `ls` shows the command refused while full never ran
