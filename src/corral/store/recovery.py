@@ -47,20 +47,21 @@ def recover(store: EventStore, home: Path | None = None) -> list[str]:
     try:
         with store._lock:
             rows = store._db.execute(
-                "SELECT sandbox_id, episode_id, pid, pid_start, pid_ns, boot_id, started FROM live"
+                "SELECT sandbox_id, episode_id, pid, pid_start, pid_ns, boot_id, started, workspace "
+                "FROM live"
             ).fetchall()
     except sqlite3.Error:
         return []
     dead = []
-    for sid, episode, pid, start, ns, boot, started in rows:
+    for sid, episode, pid, start, ns, boot, started, workspace in rows:
         other_boot = boot is not None and my_boot is not None and boot != my_boot
         if other_boot or (ns == my_ns and pid != os.getpid() and not _alive(pid, start)):
-            dead.append((sid, episode, pid, started))
+            dead.append((sid, episode, pid, started, workspace))
     done = []
-    for sid, episode, pid, started in dead:
+    for sid, episode, pid, started, workspace in dead:
         if _claim(store, sid, episode, pid, started):
             done.append(sid)
-            _sweep(home or corral_home(), sid)
+            _sweep(home or corral_home(), sid, pid, workspace)
     return done
 
 
@@ -109,11 +110,13 @@ def _claim(store: EventStore, sid: str, episode: str | None, pid: int, started: 
     return True
 
 
-def _sweep(home: Path, sid: str) -> None:
-    """The egress folder and corral-made workspace of a dead sandbox."""
+def _sweep(home: Path, sid: str, pid: int, workspace: str | None) -> None:
+    """The egress folder and the workspace of a dead sandbox, if corral made it: a temporary one is
+    named `<supervisor pid>-<sandbox id>-<random>`; a workspace the caller gave is never touched."""
     shutil.rmtree(home / "egress" / sid, ignore_errors=True)
-    root = home / "sandboxes"
+    made = [Path(workspace)] if workspace else []
     with contextlib.suppress(OSError):
-        for d in root.iterdir():  # named <supervisor pid>-<sandbox id>-<random>
-            if d.name.split("-", 1)[-1].startswith(sid + "-"):
-                shutil.rmtree(d, ignore_errors=True)
+        made += list((home / "sandboxes").iterdir())
+    for d in made:
+        if d.name.startswith(f"{pid}-{sid}-") and d.is_dir() and not d.is_symlink():
+            shutil.rmtree(d, ignore_errors=True)

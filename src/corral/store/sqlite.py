@@ -76,7 +76,8 @@ CREATE TABLE IF NOT EXISTS live (
     pid_start REAL,
     pid_ns INTEGER,
     boot_id TEXT,
-    started TEXT NOT NULL
+    started TEXT NOT NULL,
+    workspace TEXT
 );
 CREATE TABLE IF NOT EXISTS running (
     sandbox_id TEXT NOT NULL,
@@ -196,6 +197,9 @@ class EventStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
+            cols = {r[1] for r in self._db.execute("PRAGMA table_info(live)")}
+            if "workspace" not in cols:  # a store made before the column
+                self._db.execute("ALTER TABLE live ADD COLUMN workspace TEXT")
         except sqlite3.DatabaseError as err:
             with contextlib.suppress(Exception):
                 self._db.close()
@@ -275,9 +279,11 @@ class EventStore:
         ts = format_ts(e.ts)
         if e.rule == "sandbox.started":
             pid, start, ns, boot = self._me
+            ws = e.evidence.get("workspace")
             return [("INSERT OR REPLACE INTO live (sandbox_id, episode_id, pid, pid_start, pid_ns, "
-                     "boot_id, started) VALUES (?,?,?,?,?,?,?)",
-                     (sid, e.episode_id, pid, start, ns, boot, ts))]  # fmt: skip
+                     "boot_id, started, workspace) VALUES (?,?,?,?,?,?,?,?)",
+                     (sid, e.episode_id, pid, start, ns, boot, ts,
+                      ws if isinstance(ws, str) else None))]  # fmt: skip
         if e.rule == "sandbox.command_started" and e.step is not None:
             cmd = e.argv[2] if e.argv and len(e.argv) > 2 else e.message
             return [("INSERT OR REPLACE INTO running (sandbox_id, step, command, session, since) "
