@@ -248,4 +248,6 @@ def setup(home: Path, *, host: str, no_auth: bool, token_file: Path | None,
                                   f"{tenants[token].name!r}'s: give the admin its own")  # fmt: skip
         by_token.update(tenants)
         notes.append(f"{len(tenants)} tenant(s) from {tenants_file}")
+        if _others_can_read(tenants_file):
+            notes.append(f"warning: others can read the tenant tokens: chmod 600 {tenants_file}")
     return Tokens(by_token), notes
