@@ -16,7 +16,7 @@ import pytest
 from corral.client import AsyncCorralClient, CorralAPIError, CorralClient, pending
 from corral.events.model import Event
 from corral.store.sqlite import EventStore
-from tests.server.conftest import serve
+from tests.server.conftest import AUTH, serve
 
 ROCK = "/apis/envs/sandbox/v1"
 APPROVALS = "/apis/corral/v1/approvals"
@@ -38,7 +38,7 @@ def hasty(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object
 
 
 def _client(s: dict[str, object]) -> httpx.Client:
-    return httpx.Client(base_url=str(s["url"]), timeout=20, trust_env=False)
+    return httpx.Client(base_url=str(s["url"]), timeout=20, trust_env=False, headers=AUTH)
 
 
 def _start(http: httpx.Client) -> str:

@@ -14,6 +14,7 @@ import pytest
 
 from corral.client import CorralAPIError, CorralClient
 from corral.rl import SandboxEnv
+from tests.server.conftest import AUTH
 
 ROCK = "/apis/envs/sandbox/v1"
 SAFETY_KEYS = {"events", "worst", "penalty", "terminated"}
@@ -148,7 +149,7 @@ def _run_in_background(http_url: str, body: dict) -> tuple[threading.Thread, dic
 
     def go() -> None:
         t0 = time.monotonic()
-        with httpx.Client(base_url=http_url, timeout=20, trust_env=False) as c:
+        with httpx.Client(base_url=http_url, timeout=20, trust_env=False, headers=AUTH) as c:
             out["resp"] = c.post(f"{ROCK}/run_in_session", json=body)
         out["elapsed"] = time.monotonic() - t0
 

@@ -7,6 +7,8 @@ import threading
 import httpx
 import psutil
 
+from tests.server.conftest import AUTH
+
 ROCK = "/apis/envs/sandbox/v1"
 
 
@@ -37,7 +39,9 @@ def test_sessions_are_separate_shells(http: httpx.Client) -> None:
     out: dict[str, httpx.Response] = {}
 
     def slow() -> None:
-        with httpx.Client(base_url=str(http.base_url), timeout=20, trust_env=False) as c:
+        with httpx.Client(
+            base_url=str(http.base_url), timeout=20, trust_env=False, headers=AUTH
+        ) as c:
             out["r"] = c.post(f"{ROCK}/run_in_session", json={"sandbox_id": sid, "session": "s2",
                               "command": "sleep 1.5; echo slow-done"})  # fmt: skip
 

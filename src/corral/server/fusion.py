@@ -13,14 +13,27 @@ import time
 
 from fastapi import APIRouter
 
+from corral.policy.model import Policy
 from corral.rl.episode import ensure_gate, start_sandbox
 from corral.rl.reward import enforce, safety_state
 from corral.sandbox.errors import PathOutsideWorkspace, SandboxClosed
 from corral.sandbox.sandbox import Sandbox
+from corral.server.limits import BodyTooLarge
 from corral.server.manager import ApiError, SandboxManager
 from corral.server.models import CommandRunResult, RunCodeRequest, RunCodeResponse
 
 RUNNERS = {"python": ("main.py", "python3 main.py"), "bash": ("main.sh", "bash main.sh")}
+
+
+def lowered(policy: Policy, memory_limit_mb: int) -> Policy:
+    """The policy with the request's memory limit where it is lower: a request cannot raise it."""
+    if memory_limit_mb <= 0:
+        return policy
+    asked = memory_limit_mb * 1024 * 1024
+    if policy.limits.memory is not None and asked >= policy.limits.memory:
+        return policy
+    limits = policy.limits.model_copy(update={"memory": asked})
+    return policy.model_copy(update={"limits": limits})
 
 
 def router(m: SandboxManager) -> APIRouter:
@@ -30,14 +43,22 @@ def router(m: SandboxManager) -> APIRouter:
     async def run_code(req: RunCodeRequest) -> RunCodeResponse:
         decoded: dict[str, bytes] = {}
         for path, b64 in req.files.items():
+            if "\x00" in path or len(path) > 4096:
+                raise ApiError(
+                    422, f"files: {path[:80]!r}... is not a usable path (NUL or too long)"
+                )
             try:
                 decoded[path] = base64.b64decode(b64 or "", validate=True)
             except (binascii.Error, ValueError):
                 raise ApiError(422, f"files.{path}: not valid base64") from None
-        policy = m.policy
-        if req.memory_limit_MB > 0:
-            limits = policy.limits.model_copy(update={"memory": req.memory_limit_MB * 1024 * 1024})
-            policy = policy.model_copy(update={"limits": limits})
+        if sum(map(len, decoded.values())) + len(req.code) > m.limits.max_file_bytes:
+            raise BodyTooLarge(m.limits.max_file_bytes, "files and code")
+        policy = lowered(m.policy, req.memory_limit_MB)
+        run_timeout = req.run_timeout
+        if (
+            policy.limits.command_timeout is not None
+        ):  # a request may lower the policy, not raise it
+            run_timeout = min(run_timeout, policy.limits.command_timeout)
         name, command = RUNNERS[req.language]
         sb = ensure_gate(Sandbox(policy, store=m.store))
         await start_sandbox(sb)
@@ -53,7 +74,7 @@ def router(m: SandboxManager) -> APIRouter:
                 command += " < .stdin"
             t0 = time.monotonic()
             try:
-                res = await sb.exec(command, timeout=req.run_timeout)
+                res = await sb.exec(command, timeout=run_timeout)
             except SandboxClosed as err:
                 return RunCodeResponse(status="SandboxError", message=str(err),
                                        safety=safety_state(sb, m.shaper))  # fmt: skip
@@ -65,7 +86,13 @@ def router(m: SandboxManager) -> APIRouter:
             for path in req.fetch_files:
                 try:
                     fetched[path] = base64.b64encode(await sb.read_file(path)).decode()
-                except (FileNotFoundError, PathOutsideWorkspace, SandboxClosed, OSError):
+                except (
+                    FileNotFoundError,
+                    PathOutsideWorkspace,
+                    SandboxClosed,
+                    OSError,
+                    ValueError,
+                ):
                     missing.append(path)
             ok = run_status == "Finished" and res.exit_code == 0
             return RunCodeResponse(

@@ -23,8 +23,11 @@ from corral.rl.reward import EMPTY_SAFETY, RewardShaper, enforce, safety_state
 from corral.rules.gate import make_gate
 from corral.sandbox.sandbox import ExecResult, Sandbox
 from corral.sandbox.session import SessionEnded, ShellSession
+from corral.server import auth
 from corral.server.approvals import CURRENT, Approval, ApprovalBook, Ticket, shell_of
-from corral.store.sqlite import EventStore
+from corral.server.limits import Limits
+from corral.store.recovery import recover
+from corral.store.sqlite import EventStore, StoreWriteError
 from corral.store.steps import StepRecord
 
 KEEP_GONE = 10_000
@@ -52,20 +55,24 @@ class Entry:
     idle_limit: float | None = None
     gone: str | None = None
     seen: int = 0
+    owner: str | None = None  # the tenant whose token started it (corral.server.auth)
 
 
 class SandboxManager:
     def __init__(self, policy: Policy, store: EventStore | None = None,
-                 approval_timeout: float = 300.0) -> None:  # fmt: skip
+                 approval_timeout: float = 300.0, limits: Limits | None = None) -> None:  # fmt: skip
         self.policy = policy
+        self.limits = limits or Limits()
         self.approvals = ApprovalBook(approval_timeout)
         self.asks_people = (policy.gate.enabled and policy.gate.ask == "callback"
                             and not policy.observe_only)  # fmt: skip
         self.shaper = RewardShaper(policy)
         self.store = store if store is not None else EventStore()
+        recover(self.store)  # episodes of a server that died are marked interrupted
         self.live: dict[str, Entry] = {}
         self.gone: OrderedDict[str, Entry] = OrderedDict()
         self.episodes: dict[str, Episode] = {}
+        self.episode_owners: dict[str, str | None] = {}
         self.host_name = socket.gethostname()
         self._reaper: asyncio.Task[None] | None = None
 
@@ -80,7 +87,8 @@ class SandboxManager:
             sandbox.gate = make_gate(self.policy, approve=self.approvals.approver(sandbox))
         ensure_gate(sandbox)
         await start_sandbox(sandbox)
-        entry = Entry(sandbox, image=image, idle_limit=idle_minutes * 60 if idle_minutes else None)
+        entry = Entry(sandbox, image=image, idle_limit=idle_minutes * 60 if idle_minutes else None,
+                      owner=auth.owner_name())  # fmt: skip
         entry.seen = len(sandbox.events)
         self.live[sandbox.id] = entry
         if entry.idle_limit and self._reaper is None:
@@ -92,6 +100,7 @@ class SandboxManager:
         if entry is None:
             raise ApiError(404, f"no sandbox {sandbox_id!r} on this server: start one with "
                            "POST /apis/envs/sandbox/v1/start")  # fmt: skip
+        auth.check_owner(entry.owner, f"sandbox {sandbox_id!r}")
         return entry
 
     def get(self, sandbox_id: str) -> Entry:
@@ -132,6 +141,7 @@ class SandboxManager:
 
     async def _reap(self) -> None:
         """ROCK's auto_clear_time: stop sandboxes left idle."""
+        auth.TENANT.set(None)  # the server's own task, not the request that happened to start it
         while True:
             await asyncio.sleep(5)
             now = time.monotonic()
@@ -209,6 +219,9 @@ class SandboxManager:
                   shell: ShellSession | None = None) -> ExecResult:  # fmt: skip
         """Run one command as one recorded step, then apply the policy's terminate response."""
         sb = entry.sandbox
+        if "\x00" in command and sb.gate is None:  # with a gate, it records the refusal itself
+            raise ApiError(400, "command: holds a NUL byte, which bash cannot run",
+                           safety=self.safety(entry))  # fmt: skip
         started = datetime.now(UTC)
         try:
             res = await (shell or sb).exec(command, timeout=timeout)
@@ -221,13 +234,14 @@ class SandboxManager:
         events = sb.events[entry.seen :]
         entry.seen = len(sb.events)
         entry.last_used = time.monotonic()
-        self.store.add_step(StepRecord(
-            episode_id=sb.episode_id, sandbox_id=sb.id, step=res.step, action=command,
-            observation=res.output[:65536], exit_code=res.exit_code,
-            penalty=self.shaper.penalty(events), terminated=sb.terminated, started=started,
-            ended=datetime.now(UTC), info={"event_rules": [e.rule for e in events],
-                                          "timed_out": res.timed_out, "blocked": res.blocked},
-        ))  # fmt: skip
+        with contextlib.suppress(StoreWriteError):  # held in memory; the command's answer stands
+            self.store.add_step(StepRecord(
+                episode_id=sb.episode_id, sandbox_id=sb.id, step=res.step, action=command,
+                observation=res.output[:65536], exit_code=res.exit_code,
+                penalty=self.shaper.penalty(events), terminated=sb.terminated, started=started,
+                ended=datetime.now(UTC), info={"event_rules": [e.rule for e in events],
+                                              "timed_out": res.timed_out, "blocked": res.blocked},
+            ))  # fmt: skip
         if entry.gone is None and sb.closed_reason:
             self._retire(entry, sb.closed_reason)
         return res
@@ -241,6 +255,8 @@ class SandboxManager:
             pre.append(f"cd {shlex.quote(cwd)} || exit 1")
         for k, v in (env or {}).items():
             if not k.isidentifier():
-                raise ApiError(422, f"env: {k!r} is not a valid variable name")
+                raise ApiError(422, f"env: {k[:80]!r} is not a valid variable name")
+            if "\x00" in v:
+                raise ApiError(422, f"env: the value of {k} holds a NUL byte")
             pre.append(f"export {k}={shlex.quote(v)}")
         return "(" + "; ".join([*pre, cmd]) + "\n)"

@@ -15,7 +15,11 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-NonBlank = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
+# ids, session names and paths: no NUL (no file or shell name can hold one) and a sane length
+NonBlank = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=4096, pattern=r"^[^\x00]*$"),
+]
 T = TypeVar("T")
 
 
@@ -48,10 +52,10 @@ class StartRequest(_Rock):
     memory: str | None = None
     cpus: float | None = None
     auto_clear_time: float | None = Field(
-        None, description="minutes idle before the sandbox is stopped"
+        None, ge=0, allow_inf_nan=False, description="minutes idle before the sandbox is stopped"
     )
-    auto_clear_time_minutes: float | None = None
-    startup_timeout: float | None = None
+    auto_clear_time_minutes: float | None = Field(None, ge=0, allow_inf_nan=False)
+    startup_timeout: float | None = Field(None, allow_inf_nan=False)
     episode_id: str | None = Field(None, description="corral: the RL episode this sandbox serves")
 
 
@@ -62,8 +66,8 @@ class SandboxRef(_Rock):
 class CommandRequest(_Rock):
     sandbox_id: NonBlank
     command: str | list[str]
-    timeout: float | None = Field(None, gt=0)
-    cwd: str | None = None
+    timeout: float | None = Field(None, gt=0, allow_inf_nan=False)
+    cwd: NonBlank | None = None
     env: dict[str, str] | None = None
 
 
@@ -86,7 +90,7 @@ class BashActionRequest(_Rock):
     sandbox_id: NonBlank
     command: str
     session: NonBlank = "default"
-    timeout: float | None = Field(None, gt=0)
+    timeout: float | None = Field(None, gt=0, allow_inf_nan=False)
     check: Literal["silent", "raise", "ignore"] = "raise"
     action_type: Literal["bash"] = "bash"
 
@@ -180,8 +184,12 @@ class RunCodeRequest(BaseModel):
 
     code: str = Field(..., description="the code to run")
     language: Literal["python", "bash"] = Field(..., description="python or bash")
-    compile_timeout: float = Field(10, gt=0, description="unused: python and bash are not compiled")
-    run_timeout: float = Field(10, gt=0, description="seconds the code may run")
+    compile_timeout: float = Field(
+        10, gt=0, allow_inf_nan=False, description="unused: python and bash are not compiled"
+    )
+    run_timeout: float = Field(
+        10, gt=0, allow_inf_nan=False, description="seconds the code may run"
+    )
     memory_limit_MB: int = Field(-1, description="memory limit in MB; -1 keeps the policy's")
     stdin: str | None = None
     files: dict[str, str | None] = Field({}, description="workspace path -> base64 content")

@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse
 from corral.sandbox.sandbox import ExecResult
 from corral.sandbox.session import SessionEnded
 from corral.server.approvals import Approval
+from corral.server.limits import BodyTooLarge
 from corral.server.manager import ApiError, Entry, SandboxManager
 from corral.server.models import (
     BashActionRequest,
@@ -201,7 +202,7 @@ def router(m: SandboxManager) -> APIRouter:
     async def read_file(req: ReadFileRequest) -> dict:
         entry = m.get(req.sandbox_id)
         try:
-            data = await entry.sandbox.read_file(req.path)
+            data = await entry.sandbox.read_file(req.path, max_bytes=m.limits.max_file_bytes + 1)
         except FileNotFoundError:
             raise ApiError(404, f"path: no file {req.path!r} in the sandbox",
                            safety=m.safety(entry)) from None  # fmt: skip
@@ -209,6 +210,8 @@ def router(m: SandboxManager) -> APIRouter:
             raise ApiError(
                 400, f"path: {req.path!r}: {err.strerror}", safety=m.safety(entry)
             ) from None
+        if len(data) > m.limits.max_file_bytes:
+            raise BodyTooLarge(m.limits.max_file_bytes, f"path: {req.path!r}")
         try:
             text = data.decode(req.encoding or "utf-8", req.errors or "strict")
         except (UnicodeDecodeError, LookupError) as err:
@@ -219,6 +222,8 @@ def router(m: SandboxManager) -> APIRouter:
     @r.post("/write_file", response_model=Envelope[WriteFileResult])
     async def write_file(req: WriteFileRequest) -> dict:
         entry = m.get(req.sandbox_id)
+        if len(req.content) > m.limits.max_file_bytes:
+            raise BodyTooLarge(m.limits.max_file_bytes, "content")
         where = await entry.sandbox.write_file(req.path, req.content)
         return ok(entry, WriteFileResult(success=True, message=f"wrote {where}"))
 
@@ -229,9 +234,10 @@ def router(m: SandboxManager) -> APIRouter:
         sandbox_id: Annotated[NonBlank, Form()],
     ) -> dict:
         entry = m.get(sandbox_id)
-        data = await file.read(MAX_UPLOAD + 1)
-        if len(data) > MAX_UPLOAD:
-            raise ApiError(413, f"file: larger than {MAX_UPLOAD} bytes", safety=m.safety(entry))
+        limit = min(MAX_UPLOAD, m.limits.max_file_bytes)
+        data = await file.read(limit + 1)
+        if len(data) > limit:
+            raise ApiError(413, f"file: larger than {limit} bytes", safety=m.safety(entry))
         where = await entry.sandbox.write_file(target_path, data)
         name = os.path.basename(file.filename or target_path)
         return ok(entry, UploadResult(success=True, message=f"uploaded to {where}", file_name=name))
