@@ -76,7 +76,9 @@ def run(
     if temp_workspace and workspace is not None:
         typer.echo("--workspace and --temp-workspace: give one", err=True)
         raise typer.Exit(2)
-    if not temp_workspace:
+    if image is not None and workspace is None:
+        pass  # an image's own working directory is the workspace (its config's WorkingDir)
+    elif not temp_workspace:
         problem = _workspace_problem(workspace)
         if problem:
             typer.echo(problem, err=True)
