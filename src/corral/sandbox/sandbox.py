@@ -130,6 +130,7 @@ class Sandbox:
         extra_env: dict[str, str] | None = None,
         extra_bwrap_args: list[str] | None = None,
         egress: Attachment | bool | None = True,
+        scratch_dirs: list[str] | None = None,
     ) -> None:
         self.policy = load_policy(policy)
         self.id = sandbox_id or "sb-" + uuid.uuid4().hex[:12]
@@ -149,6 +150,7 @@ class Sandbox:
         self.gate = gate
         self.extra_env = dict(extra_env or {})
         self.extra_bwrap_args = list(extra_bwrap_args or [])
+        self.scratch_dirs = list(scratch_dirs or [])
         if egress is True:
             # the gateway is the only way out and the firewall log; False leaves the sandbox with
             # no network at all and nothing recorded of its attempts
@@ -350,6 +352,7 @@ class Sandbox:
             extra_env=self.extra_env,
             extra_args=["--block-fd", str(block_r), *self.extra_bwrap_args],
             gpu_devices=self._gpu_devices(caps),
+            scratch_dirs=self.scratch_dirs,
         )
         command = ["/bin/bash", "--noprofile", "--norc"]
         extra_fds: tuple[int, ...] = ()

@@ -28,6 +28,9 @@ from corral.store.sqlite import EventStore
 from corral.store.steps import StepRecord
 
 KEEP_GONE = 10_000
+# named sessions kept per sandbox: past this the least recently used idle one is closed, SDK
+# per-call sessions (`bash-<ns>`) first, so clients that never close theirs cannot exhaust the pids
+MAX_SESSIONS = 32
 
 
 class ApiError(Exception):
@@ -52,6 +55,10 @@ class Entry:
     idle_limit: float | None = None
     gone: str | None = None
     seen: int = 0
+    # session name -> when it last ran a command (monotonic), for closing idle ones
+    session_used: dict[str, float] = field(default_factory=dict)
+    # what the start request asked for, to start it again on /restart
+    start_args: dict[str, Any] = field(default_factory=dict)
 
 
 class SandboxManager:
@@ -74,13 +81,21 @@ class SandboxManager:
         return safety_state(entry.sandbox, self.shaper)
 
     async def start(self, *, episode_id: str | None = None, image: str | None = None,
-                    idle_minutes: float | None = None) -> Entry:  # fmt: skip
-        sandbox = Sandbox(self.policy, episode_id=episode_id, store=self.store)
+                    idle_minutes: float | None = None, policy: Policy | None = None,
+                    scratch_dirs: list[str] | None = None,
+                    sandbox_id: str | None = None) -> Entry:  # fmt: skip
+        """`policy`: this sandbox's own copy of the server's policy (a client's resource request
+        within the policy's ceiling); `scratch_dirs`: empty private tmpfs directories."""
+        sandbox = Sandbox(policy or self.policy, episode_id=episode_id, store=self.store,
+                          scratch_dirs=scratch_dirs, sandbox_id=sandbox_id)  # fmt: skip
         if self.asks_people:  # ask becomes a pending approval instead of a refusal
             sandbox.gate = make_gate(self.policy, approve=self.approvals.approver(sandbox))
         ensure_gate(sandbox)
         await start_sandbox(sandbox)
-        entry = Entry(sandbox, image=image, idle_limit=idle_minutes * 60 if idle_minutes else None)
+        entry = Entry(sandbox, image=image, idle_limit=idle_minutes * 60 if idle_minutes else None,
+                      start_args={"episode_id": episode_id, "image": image,
+                                  "idle_minutes": idle_minutes, "policy": policy,
+                                  "scratch_dirs": scratch_dirs})  # fmt: skip
         entry.seen = len(sandbox.events)
         self.live[sandbox.id] = entry
         if entry.idle_limit and self._reaper is None:
@@ -120,6 +135,33 @@ class SandboxManager:
             await entry.sandbox.close()
         return entry
 
+    def forget(self, sandbox_id: str) -> bool:
+        """Drop an ended sandbox's record (ROCK's delete); False when it is still running."""
+        if sandbox_id in self.live:
+            return False
+        self.gone.pop(sandbox_id, None)
+        return True
+
+    # ---------------------------------------------------------------- sessions
+    async def make_room(self, entry: Entry) -> None:
+        """Close idle sessions until a new one fits under MAX_SESSIONS: SDK per-call sessions
+        first, then the least recently used. A session running a command is never closed."""
+        named = [n for n, sh in entry.sessions.items() if sh is not None]
+        while len(named) >= MAX_SESSIONS:
+            idle = [n for n in named if not entry.sessions[n]._lock.locked()]  # type: ignore[union-attr]
+            if not idle:
+                raise ApiError(429, f"session: {len(named)} sessions are running commands in "
+                               f"sandbox {entry.sandbox.id!r}; close one first",
+                               safety=self.safety(entry))  # fmt: skip
+            idle.sort(key=lambda n: (not _per_call(n), entry.session_used.get(n, 0.0)))
+            victim = idle[0]
+            shell = entry.sessions.pop(victim)
+            entry.session_used.pop(victim, None)
+            named.remove(victim)
+            self.approvals.cancel_session(entry.sandbox.id, victim, "session closed")
+            if shell is not None:
+                await shell.close(f"closed to make room: more than {MAX_SESSIONS} sessions")
+
     async def shutdown(self) -> None:
         if self._reaper is not None:
             self._reaper.cancel()
@@ -146,6 +188,7 @@ class SandboxManager:
             raise ApiError(404, f"session: no session {name!r} in sandbox {entry.sandbox.id!r}: "
                            "create it with /create_session", safety=self.safety(entry))  # fmt: skip
         shell = entry.sessions[name]
+        entry.session_used[name] = time.monotonic()
         if shell is not None and not shell.alive:
             del entry.sessions[name]
             raise ApiError(404, f"session: {name!r} ended ({shell.ended}); create it again with "
@@ -244,3 +287,8 @@ class SandboxManager:
                 raise ApiError(422, f"env: {k!r} is not a valid variable name")
             pre.append(f"export {k}={shlex.quote(v)}")
         return "(" + "; ".join([*pre, cmd]) + "\n)"
+
+
+def _per_call(name: str) -> bool:
+    """A session the rl-rock SDK opens for one call (`bash-<time_ns>`) and never closes."""
+    return name.startswith("bash-") and name[5:].isdigit()

@@ -45,8 +45,11 @@ class StartRequest(_Rock):
     image: str | None = Field(
         None, description="accepted for ROCK compatibility; corral runs the host's read-only root"
     )
-    memory: str | None = None
-    cpus: float | None = None
+    memory: str | int | None = Field(
+        None, description="e.g. '8g' (binary units, as docker); capped at the policy's limit"
+    )
+    cpus: float | None = Field(None, description="CPU cores; capped at the policy's limit")
+    sandbox_id: str | None = Field(None, description="the id to give the sandbox (ROCK)")
     auto_clear_time: float | None = Field(
         None, description="minutes idle before the sandbox is stopped"
     )

@@ -1,0 +1,73 @@
+"""Where a file path a client names lives: the workspace, or one of the sandbox's private tmpfs mounts.
+
+RL harnesses put scripts in `/tmp` (ROLL's `_upload_settings`, the rl-rock SDK's
+`process.execute_script`) and tests in `/tests`. Those directories are tmpfs mounts inside the
+sandbox's own mount namespace: the supervisor reaches them through `/proc/<sandbox init>/root`, and
+from there walks with the same `O_NOFOLLOW`-per-component code as the workspace
+(`corral.sandbox.files`), so a symlink the agent plants under `/tmp` cannot lead a write out of the
+sandbox. Any other absolute path is refused with a message naming the places that work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path, PurePosixPath
+
+from corral.sandbox import files
+from corral.sandbox.errors import PathOutsideWorkspace, SandboxClosed
+from corral.sandbox.sandbox import Sandbox
+
+PRIVATE_TMP = "/tmp"
+
+
+def private_mounts(sb: Sandbox) -> list[str]:
+    """The sandbox's private tmpfs directories a client may transfer files to and from."""
+    return [PRIVATE_TMP, *sb.scratch_dirs]
+
+
+def _mount_of(sb: Sandbox, path: str) -> str | None:
+    p = PurePosixPath(path)
+    if not p.is_absolute():
+        return None
+    for mount in private_mounts(sb):
+        if p == PurePosixPath(mount) or PurePosixPath(mount) in p.parents:
+            return mount
+    return None
+
+
+def _host_dir(sb: Sandbox, mount: str) -> Path:
+    """The mount as the supervisor sees it, while the sandbox runs."""
+    pid = sb._init_pid
+    if sb.closed_reason or not pid:
+        raise SandboxClosed(sb.closed_reason or "not started")
+    return Path(f"/proc/{pid}/root{mount}")
+
+
+def _check(sb: Sandbox, path: str) -> None:
+    ws = sb.policy.filesystem.workspace.path
+    p = PurePosixPath(path)
+    if p.is_absolute() and p != PurePosixPath(ws) and PurePosixPath(ws) not in p.parents:
+        where = ", ".join([ws, *private_mounts(sb)])
+        raise PathOutsideWorkspace(
+            f"{path!r} is not in the sandbox's workspace or its private directories ({where}): "
+            "only files there can be transferred"
+        )
+
+
+async def write(sb: Sandbox, path: str, data: bytes | str, mode: int = 0o644) -> str:
+    """Write a file into the sandbox; the path as the sandbox sees it."""
+    raw = data.encode() if isinstance(data, str) else data
+    mount = _mount_of(sb, path)
+    if mount is None:
+        _check(sb, path)
+        return await sb.write_file(path, raw, mode)
+    return await asyncio.to_thread(files.write, _host_dir(sb, mount), mount, path, raw, mode)
+
+
+async def read(sb: Sandbox, path: str, max_bytes: int | None = None) -> bytes:
+    """Read a file from the sandbox."""
+    mount = _mount_of(sb, path)
+    if mount is None:
+        _check(sb, path)
+        return await sb.read_file(path, max_bytes)
+    return await asyncio.to_thread(files.read, _host_dir(sb, mount), mount, path, max_bytes)
