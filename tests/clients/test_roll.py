@@ -17,7 +17,9 @@ import pytest
 
 from tests.clients.conftest import on_path, thirdparty
 
-pytest.importorskip("rock.sdk.sandbox.client", reason="the clients extra (rl-rock) is not installed")
+pytest.importorskip(
+    "rock.sdk.sandbox.client", reason="the clients extra (rl-rock) is not installed"
+)
 
 
 def _manager_class() -> type:
@@ -144,4 +146,3 @@ def test_roll_sees_why_a_rome_act_ended_the_episode(url: str, tmp_path: Path) ->
 
     assert asyncio.run(m.sandbox.is_alive()).is_alive is False
     m.stop_sandbox()
-

@@ -49,8 +49,8 @@ def _check(sb: Sandbox, path: str) -> None:
     if p.is_absolute() and p != PurePosixPath(ws) and PurePosixPath(ws) not in p.parents:
         where = ", ".join([ws, *private_mounts(sb)])
         raise PathOutsideWorkspace(
-            f"{path!r} is not in the sandbox's workspace or its private directories ({where}): "
-            "only files there can be transferred"
+            f"{path!r} is outside the workspace and the sandbox's private directories "
+            f"({where}): only files there can be transferred"
         )
 
 
