@@ -8,7 +8,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-pytest.importorskip("rock.sdk.sandbox.client", reason="the clients extra (rl-rock) is not installed")
+pytest.importorskip(
+    "rock.sdk.sandbox.client", reason="the clients extra (rl-rock) is not installed"
+)
 
 from rock.actions import (  # noqa: E402
     Action,
