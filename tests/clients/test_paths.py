@@ -1,4 +1,4 @@
-"""File transfer to the sandbox's private `/tmp` and scratch directories (`corral.server.paths`),
+"""File transfer to the sandbox's private `/tmp` and scratch directories (`corral.sandbox.paths`),
 as root and as an ordinary user: the supervisor reaches them through `/proc/<init>/root`."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import pytest
 
 from corral.sandbox.errors import PathOutsideWorkspace
 from corral.sandbox.sandbox import Sandbox
-from corral.server import paths
+from corral.sandbox import paths
 from tests.sandbox.helpers import sandbox_policy
 
 pytestmark = pytest.mark.unprivileged

@@ -68,8 +68,12 @@ async def test_remote_runtime_calls(url: str, tmp_path: Path) -> None:
     (tmp_path / "repo" / "pkg").mkdir(parents=True)
     (tmp_path / "repo" / "pkg" / "m.py").write_text("X = 1\n")
     (tmp_path / "one.txt").write_text("1")
-    await rt.upload(UploadRequest(source_path=str(tmp_path / "repo"), target_path="/workspace/repo"))
-    await rt.upload(UploadRequest(source_path=str(tmp_path / "one.txt"), target_path="/tmp/one.txt"))
+    await rt.upload(
+        UploadRequest(source_path=str(tmp_path / "repo"), target_path="/workspace/repo")
+    )
+    await rt.upload(
+        UploadRequest(source_path=str(tmp_path / "one.txt"), target_path="/tmp/one.txt")
+    )
     obs = await rt.run_in_session(BashAction(command="cat /workspace/repo/pkg/m.py /tmp/one.txt"))
     assert obs.output == "X = 1\n1"
     await rt.close_session(CloseBashSessionRequest())

@@ -32,9 +32,9 @@ from fastapi import APIRouter
 from corral.policy.model import Policy
 from corral.rl.episode import ensure_gate, start_sandbox
 from corral.rl.reward import enforce, safety_state
+from corral.sandbox import paths
 from corral.sandbox.errors import PathOutsideWorkspace, SandboxClosed, SandboxRefused
 from corral.sandbox.sandbox import ExecResult, Sandbox
-from corral.server import paths
 from corral.server.manager import ApiError, SandboxManager
 from corral.server.models import (
     CellRunResult,

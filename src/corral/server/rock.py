@@ -43,10 +43,10 @@ from tree_sitter import Language, Parser
 
 from corral.policy.model import Policy
 from corral.rl.reward import EMPTY_SAFETY
+from corral.sandbox import paths
 from corral.sandbox.errors import PathOutsideWorkspace, SandboxClosed, SandboxRefused
 from corral.sandbox.sandbox import ExecResult
 from corral.sandbox.session import SessionEnded, _control
-from corral.server import paths
 from corral.server.approvals import Approval
 from corral.server.manager import ApiError, Entry, SandboxManager
 from corral.server.models import (

@@ -31,10 +31,10 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict
 
+from corral.sandbox import paths
 from corral.sandbox.errors import PathOutsideWorkspace, SandboxClosed, SandboxRefused
 from corral.sandbox.sandbox import ExecResult
 from corral.sandbox.session import SessionEnded
-from corral.server import paths
 from corral.server.approvals import Approval
 from corral.server.manager import ApiError, Entry, SandboxManager
 

@@ -35,8 +35,15 @@ def _mount_of(sb: Sandbox, path: str) -> str | None:
     return None
 
 
-def _host_dir(sb: Sandbox, mount: str) -> Path:
-    """The mount as the supervisor sees it, while the sandbox runs."""
+async def _host_dir(sb: Sandbox, mount: str) -> Path:
+    """The mount as the supervisor sees it, while the sandbox runs (its shell is started again
+    first if an `exit` ended it, as the next command would)."""
+    if sb.closed_reason:
+        raise SandboxClosed(sb.closed_reason)
+    if sb._proc is None and sb.workspace is not None:
+        async with sb._lock:
+            if sb._proc is None and not sb.closed_reason:
+                await sb._restart_session()
     pid = sb._init_pid
     if sb.closed_reason or not pid:
         raise SandboxClosed(sb.closed_reason or "not started")
@@ -61,7 +68,7 @@ async def write(sb: Sandbox, path: str, data: bytes | str, mode: int = 0o644) ->
     if mount is None:
         _check(sb, path)
         return await sb.write_file(path, raw, mode)
-    return await asyncio.to_thread(files.write, _host_dir(sb, mount), mount, path, raw, mode)
+    return await asyncio.to_thread(files.write, await _host_dir(sb, mount), mount, path, raw, mode)
 
 
 async def read(sb: Sandbox, path: str, max_bytes: int | None = None) -> bytes:
@@ -70,4 +77,4 @@ async def read(sb: Sandbox, path: str, max_bytes: int | None = None) -> bytes:
     if mount is None:
         _check(sb, path)
         return await sb.read_file(path, max_bytes)
-    return await asyncio.to_thread(files.read, _host_dir(sb, mount), mount, path, max_bytes)
+    return await asyncio.to_thread(files.read, await _host_dir(sb, mount), mount, path, max_bytes)
