@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
+from corral.sandbox import paths
 from corral.sandbox.errors import PathOutsideWorkspace
 from corral.sandbox.sandbox import Sandbox
-from corral.sandbox import paths
 from tests.sandbox.helpers import sandbox_policy
 
 pytestmark = pytest.mark.unprivileged
