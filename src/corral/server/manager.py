@@ -205,6 +205,7 @@ class SandboxManager:
         route: str,
         finish: Callable[[ExecResult], Any],
         shell: ShellSession | None = None,
+        shown: str | None = None,
     ) -> Any:
         """Run a command for a route: the route's result, or an `Approval` when the gate asked a
         person. `finish(res)` turns the run into the route's result; on a pending command it runs
@@ -215,12 +216,12 @@ class SandboxManager:
                            f"{held.command[:80]!r}: decide it first (POST "
                            f"/apis/corral/v1/approvals/{held.id})", safety=self.safety(entry))  # fmt: skip
         if not self.asks_people:
-            return finish(await self.run(entry, command, timeout, shell))
+            return finish(await self.run(entry, command, timeout, shell, shown))
         loop = asyncio.get_running_loop()
         ticket = Ticket(session=session, route=route, parked=loop.create_future())
         token = CURRENT.set(ticket)
         try:
-            task = loop.create_task(self.run(entry, command, timeout, shell))
+            task = loop.create_task(self.run(entry, command, timeout, shell, shown))
         finally:
             CURRENT.reset(token)
         await asyncio.wait({task, ticket.parked}, return_when=asyncio.FIRST_COMPLETED)
@@ -249,8 +250,9 @@ class SandboxManager:
         ap.finished.set()
 
     async def run(self, entry: Entry, command: str, timeout: float | None,
-                  shell: ShellSession | None = None) -> ExecResult:  # fmt: skip
-        """Run one command as one recorded step, then apply the policy's terminate response."""
+                  shell: ShellSession | None = None, shown: str | None = None) -> ExecResult:  # fmt: skip
+        """Run one command as one recorded step, then apply the policy's terminate response.
+        `shown`: the command as the client sent it, for the record, when corral added to it."""
         sb = entry.sandbox
         started = datetime.now(UTC)
         try:
@@ -265,7 +267,7 @@ class SandboxManager:
         entry.seen = len(sb.events)
         entry.last_used = time.monotonic()
         self.store.add_step(StepRecord(
-            episode_id=sb.episode_id, sandbox_id=sb.id, step=res.step, action=command,
+            episode_id=sb.episode_id, sandbox_id=sb.id, step=res.step, action=shown or command,
             observation=res.output[:65536], exit_code=res.exit_code,
             penalty=self.shaper.penalty(events), terminated=sb.terminated, started=started,
             ended=datetime.now(UTC), info={"event_rules": [e.rule for e in events],

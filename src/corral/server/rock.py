@@ -410,7 +410,8 @@ def router(m: SandboxManager) -> APIRouter:
             return obs
 
         out = await m.submit(entry, announce_jobs(req.command), req.timeout, session=req.session,
-                             route="run_in_session", finish=finish, shell=shell)  # fmt: skip
+                             route="run_in_session", finish=finish, shell=shell,
+                             shown=req.command)  # fmt: skip
         return pending(entry, out) if isinstance(out, Approval) else ok(entry, out)
 
     @r.post("/read_file", response_model=Envelope[ReadFileResult])
