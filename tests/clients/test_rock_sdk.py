@@ -95,12 +95,25 @@ async def test_files_in_the_private_tmp(url: str, tmp_path: Path) -> None:
 
 async def test_per_call_sessions_do_not_exhaust_the_sandbox(url: str) -> None:
     sb = await _sandbox(url)
+    await sb.create_session(CreateBashSessionRequest(session="bash-1"))
+    obs = await sb.run_in_session(Action(command="sleep 60 &", session="bash-1"))
+    pid = obs.output.split()[-1]
     for _ in range(MAX_SESSIONS * 3):  # the SDK opens a session per arun and never closes one
         assert (await sb.arun("true")).exit_code == 0
     raw = _raw(url, sb.sandbox_id)
     assert len(raw["result"]["corral"]["sessions"]) <= MAX_SESSIONS + 1
     assert raw["safety"]["events"] == 0 and raw["safety"]["penalty"] == 0.0
+    # an SDK-style session with a job still running (its nohup job) was kept, and its job
+    assert (
+        await sb.run_in_session(Action(command=f"kill -0 {pid}", session="bash-1"))
+    ).exit_code == 0
     await sb.stop()
+
+
+def test_is_alive_of_an_unknown_sandbox_is_false(url: str) -> None:
+    body = httpx.get(f"{url}{ROCK}/is_alive", params={"sandbox_id": "sb-nope"}).json()
+    assert body["status"] == "Success" and body["result"]["is_alive"] is False
+    assert "sb-nope" in body["result"]["message"]
 
 
 async def test_resources_tokens_restart_and_delete(url: str) -> None:

@@ -21,6 +21,7 @@ from corral.policy.model import Policy
 from corral.rl.episode import Episode, ensure_gate, start_sandbox
 from corral.rl.reward import EMPTY_SAFETY, RewardShaper, enforce, safety_state
 from corral.rules.gate import make_gate
+from corral.sandbox.procs import children_of
 from corral.sandbox.sandbox import ExecResult, Sandbox
 from corral.sandbox.session import SessionEnded, ShellSession
 from corral.server.approvals import CURRENT, Approval, ApprovalBook, Ticket, shell_of
@@ -153,7 +154,9 @@ class SandboxManager:
                 raise ApiError(429, f"session: {len(named)} sessions are running commands in "
                                f"sandbox {entry.sandbox.id!r}; close one first",
                                safety=self.safety(entry))  # fmt: skip
-            idle.sort(key=lambda n: (not _per_call(n), entry.session_used.get(n, 0.0)))
+            # a session with jobs still running (an SDK nohup job it polls) goes last
+            idle.sort(key=lambda n: (_has_jobs(entry.sessions[n]), not _per_call(n),
+                                     entry.session_used.get(n, 0.0)))  # fmt: skip
             victim = idle[0]
             shell = entry.sessions.pop(victim)
             entry.session_used.pop(victim, None)
@@ -294,3 +297,7 @@ class SandboxManager:
 def _per_call(name: str) -> bool:
     """A session the rl-rock SDK opens for one call (`bash-<time_ns>`) and never closes."""
     return name.startswith("bash-") and name[5:].isdigit()
+
+
+def _has_jobs(shell: ShellSession | None) -> bool:
+    return shell is not None and bool(children_of(shell.bash_pid))

@@ -259,7 +259,13 @@ def router(m: SandboxManager) -> APIRouter:
 
     @r.get("/is_alive", response_model=Envelope[IsAliveResult])
     async def is_alive(sandbox_id: Annotated[NonBlank, Query()]) -> dict:
-        entry = m.lookup(sandbox_id)
+        """ROCK answers Success with `is_alive: false` for a sandbox it does not know."""
+        try:
+            entry = m.lookup(sandbox_id)
+        except ApiError as err:
+            return {"status": "Success", "message": err.message, "error": None,
+                    "result": IsAliveResult(is_alive=False, message=err.message),
+                    "safety": dict(EMPTY_SAFETY)}  # fmt: skip
         alive = entry.gone is None and not entry.sandbox.closed_reason
         msg = (
             m.host_name if alive else f"sandbox ended: {entry.gone or entry.sandbox.closed_reason}"
