@@ -80,7 +80,7 @@ PENDING: dict[int | str, dict[str, Any]] = {
     202: {"model": PendingEnvelope, "description": "the gate asked a person (policy gate.ask: "
           "callback): the command waits for POST /apis/corral/v1/approvals/{id}"}}  # fmt: skip
 _BINARY = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
-_SIZE_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", re.I)
+_SIZE_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:ib|i|b)?\s*", re.I)
 _PARSER = Parser(Language(tree_sitter_bash.language()))
 
 
