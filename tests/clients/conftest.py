@@ -6,6 +6,8 @@ Each stack's tests skip when its package (the `clients` extra) or its vendored s
 
 from __future__ import annotations
 
+import importlib.util
+import inspect
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +15,11 @@ from pathlib import Path
 import pytest
 
 from tests.server.conftest import serve
+
+# where `corral serve` asks for a token (corral.server.auth), these clients' servers run with
+# --no-auth, as an operator runs one for clients that cannot send a token (verl's SandboxFusion
+# calls, the sandbox-fusion client); test_auth.py drives the ones that can with a token
+HAS_AUTH = importlib.util.find_spec("corral.server.auth") is not None
 
 _REPO = Path(__file__).resolve().parents[2]
 THIRDPARTY = next(
@@ -22,9 +29,22 @@ THIRDPARTY = next(
 )  # fmt: skip
 
 
+def open_serve(home: Path) -> object:
+    """`corral serve` that asks no token (see HAS_AUTH)."""
+    if not HAS_AUTH:
+        return serve(home)
+    kwargs = {}
+    params = inspect.signature(serve).parameters
+    if "token" in params:
+        kwargs["token"] = None
+    if "ready_token" in params:
+        kwargs["ready_token"] = None
+    return serve(home, "--no-auth", **kwargs)
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object]]:
-    with serve(tmp_path_factory.mktemp("serve-home")) as s:
+    with open_serve(tmp_path_factory.mktemp("serve-home")) as s:
         yield s
 
 

@@ -44,9 +44,11 @@ def test_openapi_lists_rock_fusion_and_env_paths(http: httpx.Client) -> None:
         assert f"{ROCK}/{name}" in paths, name
     for name in ("make", "reset", "step", "close"):
         assert f"/apis/v1/envs/gem/{name}" in paths, name
+    assert "/apis/corral/v1/swerex/start" in paths
+    runtime = http.get("/apis/corral/v1/swerex/openapi.json").json()["paths"]
     for name in ("is_alive", "create_session", "run_in_session", "close_session", "execute",
                  "read_file", "write_file", "upload", "close"):  # fmt: skip
-        assert f"/apis/corral/v1/swerex/{{sandbox_id}}/{name}" in paths, name
+        assert f"/{{sandbox_id}}/{name}" in runtime, name
     assert "/apis/corral/v1/env/step" in paths
 
 

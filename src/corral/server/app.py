@@ -95,7 +95,12 @@ def create_app(policy: Policy | str | None = None, store: EventStore | None = No
 
     app.include_router(rock.router(manager), prefix="/apis/envs/sandbox/v1", tags=["rock"])
     app.include_router(fusion.router(manager), tags=["sandboxfusion"])
-    app.include_router(swerex.router(manager), prefix=swerex.PREFIX, tags=["swe-rex"])
+    # SWE-ReX: /start behind the app's authentication; the per-sandbox routes are mounted apart
+    # (RemoteRuntime sends only X-API-Key) and check their own per-sandbox token
+    swerex_tokens: dict[str, str] = {}
+    app.include_router(swerex.start_router(manager, swerex_tokens), prefix=swerex.PREFIX,
+                       tags=["swe-rex"])  # fmt: skip
+    app.mount(swerex.PREFIX, swerex.runtime_app(manager, swerex_tokens))
     app.include_router(gem_routes.router(manager), prefix=gem_routes.PREFIX, tags=["rock-gem"])
     app.include_router(env_routes.router(manager), prefix="/apis/corral/v1/env", tags=["env"])
     app.include_router(approval_routes.router(manager), prefix="/apis/corral/v1/approvals",

@@ -10,9 +10,11 @@ exception class, which `RemoteRuntime` raises again on the client (`NonZeroExitC
 `SessionDoesNotExistError`, `FileNotFoundError`). A policy end (a ROME act) raises `SwerexException`
 with `episode ended by corral's policy: ...`; a refused command's output says why.
 
-`POST /apis/corral/v1/swerex/start` starts a sandbox for SWE-ReX and returns its URL and an
-`auth_token`, which the per-sandbox routes then require in `X-API-Key` (as a swerex server's
-`--auth-token` does). Sandboxes started over the ROCK API are reachable here too, without a key.
+`POST /apis/corral/v1/swerex/start` (behind corral's own authentication, like every corral route)
+starts a sandbox for SWE-ReX and returns its URL and an `auth_token`. `RemoteRuntime` sends only
+`X-API-Key`, so the per-sandbox routes are a sub-application mounted at the prefix, outside the
+app's bearer-token dependency, and require that per-sandbox token in `X-API-Key` (as a swerex
+server's `--auth-token` does): without it, or for a sandbox not started here, the answer is 401.
 SWE-ReX sessions are bash sessions of their own in the sandbox (`swerex:<name>`).
 """
 
@@ -25,7 +27,7 @@ import zipfile
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, File, Form, Header, Request, UploadFile
+from fastapi import APIRouter, FastAPI, File, Form, Header, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
@@ -145,21 +147,9 @@ class SwerexStart(BaseModel):
     auth_token: str
 
 
-def router(m: SandboxManager) -> APIRouter:
-    r = APIRouter(route_class=SwerexRoute)
-    tokens: dict[str, str] = {}
-
-    def auth(sandbox_id: str, key: str | None) -> None:
-        want = tokens.get(sandbox_id)
-        if want is not None and not secrets.compare_digest(key or "", want):
-            raise ApiError(401, "Invalid API Key")
-
-    def entry_for(sandbox_id: str, key: str | None) -> Entry:
-        auth(sandbox_id, key)
-        return m.get(sandbox_id)
-
-    def name(session: str) -> str:
-        return f"swerex:{session}"
+def start_router(m: SandboxManager, tokens: dict[str, str]) -> APIRouter:
+    """`POST /start`, on the main app (and its authentication)."""
+    r = APIRouter()
 
     @r.post("/start", response_model=SwerexStart)
     async def start(request: Request) -> SwerexStart:
@@ -170,6 +160,31 @@ def router(m: SandboxManager) -> APIRouter:
         base = str(request.base_url).rstrip("/")
         return SwerexStart(sandbox_id=entry.sandbox.id, url=f"{base}{PREFIX}/{entry.sandbox.id}",
                            auth_token=token)  # fmt: skip
+
+    return r
+
+
+def runtime_app(m: SandboxManager, tokens: dict[str, str]) -> FastAPI:
+    """The per-sandbox SWE-ReX routes, as an app to mount at PREFIX (see the module docstring)."""
+    app = FastAPI(title="corral: SWE-ReX runtime per sandbox", openapi_url="/openapi.json")
+    app.include_router(_runtime_router(m, tokens))
+    return app
+
+
+def _runtime_router(m: SandboxManager, tokens: dict[str, str]) -> APIRouter:
+    r = APIRouter(route_class=SwerexRoute)
+
+    def auth(sandbox_id: str, key: str | None) -> None:
+        want = tokens.get(sandbox_id)
+        if want is None or not secrets.compare_digest(key or "", want):
+            raise ApiError(401, "Invalid API Key")
+
+    def entry_for(sandbox_id: str, key: str | None) -> Entry:
+        auth(sandbox_id, key)
+        return m.get(sandbox_id)
+
+    def name(session: str) -> str:
+        return f"swerex:{session}"
 
     @r.get("/{sandbox_id}/")
     async def root(sandbox_id: str, x_api_key: Key = None) -> dict:
@@ -343,4 +358,4 @@ def router(m: SandboxManager) -> APIRouter:
     return r
 
 
-__all__ = ["PREFIX", "SwerexError", "router"]
+__all__ = ["PREFIX", "SwerexError", "runtime_app", "start_router"]
