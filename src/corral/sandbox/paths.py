@@ -11,13 +11,35 @@ sandbox. Any other absolute path is refused with a message naming the places tha
 from __future__ import annotations
 
 import asyncio
+import ctypes
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
+from typing import TypeVar
 
 from corral.sandbox import files
 from corral.sandbox.errors import PathOutsideWorkspace, SandboxClosed
 from corral.sandbox.sandbox import Sandbox
 
 PRIVATE_TMP = "/tmp"
+T = TypeVar("T")
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _as_sandbox(sb: Sandbox, fn: Callable[..., T], *args: object) -> T:
+    """Run `fn` (in a worker thread) with this thread's filesystem ids set to the sandbox's own
+    host id, when it has one (a root supervisor runs each sandbox as its own id): a tmpfs of the
+    sandbox's user namespace takes new files only from ids mapped in it, and so the files are the
+    agent's to change, as in the workspace. `setfsuid` is per thread; the ids are restored."""
+    ident = getattr(sb, "identity", None)
+    if ident is None:
+        return fn(*args)
+    old_gid = _libc.setfsgid(ident.gid)
+    old_uid = _libc.setfsuid(ident.uid)
+    try:
+        return fn(*args)
+    finally:
+        _libc.setfsuid(old_uid)
+        _libc.setfsgid(old_gid)
 
 
 def private_mounts(sb: Sandbox) -> list[str]:
@@ -68,7 +90,8 @@ async def write(sb: Sandbox, path: str, data: bytes | str, mode: int = 0o644) ->
     if mount is None:
         _check(sb, path)
         return await sb.write_file(path, raw, mode)
-    return await asyncio.to_thread(files.write, await _host_dir(sb, mount), mount, path, raw, mode)
+    where = await _host_dir(sb, mount)
+    return await asyncio.to_thread(_as_sandbox, sb, files.write, where, mount, path, raw, mode)
 
 
 async def read(sb: Sandbox, path: str, max_bytes: int | None = None) -> bytes:
@@ -77,4 +100,5 @@ async def read(sb: Sandbox, path: str, max_bytes: int | None = None) -> bytes:
     if mount is None:
         _check(sb, path)
         return await sb.read_file(path, max_bytes)
-    return await asyncio.to_thread(files.read, await _host_dir(sb, mount), mount, path, max_bytes)
+    where = await _host_dir(sb, mount)
+    return await asyncio.to_thread(_as_sandbox, sb, files.read, where, mount, path, max_bytes)
