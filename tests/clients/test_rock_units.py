@@ -49,3 +49,10 @@ def test_resources_never_exceed_the_policy() -> None:
     small = sized_policy(pol, "256m", 0.25)
     assert (small.limits.memory, small.limits.cpus) == (256 * 1024**2, 0.25)
     assert sized_policy(pol, None, None) is pol
+
+
+def test_a_request_may_lower_the_command_timeout_only() -> None:
+    from corral.server.manager import capped
+
+    assert capped(5, 600) == 5 and capped(10_000, 600) == 600
+    assert capped(None, 600) == 600 and capped(7, None) == 7 and capped(None, None) is None

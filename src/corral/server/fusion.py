@@ -35,7 +35,7 @@ from corral.rl.reward import enforce, safety_state
 from corral.sandbox import paths
 from corral.sandbox.errors import PathOutsideWorkspace, SandboxClosed, SandboxRefused
 from corral.sandbox.sandbox import ExecResult, Sandbox
-from corral.server.manager import ApiError, SandboxManager
+from corral.server.manager import ApiError, SandboxManager, capped
 from corral.server.models import (
     CellRunResult,
     CommandRunResult,
@@ -204,7 +204,9 @@ class _Run:
 
     async def step(self, command: str, timeout: float) -> tuple[ExecResult, float]:
         t0 = time.monotonic()
-        res = await self.sb.exec(command, timeout=timeout)
+        res = await self.sb.exec(
+            command, timeout=capped(timeout, self.sb.policy.limits.command_timeout)
+        )
         elapsed = time.monotonic() - t0
         await enforce(self.sb, self.m.shaper, list(self.sb.events))
         return res, elapsed

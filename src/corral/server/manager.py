@@ -257,6 +257,7 @@ class SandboxManager:
         """Run one command as one recorded step, then apply the policy's terminate response.
         `shown`: the command as the client sent it, for the record, when corral added to it."""
         sb = entry.sandbox
+        timeout = capped(timeout, sb.policy.limits.command_timeout)
         started = datetime.now(UTC)
         try:
             res = await (shell or sb).exec(command, timeout=timeout)
@@ -301,3 +302,10 @@ def _per_call(name: str) -> bool:
 
 def _has_jobs(shell: ShellSession | None) -> bool:
     return shell is not None and bool(children_of(shell.bash_pid))
+
+
+def capped(asked: float | None, ceiling: float | None) -> float | None:
+    """A client's command timeout, never above the policy's: a request may lower it only."""
+    if asked is None or ceiling is None:
+        return asked if asked is not None else ceiling
+    return min(asked, ceiling)
