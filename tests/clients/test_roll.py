@@ -67,6 +67,12 @@ def _task(tmp_path: Path, verdict: str) -> Path:
     return tasks
 
 
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ROLL's run_tests writes test_output.txt to the current directory."""
+    monkeypatch.chdir(tmp_path)
+
+
 def test_roll_episode_nine_steps(url: str, tmp_path: Path) -> None:
     m = _make(url, _task(tmp_path, "test_answer PASSED"))
     steps: list[str] = []
