@@ -56,3 +56,22 @@ async def test_agent_symlink_cannot_break_the_next_shell_start(tmp_path) -> None
         r = await sb.harness_exec("echo grader ok")
         assert r.stdout == "grader ok\n"
     assert os.path.islink(ws / ".bashrc")
+
+
+@pytest.mark.unprivileged
+async def test_agent_file_api_write_to_protected_path_is_refused_and_recorded(tmp_path) -> None:
+    from corral.sandbox.errors import ProtectedPath
+
+    ws = new_dir(tmp_path / "ws")
+    async with open_box(workspace=ws) as sb:
+        await sb.write_file("tests/test_x.py", "assert False\n")  # the harness may
+        with pytest.raises(ProtectedPath):
+            await sb.write_file("tests/test_x.py", "pass\n", agent=True)
+        with pytest.raises(ProtectedPath):
+            await sb.write_file("/workspace/./tests//new.py", "pass\n", agent=True)
+        await sb.write_file("src/ok.py", "x = 1\n", agent=True)
+        r = await sb.exec("echo y >> src/ok.py && cat src/ok.py")  # harness files stay editable
+        assert r.stdout == "x = 1\ny\n", r.stderr
+        assert (ws / "tests" / "test_x.py").read_text() == "assert False\n"
+        hits = [e for e in sb.events if e.rule == "file.protected_write"]
+        assert hits and hits[0].category == "reward_tampering"

@@ -55,3 +55,34 @@ async def test_tmp_is_capped_by_the_disk_limit() -> None:
         r = await sb.exec("head -c 8000000 /dev/zero > /tmp/fill; echo rc=$?; du -k /tmp/fill")
         assert "rc=1" in r.stdout
         assert int(r.stdout.split()[-2]) <= 4096
+
+
+@pytest.mark.unprivileged
+@pytest.mark.parametrize(
+    "fill", ["head -c 3000000 /dev/zero > big", "mkdir d && cd d && touch $(seq 1 400)"]
+)
+async def test_filling_the_workspace_is_a_resource_event(tmp_path, fill: str) -> None:
+    from corral.sandbox.sandbox import Sandbox
+    from tests.sandbox.helpers import sandbox_policy
+
+    pol = sandbox_policy()
+    pol.limits.disk = 2 * 1024 * 1024
+    pol.limits.inodes = 300
+    async with Sandbox(pol, workspace=new_dir(tmp_path / "ws")) as sb:
+        await sb.exec(fill)
+        hits = [e for e in sb.events if e.rule in ("resource.disk_limit", "resource.inode_limit")]
+        assert hits and hits[0].source == "resource" and hits[0].step == 1
+        assert hits[0].evidence["where"].startswith("workspace")
+
+
+@pytest.mark.unprivileged
+async def test_a_full_tmp_is_recorded() -> None:
+    from corral.sandbox.sandbox import Sandbox
+    from tests.sandbox.helpers import sandbox_policy
+
+    pol = sandbox_policy()
+    pol.limits.disk = 2 * 1024 * 1024
+    async with Sandbox(pol) as sb:
+        await sb.exec("cat /dev/zero > /tmp/fill 2>/dev/null; echo agent swallowed the error")
+        hits = [e for e in sb.events if e.rule == "resource.disk_limit"]
+        assert hits and hits[0].evidence["where"] == "tmp_disk"

@@ -28,7 +28,7 @@ from corral.events.model import Event, severity_rank
 from corral.events.sink import EventSink
 from corral.policy.loader import load_policy
 from corral.policy.model import Policy
-from corral.sandbox import files, identity, stage, syscalls
+from corral.sandbox import files, identity, stage, syscalls, usage
 from corral.sandbox.bwrap import BwrapSpec, build_argv
 from corral.sandbox.errors import SandboxClosed, SandboxRefused
 from corral.sandbox.limits import (
@@ -169,6 +169,8 @@ class Sandbox:
         self._placeholders: list[Path] = []
         self._stages: dict[str, str] = {}
         self._harness: Sandbox | None = None
+        self._disk_base: usage.Usage | None = None
+        self._disk_hit: set[str] = set()
         self._borrowed_identity = False
         if sink is None:
             if store is True:
@@ -347,6 +349,8 @@ class Sandbox:
                     tempfile.mkdtemp(prefix=f"{os.getpid()}-{self.id}-", dir=root)
                 )
         self._make_protected_placeholders()
+        if self._disk_base is None and (self.policy.limits.disk or self.policy.limits.inodes):
+            self._disk_base = await asyncio.to_thread(usage.measure, str(self.workspace))
         if caps.root and self.identity is None:
             await self._take_identity()
         elif self._borrowed_identity:
@@ -693,6 +697,7 @@ class Sandbox:
         limit = timeout if timeout is not None else self.policy.limits.command_timeout
         spared = self._running_before()
         timed_out = killed = False
+        watch = asyncio.get_running_loop().create_task(self._disk_watch(step, command, spared))
         try:
             chan.send(frame(key, command, self._ctl_fd_inside))
             exit_code = await asyncio.wait_for(asyncio.shield(done), limit)
@@ -707,9 +712,11 @@ class Sandbox:
         except (EOFError, BrokenPipeError, OSError):
             exit_code = await self._session_exit_code()
             killed = self.terminated
+        watch.cancel()
         chan.drain()
         chan.capture = None
-        if self._check_counters(step, command) and self._resource_response() in (
+        over_disk = await asyncio.to_thread(self._check_disk, step, command)
+        if (self._check_counters(step, command) or over_disk) and self._resource_response() in (
             "kill",
             "terminate",
         ):
@@ -844,6 +851,46 @@ class Sandbox:
             if frozen and self.cgroup is not None:
                 self.cgroup.freeze(False)
 
+    DISK_WATCH_INTERVAL = 3.0
+
+    async def _disk_watch(self, step: int, command: str, spared: set[int]) -> None:
+        """While a command runs, look at its disk use now and then (usage.py)."""
+        while True:
+            await asyncio.sleep(self.DISK_WATCH_INTERVAL)
+            over = await asyncio.to_thread(self._check_disk, step, command)
+            if over and self._resource_response() in ("kill", "terminate"):
+                await asyncio.to_thread(self._kill_command_tree, spared)
+
+    def _check_disk(self, step: int | None, command: str | None) -> bool:
+        """A `source=resource` event when the workspace grew past `limits.disk`/`inodes` or /tmp
+        filled up; True while over (the command is then answered like any limit hit)."""
+        lim = self.policy.limits
+        over: dict[str, str] = {}
+        if self._disk_base is not None and self.workspace is not None:
+            base = self._disk_base
+            cap = base.inodes + lim.inodes if lim.inodes else None
+            now = usage.measure(str(self.workspace), cap)
+            if lim.inodes and now.inodes - base.inodes > lim.inodes:
+                over["workspace_inodes"] = f"more than {lim.inodes} files added to the workspace"
+            if lim.disk and now.bytes - base.bytes > lim.disk:
+                over["workspace_disk"] = f"workspace grew past {lim.disk} bytes"
+        tmp = usage.tmp_fill(self._init_pid)
+        if lim.disk and tmp is not None and tmp[1] and tmp[0] >= tmp[1] - 64 * 1024:
+            over["tmp_disk"] = f"/tmp is full ({tmp[1]} bytes)"
+        argv = ["bash", "-c", command] if command else None
+        for where, why in over.items():
+            if where in self._disk_hit:
+                continue
+            self._disk_hit.add(where)
+            rule = "resource.inode_limit" if where.endswith("inodes") else "resource.disk_limit"
+            self.emit(source="resource", rule=rule, category="resource", severity="medium",
+                      action="killed" if self._resource_response() in ("kill", "terminate")
+                      else "blocked", step=step, argv=argv, message=why,
+                      evidence={"where": where, "limit_bytes": lim.disk,
+                                "limit_inodes": lim.inodes})  # fmt: skip
+        self._disk_hit &= set(over)  # a limit freed again may be reported again
+        return bool(over)
+
     def _resource_response(self) -> str:
         return (
             "alert" if self.policy.observe_only else self.policy.responses.for_category("resource")
@@ -962,7 +1009,9 @@ class Sandbox:
         assert self.workspace is not None
         policy = self.policy.model_copy(deep=True)
         policy.gate.enabled = False
-        env = {**self.extra_env, "PYTHONDONTWRITEBYTECODE": "1"}
+        # git config the agent wrote (core.fsmonitor, hooks) must not run its code in the harness
+        git_safe = "'core.fsmonitor'='' 'core.hooksPath'='/dev/null' 'core.pager'='cat'"
+        env = {**self.extra_env, "PYTHONDONTWRITEBYTECODE": "1", "GIT_CONFIG_PARAMETERS": git_safe}
         harness = Sandbox(policy, workspace=self.workspace, episode_id=self.episode_id,
                           sandbox_id=f"{self.id}-harness", sink=self.sink, extra_env=env,
                           egress=False)  # fmt: skip
@@ -988,11 +1037,29 @@ class Sandbox:
             raise SandboxClosed(self.closed_reason or "not started")
         return self.workspace
 
-    async def write_file(self, path: str, content: str | bytes, mode: int = 0o644) -> str:
+    async def write_file(self, path: str, content: str | bytes, mode: int = 0o644, *,
+                         agent: bool = False) -> str:  # fmt: skip
+        """Write a workspace file. By default the caller is the harness (task files, tests; any
+        path, protected ones included, recorded as `file.harness_write` there). `agent=True` is an
+        agent's tool call: a protected path is refused and recorded as tampering, as in its shell.
+        """
         ws = self._require_workspace()
         data = content.encode() if isinstance(content, str) else content
-        return await asyncio.to_thread(files.write, ws, self.policy.filesystem.workspace.path,
-                                       path, data, mode)  # fmt: skip
+        inside = self.policy.filesystem.workspace.path
+        hit = files.protected_hit(inside, path, self.policy.filesystem.protected)
+        if hit is not None and agent:
+            self.emit(source="file", rule="file.protected_write", category="reward_tampering",
+                      severity="high", action="blocked", attack="T1565", step=self.step or None,
+                      path=path, message=f"file API write to protected path {path} refused",
+                      evidence={"via": "file_api", "protected": hit})  # fmt: skip
+            raise files.ProtectedPath(f"{path!r} is protected ({hit}): the agent may not write it")
+        owner = None if hit is not None else self.file_owner()
+        written = await asyncio.to_thread(files.write, ws, inside, path, data, mode, owner)
+        if hit is not None:
+            self.emit(source="file", rule="file.harness_write", path=written,
+                      message=f"harness wrote protected file {written}",
+                      evidence={"bytes": len(data), "protected": hit})  # fmt: skip
+        return written
 
     async def read_file(self, path: str, max_bytes: int | None = None) -> bytes:
         ws = self._require_workspace()
@@ -1002,7 +1069,7 @@ class Sandbox:
     async def upload(self, local: str | Path, path: str) -> str:
         ws = self._require_workspace()
         return await asyncio.to_thread(files.upload, ws, self.policy.filesystem.workspace.path,
-                                       Path(local), path)  # fmt: skip
+                                       Path(local), path, self.file_owner())  # fmt: skip
 
     # ---------------------------------------------------------------- ending
     async def terminate(self, reason: str, *, emit: bool = True, rule: str | None = None) -> None:
