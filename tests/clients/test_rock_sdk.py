@@ -87,6 +87,13 @@ async def test_files_in_the_private_tmp(url: str, tmp_path: Path) -> None:
     bad = await sb.write_file_by_path("pwned", "/tmp/h")
     assert not bad.success and "symlink" in bad.message
     assert Path("/etc/hostname").read_bytes() == before
+    # the SDK's directory upload: a tarball to /tmp, extracted by a nohup command
+    (tmp_path / "proj" / "pkg").mkdir(parents=True)
+    (tmp_path / "proj" / "pkg" / "m.py").write_text("line1\nline2\nline3\n")
+    obs = await sb.fs.upload_dir(tmp_path / "proj", "/workspace/proj", extract_timeout=60)
+    assert obs.exit_code == 0, obs
+    text = await sb.read_file_by_line_range("/workspace/proj/pkg/m.py", start_line=2)
+    assert text.content == "line2\nline3\n"
     bad = await sb.write_file_by_path("pwned", "/etc/motd-corral")
     assert not bad.success and "outside the workspace" in bad.message
     assert not os.path.exists("/etc/motd-corral")
