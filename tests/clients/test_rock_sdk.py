@@ -130,6 +130,21 @@ async def test_resources_tokens_restart_and_delete(url: str) -> None:
     big = await _sandbox(url, memory="64g", cpus=64)  # capped at rl-strict's 2 GiB / 1 core
     status = await big.get_status()
     assert (status.memory, status.cpus) == ("2g", 1.0)
+    limits = _raw(url, sb.sandbox_id)["result"]["corral"]["limits"]
+    if str(limits.get("memory")).startswith(
+        "cgroup"
+    ):  # the request's 256 MiB is what the kernel holds it to
+        small = await _sandbox(url, memory="256m")
+        await small.create_session(CreateBashSessionRequest(session="m"))
+        obs = await small.run_in_session(Action(
+            command="python3 -c 'b = bytearray(400 * 1024 * 1024); print(len(b))'",
+            session="m", check="silent"))  # fmt: skip
+        assert obs.exit_code != 0 and "419430400" not in obs.output
+        obs = await small.run_in_session(Action(
+            command="python3 -c 'b = bytearray(100 * 1024 * 1024); print(len(b))'",
+            session="m", check="silent"))  # fmt: skip
+        assert obs.exit_code == 0 and "104857600" in obs.output
+        await small.stop()
     assert await sb._oss.ensure_setup() is False  # no object store: uploads use /upload
     with pytest.raises(Exception, match="stop it before deleting"):
         await sb.delete()
