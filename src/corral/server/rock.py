@@ -7,7 +7,8 @@ envelope: every failure is HTTP 200 with `status: Failed` and the reason in `mes
 `ignore`: no exit code) and a command timeout is Failed; a command that ends `&` at top level prints
 `[N] PID` as ROCK's interactive bash does (ROLL reads the PID from it); `/tmp`, `/tests` and `/app`
 are the sandbox's own writable tmpfs directories, reachable by upload/read/write like the workspace.
-`memory` and `cpus` are honoured up to the policy's own limit; `image` is echoed.
+`memory` and `cpus` are honoured up to the policy's own limit; `image` is echoed. `is_alive` of an
+unknown sandbox is Success with `is_alive: false`, as in ROCK.
 
 A ROME act (a finding whose policy response is `terminate`) answers Failed in every `check` mode
 with `episode ended by corral's policy: ...` in `message`, the command's observation in `result`,
@@ -15,7 +16,8 @@ and `safety.terminated`; later calls answer Failed naming the same reason.
 
 Sessions: each is its own bash in the one sandbox (`Sandbox.open_session`); "default" is the main
 shell. The SDK opens a `bash-<ns>` session per call and never closes it, so past `MAX_SESSIONS`
-the least recently used idle session is closed (those first). `env` of `create_session` is set
+the least recently used idle session is closed (the SDK's first; one whose jobs still run, such
+as an SDK nohup job being polled, last). `env` of `create_session` is set
 without passing the gate (corral's own quoting); `startup_source` files run as commands and are
 gated and recorded, because the agent may have written them.
 
