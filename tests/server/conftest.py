@@ -88,3 +88,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, objec
 def http(server: dict[str, object]) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=str(server["url"]), timeout=20, trust_env=False, headers=AUTH) as c:
         yield c
+
+
+def code(resp: httpx.Response) -> int:
+    """The status corral means: ROCK routes answer failures as HTTP 200 `Failed` (as ROCK does)
+    and carry corral's own status in `X-Corral-Status`."""
+    return int(resp.headers.get("X-Corral-Status", resp.status_code))

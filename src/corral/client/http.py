@@ -55,7 +55,8 @@ def _check(resp: httpx.Response) -> dict[str, Any]:
     except ValueError:
         body = resp.text
     if resp.status_code >= 400 or not isinstance(body, dict) or body.get("status") == "Failed":
-        raise CorralAPIError(resp.status_code, body)
+        # ROCK routes answer failures as HTTP 200 (as ROCK does) with corral's status in a header
+        raise CorralAPIError(int(resp.headers.get("X-Corral-Status", resp.status_code)), body)
     return body
 
 
@@ -139,9 +140,11 @@ class CorralClient:
                           {"sandbox_id": sandbox_id, "session": session, "env": env})  # fmt: skip
 
     def run_in_session(self, sandbox_id: str, command: str, session: str = "default",
-                       timeout: float | None = None) -> dict[str, Any]:  # fmt: skip
+                       timeout: float | None = None, check: str = "silent") -> dict[str, Any]:  # fmt: skip
+        """`check`: ROCK's; "silent" (corral's default) answers a non-zero exit as a result,
+        "raise" (ROCK's default) as a failure."""
         return self._post(f"{ROCK}/run_in_session", {"sandbox_id": sandbox_id, "command": command,
-                          "session": session, "timeout": timeout})  # fmt: skip
+                          "session": session, "timeout": timeout, "check": check})  # fmt: skip
 
     def execute(self, sandbox_id: str, command: str | list[str], timeout: float | None = None,
                 cwd: str | None = None, env: dict[str, str] | None = None) -> dict[str, Any]:  # fmt: skip
@@ -255,9 +258,10 @@ class AsyncCorralClient:
                                 {"sandbox_id": sandbox_id, "session": session, "env": env})  # fmt: skip
 
     async def run_in_session(self, sandbox_id: str, command: str, session: str = "default",
-                             timeout: float | None = None) -> dict[str, Any]:  # fmt: skip
+                             timeout: float | None = None, check: str = "silent") -> dict[str, Any]:  # fmt: skip
         return await self._post(f"{ROCK}/run_in_session", {"sandbox_id": sandbox_id,
-                                "command": command, "session": session, "timeout": timeout})  # fmt: skip
+                                "command": command, "session": session, "timeout": timeout,
+                                "check": check})  # fmt: skip
 
     async def execute(self, sandbox_id: str, command: str | list[str], timeout: float | None = None,
                       cwd: str | None = None, env: dict[str, str] | None = None) -> dict[str, Any]:  # fmt: skip

@@ -30,6 +30,9 @@ class BwrapSpec:
     extra_env: dict[str, str] = field(default_factory=dict)
     extra_args: list[str] = field(default_factory=list)
     gpu_devices: list[str] = field(default_factory=list)
+    # empty private tmpfs directories at these absolute paths (ROCK images let harnesses create
+    # /tests, /app): made before the root turns read-only, gone with the sandbox
+    scratch_dirs: list[str] = field(default_factory=list)
     host_uid: int | None = None  # root supervisor: the unprivileged host id bwrap runs as
     seccomp_fd: int | None = None
     tmp_size: int | None = None
@@ -212,6 +215,8 @@ def build_argv(bwrap: str, spec: BwrapSpec, command: list[str]) -> list[str]:
             argv += ["--ro-bind", "/dev/null", p]
     for dev in spec.gpu_devices:
         argv += ["--dev-bind", dev, dev]
+    for d in spec.scratch_dirs:  # sized as /tmp is
+        argv += [*(["--size", str(spec.tmp_size)] if spec.tmp_size else []), "--tmpfs", d]
     # the sandbox's own root is a tmpfs: make it read-only too, once every mount point exists
     argv += ["--remount-ro", "/"]
     env = {

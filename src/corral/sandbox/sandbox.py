@@ -163,6 +163,7 @@ class Sandbox:
         egress: Attachment | bool | None = True,
         image: str | None = None,
         keep: bool = False,
+        scratch_dirs: list[str] | None = None,
     ) -> None:
         self.policy = load_policy(policy)
         # the task's image as the sandbox's root (None: the host's read-only root); `keep` leaves
@@ -199,6 +200,7 @@ class Sandbox:
         self.gate = gate
         self.extra_env = dict(extra_env or {})
         self.extra_bwrap_args = list(extra_bwrap_args or [])
+        self.scratch_dirs = list(scratch_dirs or [])
         if egress is True:
             # the gateway is the only way out and the firewall log; False leaves the sandbox with
             # no network at all and nothing recorded of its attempts
@@ -567,6 +569,7 @@ class Sandbox:
             extra_args=["--block-fd", str(block_r), *self.extra_bwrap_args],
             gpu_devices=self._gpu_devices(caps),
             image=self._root.spec if self._root is not None else None,
+            scratch_dirs=self.scratch_dirs,
             host_uid=self.identity.uid if self.identity else None,
             tmp_size=self.policy.limits.disk,
             staged=self._stage_sources(),

@@ -25,7 +25,7 @@ from corral.policy.loader import load_policy
 from corral.policy.model import Policy
 from corral.rl.reward import EMPTY_SAFETY
 from corral.sandbox.errors import PathOutsideWorkspace, SandboxClosed, SandboxRefused
-from corral.server import approval_routes, env_routes, fusion, rock
+from corral.server import approval_routes, env_routes, fusion, gem_routes, rock, swerex
 from corral.server.auth import AuthError, Tokens, dependency, may_use
 from corral.server.limits import BodyTooLarge, Limits, body_limit, too_large_body
 from corral.server.manager import ApiError, SandboxManager
@@ -159,6 +159,13 @@ def create_app(policy: Policy | str | None = None, store: EventStore | None = No
 
     app.include_router(rock.router(manager), prefix="/apis/envs/sandbox/v1", tags=["rock"])
     app.include_router(fusion.router(manager), tags=["sandboxfusion"])
+    # SWE-ReX: /start behind the app's authentication; the per-sandbox routes are mounted apart
+    # (RemoteRuntime sends only X-API-Key) and check their own per-sandbox token
+    swerex_tokens: dict[str, str] = {}
+    app.include_router(swerex.start_router(manager, swerex_tokens), prefix=swerex.PREFIX,
+                       tags=["swe-rex"])  # fmt: skip
+    app.mount(swerex.PREFIX, swerex.runtime_app(manager, swerex_tokens))
+    app.include_router(gem_routes.router(manager), prefix=gem_routes.PREFIX, tags=["rock-gem"])
     app.include_router(env_routes.router(manager), prefix="/apis/corral/v1/env", tags=["env"])
     app.include_router(approval_routes.router(manager), prefix="/apis/corral/v1/approvals",
                        tags=["approvals"])  # fmt: skip
