@@ -7,7 +7,7 @@ refuses every other syscall ABI (i386 `int 0x80`, x32): a filter on x86-64 numbe
 walked around through the 32-bit numbers of the same calls.
 
 Refused with EPERM: io_uring (its ring performs connects and opens no later filter sees), bpf,
-perf_event_open, userfaultfd (the usual race primitive), the keyring, kexec, module loading, the
+perf_event_open, userfaultfd (the usual race primitive), pidfd_getfd, the keyring, kexec, module loading, the
 whole mount family, namespace changes (unshare, setns), open_by_handle_at and friends, and clock,
 swap, reboot and accounting calls. `socket`/`socketpair` are refused with EAFNOSUPPORT for every
 family but unix, inet, inet6 and netlink-route: no vsock (the hypervisor), packet, alg, bluetooth...
@@ -33,6 +33,7 @@ DENIED = (
     "open_by_handle_at", "name_to_handle_at", "fanotify_init", "lookup_dcookie",
     "swapon", "swapoff", "reboot", "acct", "quotactl", "settimeofday", "clock_settime",
     "clock_adjtime", "adjtimex", "syslog", "vhangup", "iopl", "ioperm",
+    "pidfd_getfd",  # copying another process's fds (the shell's own control pipe)
 )  # fmt: skip
 ALLOWED_FAMILIES = (1, 2, 10, 16)  # AF_UNIX, AF_INET, AF_INET6, AF_NETLINK (route only)
 NETLINK_ROUTE = 0
