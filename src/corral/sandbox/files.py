@@ -83,7 +83,9 @@ def write(ws: Path, inside_root: str, path: str, data: bytes, mode: int = 0o644,
         if err.errno == 40:  # ELOOP: the last component is a symlink
             raise PathOutsideWorkspace(f"{path!r} is a symlink; refusing to follow it") from None
         if err.errno == 6:  # ENXIO: a FIFO nobody reads
-            raise PathOutsideWorkspace(f"{path!r} is not a regular file; refusing to write it")
+            raise PathOutsideWorkspace(
+                f"{path!r} is not a regular file; refusing to write it"
+            ) from None
         raise
     finally:
         os.close(dfd)
