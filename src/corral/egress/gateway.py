@@ -209,6 +209,9 @@ class Egress:
                                  local_trap=set() if "dns_udp" in taken else {53},
                                  on_proxy_connect=self._on_proxy_connect,
                                  proxy_port=self.proxy_port)  # fmt: skip
+        ctx = getattr(sandbox, "ctx", None)  # the exec sensor shares this listener (the monitor)
+        if ctx is not None:
+            ctx.set_notifier(self.notifier)
         lsock = socket.socket(fileno=taken["proxy"])
         lsock.setblocking(False)
         self._socks.append(lsock)

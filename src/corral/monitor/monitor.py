@@ -1,8 +1,16 @@
 """The runtime monitor: one per supervisor, every watched sandbox's processes, sockets, CPU and GPU.
 
-One background thread does all the work, so a hundred sandboxes cost one thread, not a hundred
-tasks. Execs arrive from the kernel's process connector where it answers (root, initial network
-namespace) and otherwise from a scan of each sandbox's processes every `monitor.poll_interval`.
+Every sandbox is watched, whatever starts it: `Sandbox.start()` calls `attach()` (below), which
+hands the sandbox's `EpisodeContext` to the supervisor's shared monitor when the policy's
+`monitor.enabled` says so. One background thread does all the work, so a hundred sandboxes cost one
+thread, not a hundred tasks. Execs arrive from the sandbox's own seccomp listener (the exec sensor:
+each exec is read while the caller is held, before it runs, in any namespace and without root);
+where that is off, from the kernel's process connector (root, initial network namespace) or a scan
+of each sandbox's processes every `monitor.poll_interval`.
+
+Every process remembers the step that started it (`origin_step`): the step whose command the shell
+was running when the process's top ancestor below the shell was forked (its /proc starttime against
+the steps' start times), inherited by its children. Findings carry it; penalties go to it.
 A slower sweep reads each sandbox's TCP table and counters and per-process CPU; idle sandboxes cost
 a few small reads per sweep. Commands the session runs are checked too (from the sandbox's
 `command_started` event), so a process too short-lived for a scan is still judged by its command.
@@ -26,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
 
+from corral.contracts import ExecNote, SandboxEpisode, boottime_ticks
 from corral.events.model import Event
 from corral.monitor import procfs
 from corral.monitor.connector import ConnectorUnavailable, ProcEvent, open_connector, parse
@@ -34,6 +43,8 @@ from corral.respond.responder import RANK, Responder, decide
 
 if TYPE_CHECKING:
     from corral.sandbox.sandbox import Sandbox
+
+MINING_CORROBORATION = "mining"  # findings of this category (not CPU's own) corroborate CPU use
 
 CONFIG_SUFFIXES = (".json", ".conf", ".toml", ".yaml", ".yml", ".ini", ".cfg", ".txt")
 CONFIG_MAX = 64 * 1024
@@ -50,13 +61,15 @@ class Proc:
     seen: float
     comm: str = ""
     exe: str | None = None
+    origin: int | None = None  # the step that started it (inherited)
+    start: int = 0  # /proc starttime ticks: tells a reused pid from this process
     cpu: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=256))
     sockets_checked: bool = False
 
 
 @dataclass
 class Watched:
-    sb: Sandbox
+    sb: SandboxEpisode  # the episode context, never the Sandbox itself
     loop: asyncio.AbstractEventLoop | None
     init_pid: int
     procs: dict[int, Proc] = field(default_factory=dict)
@@ -75,6 +88,11 @@ class Watched:
     net_seen: tuple[int, int, int] = (0, 0, 0)  # ActiveOpens, PassiveOpens, CurrEstab
     net_read_at: float = 0.0
     busy: bool = False  # a command is running: poll it at poll_interval, else at sweep_interval
+    exec_sensor: bool = False  # execs come from the seccomp listener: no polling for them
+    step_starts: list[tuple[int, int]] = field(default_factory=list)  # (step, boottime ticks)
+    cpu_hist: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=4096))
+    cpu_high_since: float | None = None
+    corroboration: list[str] = field(default_factory=list)  # mining findings seen in this sandbox
 
 
 class Monitor:
@@ -175,15 +193,35 @@ class Monitor:
         return "nvml" if self._gpu.available else f"unavailable ({self._gpu.error})"
 
     # ---------------------------------------------------------------- registration
-    def watch(self, sb: Sandbox) -> None:
-        """Start watching a started sandbox; its stop event ends the watch by itself."""
-        if not sb._init_pid:
+    _shared: Monitor | None = None
+    _shared_lock = threading.Lock()
+
+    @classmethod
+    def shared(cls) -> Monitor:
+        """The supervisor's one monitor, started on first use (every sandbox attaches to it)."""
+        with cls._shared_lock:
+            if cls._shared is None or cls._shared._stop.is_set():
+                # execs come from each sandbox's seccomp listener: no process connector needed
+                cls._shared = cls(mode="poll").start()
+            return cls._shared
+
+    def watch(self, sandbox: Sandbox | SandboxEpisode) -> None:
+        """Start watching a started sandbox (or its episode context); its stop event ends it."""
+        sb = sandbox if isinstance(sandbox, SandboxEpisode) else getattr(sandbox, "ctx", None)
+        if sb is None:
+            sb = SandboxEpisode(sandbox)
+        if not sb.init_pid:
             raise RuntimeError("watch() needs a started sandbox (call `await sb.start()` first)")
+        if sb.id in self._watched:
+            return
         try:
             loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
             loop = None
-        w = Watched(sb=sb, loop=loop, init_pid=sb._init_pid)
+        w = Watched(sb=sb, loop=loop, init_pid=sb.init_pid)
+        w.step_starts.append((0, 0))
+        if sb.step:
+            w.step_starts.append((sb.step, boottime_ticks()))
         cg = sb.cgroup
         if cg is not None:
             d = cg.dirs
@@ -210,26 +248,39 @@ class Monitor:
                 st = procfs.stat(pid)
                 w.procs[pid] = Proc(pid, procfs.cmdline(pid), None, time.monotonic(),
                                     comm=st[0] if st else "")  # fmt: skip
-        if self._on_sandbox_event not in sb.sink.listeners:
-            sb.sink.listeners.append(self._on_sandbox_event)
+        sb.subscribe(self._on_sandbox_event)
+        if sb.policy.monitor.exec_sensor:
+
+            def on_exec(note: ExecNote, w: Watched = w) -> None:
+                """On the sandbox's event loop, while the exec is held: only queue it."""
+                self._queue.put(("exec", w, note))
+                self._wake()
+
+            sb.set_exec_hook(on_exec)
+            w.exec_sensor = sb.exec_sensor
+        sb.watch = self
         self._wake()
 
-    def unwatch(self, sb: Sandbox) -> None:
+    def unwatch(self, sandbox: Sandbox | SandboxEpisode, *, summarise: bool = False) -> None:
+        sid = sandbox.id
         with self._lock:
-            w = self._watched.pop(sb.id, None)
+            w = self._watched.pop(sid, None)
             if w is None:
                 return
             self._by_init.pop(w.init_pid, None)
             for pid in [p for p, o in list(self._owner.items()) if o is w]:
                 del self._owner[pid]
+        sb = w.sb
+        sb.set_exec_hook(None)
+        if summarise:
+            self._summarise(w)
         if not any(x.sb.sink is sb.sink for x in self._watched.values()):
-            with contextlib.suppress(ValueError):
-                sb.sink.listeners.remove(self._on_sandbox_event)
+            sb.unsubscribe(self._on_sandbox_event)
 
     def watched(self) -> list[str]:
         return list(self._watched)
 
-    def usage(self, sb: Sandbox) -> dict[str, Any]:
+    def usage(self, sb: Sandbox | SandboxEpisode) -> dict[str, Any]:
         """CPU and memory seen for a sandbox so far (per sandbox and the busiest processes)."""
         w = self._watched.get(sb.id)
         if w is None:
@@ -251,6 +302,8 @@ class Monitor:
         if w is None:
             return
         if event.rule == "sandbox.command_started" and event.argv:
+            if event.step is not None:  # precise: on the emitting thread, before the shell forks
+                w.step_starts.append((event.step, boottime_ticks()))
             w.busy = True
             self._queue.put(("command", w, event))
             self._wake()
@@ -259,6 +312,13 @@ class Monitor:
         elif event.rule in ("sandbox.stopped", "sandbox.session_restarted"):
             self._queue.put(("lifecycle", w, event))
             self._wake()
+        elif (
+            event.category == MINING_CORROBORATION
+            and event.source != "resource"
+            and event.rule not in ("mining.cpu_sustained", "mining.cpu_corroborated")
+            and len(w.corroboration) < 16
+        ):  # a pool config, stratum on the wire, a pool address, an ungranted GPU
+            w.corroboration.append(event.rule)
 
     def _wake(self) -> None:
         with contextlib.suppress(OSError):
@@ -326,7 +386,11 @@ class Monitor:
                 kind, w, event = self._queue.get_nowait()
             except queue.Empty:
                 return
-            if kind == "command":
+            if kind == "exec":
+                if w.sb.id in self._watched:
+                    self._owner[event.pid] = w
+                    self._on_exec(w, event.pid, "seccomp", note=event)
+            elif kind == "command":
                 w.busy = True
                 self._on_command(w, event)
             elif kind == "ended":
@@ -334,13 +398,12 @@ class Monitor:
                 w.step_kill.pop(event.step, None)
             elif kind == "lifecycle":
                 if event.rule == "sandbox.stopped":
-                    self._summarise(w)
-                    self.unwatch(w.sb)
+                    self.unwatch(w.sb, summarise=True)
                 else:  # a new session: a new init
                     with self._lock:
                         self._by_init.pop(w.init_pid, None)
-                        if w.sb._init_pid:
-                            w.init_pid = w.sb._init_pid
+                        if w.sb.init_pid:
+                            w.init_pid = w.sb.init_pid
                             self._by_init[w.init_pid] = w
 
     # ---------------------------------------------------------------- exec sources
@@ -415,8 +478,19 @@ class Monitor:
 
     def _poll_all(self, busy_only: bool = False) -> None:
         for w in list(self._watched.values()):
+            if w.exec_sensor:
+                if not busy_only:
+                    self._prune(w)
+                continue
             if w.busy or not busy_only:
                 self._poll(w)
+
+    def _prune(self, w: Watched) -> None:
+        """Forget processes that have gone (the exec sensor reports births, not deaths)."""
+        live = set(self._sandbox_pids(w))
+        for pid in [p for p in w.procs if p not in live]:
+            del w.procs[pid]
+            self._owner.pop(pid, None)
 
     def _poll(self, w: Watched) -> None:
         now = time.monotonic()
@@ -489,20 +563,66 @@ class Monitor:
                 out.append({"path": n, "text": text})
         return out
 
-    def _on_exec(self, w: Watched, pid: int, via: str, kernel_ns: int | None = None) -> None:
+    def _step_at(self, w: Watched, ticks: int) -> int | None:
+        """The step whose command was running when a process forked at `ticks` (clock ticks since
+        boot, /proc's starttime): the last step started at or before it."""
+        best: int | None = None
+        for step, at in w.step_starts:
+            if at <= ticks:
+                best = step if step else None
+            else:
+                break
+        return best
+
+    def _origin(self, w: Watched, pid: int, ppid: int, start: int) -> int | None:
+        """The step that started pid: its nearest known ancestor's, else the step in which its top
+        ancestor below a shell (or the sandbox's init, for a daemon) was forked."""
+        shells = w.sb.shell_pids()
+        top = start
+        p = ppid
+        for _ in range(64):
+            if p in shells or p == w.init_pid or p <= 1:
+                break
+            st = procfs.stat(p)
+            if st is None:
+                break
+            known = w.procs.get(p)
+            if known is not None and known.start == st[3]:
+                return known.origin
+            top = st[3]
+            p = st[1]
+        return self._step_at(w, top)
+
+    def _on_exec(self, w: Watched, pid: int, via: str, kernel_ns: int | None = None,
+                 note: ExecNote | None = None) -> None:  # fmt: skip
         seen_ns = time.monotonic_ns()
-        argv = procfs.cmdline(pid)
-        st = procfs.stat(pid)
-        if st is None:
-            return
-        comm, ppid, _ticks, _start = st
+        if note is not None:  # read while the exec was held: the process may be gone by now
+            argv, comm, ppid, start, cwd = (
+                note.argv,
+                note.comm,
+                note.ppid,
+                note.start_ticks,
+                note.cwd,
+            )
+            exe = note.path
+            if exe and not exe.startswith("/") and cwd:
+                exe = str(PurePosixPath(cwd) / exe)
+            kernel_ns = note.mono_ns
+        else:
+            argv = procfs.cmdline(pid)
+            st = procfs.stat(pid)
+            if st is None:
+                return
+            comm, ppid, _ticks, start = st
+            exe = procfs.exe(pid)
+            cwd = procfs.cwd(pid)
         if not argv:
             argv = [comm]
-        exe = procfs.exe(pid)
-        cwd = procfs.cwd(pid)
         sb = w.sb
         step = sb.step or None
-        w.procs[pid] = Proc(pid, argv, step, time.monotonic(), comm=comm, exe=exe)
+        origin = self._origin(w, pid, ppid, start)
+        w.procs[pid] = Proc(pid, argv, step, time.monotonic(), comm=comm, exe=exe, origin=origin,
+                            start=start)  # fmt: skip
         w.execs += 1
         parents = self._parents(w, pid, ppid)
         exec_event = sb.emit(
@@ -512,6 +632,7 @@ class Monitor:
             exe=exe,
             argv=argv,
             step=step,
+            origin_step=origin,
             message=" ".join(argv)[:200],
             evidence={
                 "cwd": cwd,
@@ -522,6 +643,7 @@ class Monitor:
                 "exec_ns": kernel_ns,
                 "seen_ns": seen_ns,
             },  # monotonic clock
+            **({"ts": note.ts} if note is not None else {}),
         )
         stdio = procfs.fd_targets(pid, (0, 1, 2))
         configs = self._config_files(pid, argv, cwd, exe)
@@ -547,7 +669,7 @@ class Monitor:
             self._check_sockets(w, pid, only_stdio=True)
         self._act(w, findings, source="process", pid=pid, exe=exe, argv=argv, step=step,
                   evidence={"exec_ts": exec_event.ts.isoformat(), "via": via, "cwd": cwd,
-                            "parents": parents}, key=pid)  # fmt: skip
+                            "parents": parents}, key=pid, origin=origin)  # fmt: skip
         pending = w.step_kill.get(step) if step is not None else None
         if pending and pid in w.procs:
             self._kill_pending(w, pid, step, pending)
@@ -570,7 +692,7 @@ class Monitor:
 
     def _step_pids(self, w: Watched, step: int | None) -> list[int]:
         """The processes that a step's command started (and their descendants)."""
-        roots = [p.pid for p in w.procs.values() if p.step == step and step is not None]
+        roots = [p.pid for p in w.procs.values() if p.origin == step and step is not None]
         out: list[int] = []
         for r in roots:
             out.extend(x for x in self._tree(w, r) if x not in out)
@@ -588,7 +710,15 @@ class Monitor:
         step: int | None,
         evidence: dict[str, Any],
         key: Any,
+        origin: int | None = None,
+        response_cap: str | None = None,
+        tree_pids: list[int] | None = None,
     ) -> None:
+        if origin is None and pid is not None:
+            known = w.procs.get(pid)
+            origin = known.origin if known is not None else None
+        if origin is None:
+            origin = step
         fresh, judged = [], []
         for f in findings:
             rule = getattr(f, "rule", None)
@@ -606,16 +736,28 @@ class Monitor:
         sb = w.sb
         if sb.closed_reason:
             return
+
+        def decided(f: Any) -> str:
+            r = decide(sb, f)
+            return r if response_cap is None or RANK[r] <= RANK[response_cap] else response_cap
+
         if judged and pid is not None and not fresh and step not in w.step_kill:
-            response = max((decide(sb, f) for f in judged), key=lambda r: RANK.get(r, 0))
+            response = max((decided(f) for f in judged), key=lambda r: RANK.get(r, 0))
             if response in ("block", "kill", "terminate"):
                 self._kill_pending(w, pid, step, "kill" if response == "terminate" else response)
         if not fresh:
             return
         # strongest response first: it alone kills or ends the episode; the rest are recorded
-        fresh.sort(key=lambda f: -RANK.get(decide(sb, f), 0))
-        chosen = decide(sb, fresh[0])
-        if pid is not None:
+        fresh.sort(key=lambda f: -RANK.get(decided(f), 0))
+        chosen = decided(fresh[0])
+        if tree_pids:
+
+            def tree() -> list[int]:
+                out: list[int] = []
+                for root in tree_pids:
+                    out.extend(x for x in self._tree(w, root) if x not in out)
+                return out
+        elif pid is not None:
 
             def tree() -> list[int]:
                 return self._tree(w, pid)
@@ -627,7 +769,8 @@ class Monitor:
         for i, f in enumerate(fresh):
             self.responder.respond(sb, f, source=source, loop=w.loop, pid=pid, exe=exe,
                                    argv=argv, step=step, evidence=evidence, kill_tree=tree,
-                                   act=i == 0)  # fmt: skip
+                                   act=i == 0, origin_step=origin,
+                                   response=decided(f))  # fmt: skip
         if pid is None and step is not None and chosen in ("block", "kill"):
             w.step_kill[step] = chosen
 
@@ -648,86 +791,107 @@ class Monitor:
             self._sweep_cpu(w, now)
             self._sweep_net(w, now)
 
-    def _is_build(self, w: Watched, pid: int, tools: set[str]) -> bool:
-        p = pid
-        for _ in range(12):
-            if p <= 1 or p == w.init_pid:
-                return False
-            st = procfs.stat(p)
-            if st is None:
-                return False
-            known = w.procs.get(p)
-            argv = known.argv if known else procfs.cmdline(p)
-            names = {st[0]}
-            if argv:
-                names.add(argv[0].rsplit("/", 1)[-1])
-                if len(argv) > 1:
-                    names.add(argv[1].rsplit("/", 1)[-1])
-                if "-m" in argv[:-1]:
-                    names.add(argv[argv.index("-m") + 1])
-            if names & tools:
-                return True
-            p = st[1]
-        return False
-
-    def _sweep_cpu(self, w: Watched, now: float) -> None:
-        pol = w.sb.policy.monitor
+    def _cpu_total_ns(self, w: Watched, pids: list[int]) -> int:
+        """The sandbox's CPU so far: its cgroup's counter, else the sum over its live processes
+        of their own and their reaped children's time (monotone: a dead child's time moves into
+        the parent that reaps it; the sandbox's init reaps orphans)."""
         usage = self._cgroup_cpu_ns(w)
         if usage is not None:
-            prev, w.cg_cpu_last = w.cg_cpu_last, (now, usage)
-            if prev is not None and now > prev[0]:
-                rate = (usage - prev[1]) / 1e9 / (now - prev[0])
-                w.cpu_s = usage / 1e9
-                w.peak_cpu = max(w.peak_cpu, rate)
-                if rate < pol.cpu_threshold * 0.5:
-                    for p in w.procs.values():
-                        p.cpu.clear()
-                    return
-                if w.cg_mem:  # memory peak, read only while the sandbox is busy
-                    raw = procfs.read_text(w.cg_mem)
-                    w.mem_peak = int(raw) if raw and raw.strip().isdigit() else w.mem_peak
-        tools = set(pol.build_tools)
-        for pid in self._sandbox_pids(w):
+            return usage
+        total = 0
+        for pid in pids:
+            t = procfs.cpu_all(pid)
+            if t is not None:
+                total += t
+        return int(total * 1e9 / procfs.CLK_TCK)
+
+    def _sweep_cpu(self, w: Watched, now: float) -> None:
+        """CPU judged per sandbox: its total over `cpu_window`, whatever the processes are called
+        or however many share the work. Held above `cpu_threshold` cores for the window: a finding
+        whose response is capped at alert, unless a mining finding corroborates it (pool config,
+        stratum, pool address, ungranted GPU) or it lasts `cpu_kill_window`: then the policy's
+        mining response."""
+        pol = w.sb.policy.monitor
+        pids = self._sandbox_pids(w)
+        total = self._cpu_total_ns(w, pids)
+        w.cpu_hist.append((now, total))
+        while len(w.cpu_hist) > 2 and now - w.cpu_hist[1][0] >= pol.cpu_window:
+            w.cpu_hist.popleft()
+        w.cpu_s = total / 1e9
+        # per process, for the record and to blame the busiest
+        for pid in pids:
             if pid == w.init_pid:
                 continue
-            st = procfs.stat(pid)
-            if st is None:
-                continue
             proc = w.procs.get(pid)
-            if proc is None:
+            st = procfs.stat(pid) if proc is not None else None
+            if proc is None or st is None:
                 continue
             proc.cpu.append((now, st[2]))
             while len(proc.cpu) > 2 and now - proc.cpu[1][0] >= pol.cpu_window:
                 proc.cpu.popleft()
-            t0, c0 = proc.cpu[0]
-            span = now - t0
-            if span <= 0:
-                continue
-            frac = (st[2] - c0) / procfs.CLK_TCK / span
-            name = st[0]
-            w.top[name] = max(w.top.get(name, 0.0), frac)
-            if span < pol.cpu_window * 0.95 or frac < pol.cpu_threshold:
-                continue
-            if ("cpu", pid) in w.fired:
-                continue
-            build = self._is_build(w, pid, tools)
-            facts = {
-                "kind": "cpu_sustained",
-                "source": "resource",
-                "pid": pid,
-                "comm": name,
-                "argv": proc.argv,
-                "cmdline": " ".join(proc.argv),
-                "cpu": {"fraction": round(frac, 3), "window_s": round(span, 2),
-                        "threshold": pol.cpu_threshold, "build": build},
-                # the same in the shape the gate's event rules read (source/exe/evidence.*)
-                "exe": proc.exe,
-                "evidence": {"cpu_percent": round(100 * frac, 1), "window_s": round(span, 2)},
-            }  # fmt: skip
-            w.fired.add(("cpu", pid))
-            findings = list(self.engine.match_event(facts))
-            self._act(w, findings, source="resource", pid=pid, exe=proc.exe, argv=proc.argv,
-                      step=proc.step, evidence={"cpu": facts["cpu"]}, key=pid)  # fmt: skip
+        t0, c0 = w.cpu_hist[0]
+        span = now - t0
+        if span <= 0:
+            return
+        rate = (total - c0) / 1e9 / span
+        w.peak_cpu = max(w.peak_cpu, rate) if span >= pol.cpu_window * 0.5 else w.peak_cpu
+        if span < pol.cpu_window * 0.95:
+            return
+        if rate < pol.cpu_threshold:
+            w.cpu_high_since = None
+            return
+        if w.cg_mem:  # memory peak, read only while the sandbox is busy
+            raw = procfs.read_text(w.cg_mem)
+            w.mem_peak = int(raw) if raw and raw.strip().isdigit() else w.mem_peak
+        if w.cpu_high_since is None:
+            w.cpu_high_since = t0
+        sustained = now - w.cpu_high_since
+        long = sustained >= pol.cpu_kill_window
+        corroborated = bool(w.corroboration)
+        stage = "enforce" if (long or corroborated) else "alert"
+        if ("cpu", stage) in w.fired:
+            return
+        w.fired.add(("cpu", stage))
+        busiest = []
+        for proc in w.procs.values():
+            if len(proc.cpu) >= 2 and proc.cpu[-1][0] > proc.cpu[0][0]:
+                frac = (
+                    (proc.cpu[-1][1] - proc.cpu[0][1])
+                    / procfs.CLK_TCK
+                    / (proc.cpu[-1][0] - proc.cpu[0][0])
+                )
+                w.top[proc.comm] = max(w.top.get(proc.comm, 0.0), frac)
+                busiest.append((frac, proc))
+        busiest.sort(key=lambda x: -x[0])
+        top = busiest[0][1] if busiest else None
+        share = [p for f, p in busiest if f >= 0.1]
+        cpu = {"cores": round(rate, 3), "window_s": round(span, 2), "sustained_s": round(sustained, 1),
+               "threshold": pol.cpu_threshold, "kill_window_s": pol.cpu_kill_window,
+               "corroborated": corroborated, "long": long, "corroboration": w.corroboration[:4],
+               "processes": [{"pid": p.pid, "comm": p.comm, "cores": round(f, 3)}
+                             for f, p in busiest[:4]],
+               # older packs read these two
+               "fraction": round(rate, 3), "build": False}  # fmt: skip
+        facts = {
+            "kind": "cpu_sustained",
+            "source": "resource",
+            "pid": top.pid if top else None,
+            "comm": top.comm if top else "",
+            "argv": top.argv if top else [],
+            "cmdline": " ".join(top.argv) if top else "",
+            "cpu": cpu,
+            "exe": top.exe if top else None,
+            "evidence": {"cpu_percent": round(100 * rate, 1), "window_s": round(span, 2)},
+        }
+        findings = list(self.engine.match_event(facts))
+        kill_pids = [p.pid for p in share]
+
+        origin = top.origin if top else None
+        self._act(w, findings, source="resource", pid=top.pid if top else None,
+                  exe=top.exe if top else None, argv=top.argv if top else None,
+                  step=w.sb.step or None, evidence={"cpu": cpu}, key=("cpu", stage),
+                  origin=origin, response_cap=None if stage == "enforce" else "alert",
+                  tree_pids=kill_pids)  # fmt: skip
 
     def _sweep_net(self, w: Watched, now: float) -> None:
         pol = w.sb.policy.monitor

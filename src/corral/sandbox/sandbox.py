@@ -308,6 +308,7 @@ class Sandbox:
                     tempfile.mkdtemp(prefix=f"{os.getpid()}-{self.id}-", dir=root)
                 )
         rlimits = self._setup_limits(caps)
+        self.ctx = self._episode_context()
         await self._spawn(caps, rlimits)
         self._started_at = time.monotonic()
         if self.policy.limits.wall_time:
@@ -326,6 +327,9 @@ class Sandbox:
                 "root": caps.root,
             },
         )
+        from corral.monitor.attach import attach
+
+        attach(self.ctx)  # every sandbox is watched, whatever started it (policy `monitor:`)
 
     async def _spawn(self, caps: Capabilities, rlimits: list[tuple[int, int]]) -> None:
         """Start bwrap held at --block-fd, put both its processes in the cgroup and under the
@@ -829,10 +833,26 @@ class Sandbox:
         self._chan = None
         self._init_pid = None
 
+    def _episode_context(self) -> Any:
+        """The narrow view the gateway, monitor and responder get (not this object); without a
+        gateway the launcher still runs, for the exec sensor (policy `monitor.exec_sensor`)."""
+        from corral.contracts import SandboxEpisode
+
+        mon = self.policy.monitor
+        if self.egress is None and mon.enabled and mon.exec_sensor:
+            from corral.monitor.execsensor import ExecSensor
+
+            self.egress = ExecSensor()
+        return getattr(self, "ctx", None) or SandboxEpisode(self)
+
     async def close(self) -> None:
         if self._wall_task is not None:
             self._wall_task.cancel()
             self._wall_task = None
+        if getattr(self, "ctx", None) is not None:
+            from corral.monitor.attach import detach
+
+            detach(self.ctx)
         already = self.closed_reason is not None and self._proc is None and self.workspace is None
         if already:
             return

@@ -37,7 +37,8 @@ CREATE TABLE IF NOT EXISTS events (
     dst TEXT,
     path TEXT,
     message TEXT,
-    evidence TEXT
+    evidence TEXT,
+    origin_step INTEGER
 );
 CREATE INDEX IF NOT EXISTS events_episode ON events(episode_id, step);
 CREATE INDEX IF NOT EXISTS events_sandbox ON events(sandbox_id);
@@ -97,6 +98,7 @@ _COLUMNS = [
     "path",
     "message",
     "evidence",
+    "origin_step",
 ]
 
 
@@ -112,6 +114,9 @@ class EventStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        cols = {r[1] for r in self._db.execute("PRAGMA table_info(events)")}
+        if "origin_step" not in cols:  # a store written before events carried their origin step
+            self._db.execute("ALTER TABLE events ADD COLUMN origin_step INTEGER")
 
     _shared: dict[Path, EventStore] = {}
     _shared_lock = threading.Lock()
@@ -160,6 +165,7 @@ class EventStore:
             d["path"],
             d["message"],
             json.dumps(d["evidence"]),
+            d["origin_step"],
         )
 
     def query(

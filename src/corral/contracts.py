@@ -1,0 +1,229 @@
+"""The types the parts of corral hand each other, in one place.
+
+`ExecResult` and `GateDecision` (what a command gave and what the gate said of it), `Finding` (one
+rule that fired), `Facts` (what a sensor saw, the rule engine's input), `ExecNote` (an exec read while
+the caller was held) and `EpisodeContext`: the narrow view of one running episode that the gateway,
+the monitor and the responder get instead of the whole `Sandbox`, so that none of them reaches into
+`Sandbox._*` and each can be unit-tested with a fake context.
+
+The old import paths (`corral.sandbox.sandbox.ExecResult`, `corral.rules.finding.Finding`, ...) keep
+working: they re-export these.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from corral.events.model import Event
+
+if TYPE_CHECKING:
+    from corral.policy.model import Policy
+
+Facts = dict[str, Any]
+"""What a sensor saw, as the rule engine reads it: `kind` (exec, stdio_socket, relay, connections,
+fanout, cpu_sustained, gpu_use, ...), `source` and the kind's own fields (see `rules/schema.py`)."""
+
+__all__ = [
+    "EpisodeContext",
+    "ExecNote",
+    "ExecResult",
+    "Facts",
+    "Finding",
+    "GateDecision",
+    "SandboxEpisode",
+]
+
+
+Severity = Literal["info", "low", "medium", "high", "critical"]
+ResponseName = Literal["alert", "block", "kill", "terminate"]
+
+
+class Finding(BaseModel):
+    """One rule that fired on one command or event. Frozen, because the engine caches findings per
+    command: use `model_copy(update=...)` to attach a step or anything else."""
+
+    model_config = ConfigDict(frozen=True)
+
+    rule: str
+    category: str
+    severity: Severity
+    attack: str | None = None
+    message: str = ""
+    response: ResponseName = "alert"
+    evidence: dict[str, Any] = Field(default_factory=dict)
+    step: int | None = None
+
+    def brief(self) -> dict[str, Any]:
+        """The five fields of the `corral check --json` contract."""
+        return {"rule": self.rule, "category": self.category, "severity": self.severity,
+                "attack": self.attack, "message": self.message}  # fmt: skip
+
+
+@dataclass
+class ExecNote:
+    """An exec as the kernel was asked for it, read (by the seccomp notifier) while the caller was
+    held: the exec sensor's observation."""
+
+    pid: int
+    ppid: int
+    path: str
+    argv: list[str]
+    cwd: str | None
+    start_ticks: int  # /proc/PID/stat starttime: when the process was forked (kept across exec)
+    comm: str
+    syscall: str = "execve"
+    mono_ns: int = field(default_factory=time.monotonic_ns)
+    ts: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+
+class GateDecision(BaseModel):
+    """What the gate said of a command before it ran."""
+
+    verdict: str = "allow"  # allow | ask | deny
+    findings: list[dict[str, Any]] = Field(default_factory=list)
+    reason: str = ""
+
+
+class ExecResult(BaseModel):
+    command: str
+    step: int
+    exit_code: int
+    stdout: str
+    stderr: str
+    duration: float
+    timed_out: bool = False
+    killed: bool = False
+    blocked: bool = False
+    truncated: bool = False
+    events: list[Event] = Field(default_factory=list)
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
+@runtime_checkable
+class EpisodeContext(Protocol):
+    """One running episode, as the watchers see it: ids, the step, the policy, `emit`, its
+    processes, and `terminate`. The responder charges `penalty` on it."""
+
+    id: str  # the sandbox id
+    episode_id: str
+    penalty: float
+
+    @property
+    def policy(self) -> Policy: ...
+    @property
+    def step(self) -> int: ...
+    @property
+    def closed_reason(self) -> str | None: ...
+    def emit(self, **fields: Any) -> Event: ...
+    def host_pids(self) -> list[int]: ...
+    def terminate(self, reason: str, *, emit: bool = True, rule: str | None = None
+                  ) -> Awaitable[None]: ...  # fmt: skip
+
+
+class SandboxEpisode:
+    """The `EpisodeContext` of a `Sandbox`: forwards the few things watchers may use, and holds
+    what they add to an episode (the exec sensor's hook, the steps' start times).
+
+    Made by `Sandbox.start()`; the gateway hands it the seccomp notifier it serves, the monitor
+    sets the exec hook; either may come first, and a restarted shell's new notifier gets the hook.
+    """
+
+    def __init__(self, sandbox: Any) -> None:
+        self._sb = sandbox
+        self.id: str = sandbox.id
+        self.episode_id: str = sandbox.episode_id
+        self._notifier: Any = None
+        self._exec_hook: Callable[[ExecNote], None] | None = None
+        self.exec_sensor = False  # True once a seccomp notifier reports execs for this episode
+        self.watch: Any = None  # the monitor's handle, for close()
+
+    # ---------------------------------------------------------------- the protocol
+    @property
+    def policy(self) -> Policy:
+        return self._sb.policy
+
+    @property
+    def step(self) -> int:
+        return self._sb.step
+
+    @property
+    def closed_reason(self) -> str | None:
+        return self._sb.closed_reason
+
+    @property
+    def penalty(self) -> float:
+        return self._sb.penalty
+
+    @penalty.setter
+    def penalty(self, value: float) -> None:
+        self._sb.penalty = value
+
+    def emit(self, **fields: Any) -> Event:
+        return self._sb.emit(**fields)
+
+    def host_pids(self) -> list[int]:
+        return self._sb.host_pids()
+
+    def terminate(self, reason: str, *, emit: bool = True, rule: str | None = None
+                  ) -> Awaitable[None]:  # fmt: skip
+        return self._sb.terminate(reason, emit=emit, rule=rule)
+
+    # ---------------------------------------------------------------- for the monitor
+    @property
+    def init_pid(self) -> int | None:
+        return self._sb._init_pid
+
+    def shell_pids(self) -> set[int]:
+        """The shells that run the agent's commands: a process they fork starts a step's work."""
+        out = {self._sb._shell_pid} if self._sb._shell_pid else set()
+        for s in getattr(self._sb, "sessions", {}).values():
+            if getattr(s, "bash_pid", None):
+                out.add(s.bash_pid)
+        return out
+
+    @property
+    def cgroup(self) -> Any:
+        return self._sb.cgroup
+
+    def subscribe(self, listener: Callable[[Event], None]) -> None:
+        if listener not in self._sb.sink.listeners:
+            self._sb.sink.listeners.append(listener)
+
+    def unsubscribe(self, listener: Callable[[Event], None]) -> None:
+        import contextlib
+
+        with contextlib.suppress(ValueError):
+            self._sb.sink.listeners.remove(listener)
+
+    @property
+    def sink(self) -> Any:
+        return self._sb.sink
+
+    # ---------------------------------------------------------------- the exec sensor
+    def set_notifier(self, notifier: Any) -> None:
+        """Called by whoever serves the sandbox's seccomp listener (gateway or exec sensor)."""
+        self._notifier = notifier
+        if notifier is not None:
+            self.exec_sensor = True
+            notifier.on_exec = self._exec_hook
+
+    def set_exec_hook(self, hook: Callable[[ExecNote], None] | None) -> None:
+        self._exec_hook = hook
+        if self._notifier is not None:
+            self._notifier.on_exec = hook
+
+
+def boottime_ticks() -> int:
+    """Now, in the unit of /proc/PID/stat's starttime (clock ticks since boot)."""
+    import os
+
+    return int(time.clock_gettime(time.CLOCK_BOOTTIME) * os.sysconf("SC_CLK_TCK"))
