@@ -214,6 +214,9 @@ class Monitor:
             raise RuntimeError("watch() needs a started sandbox (call `await sb.start()` first)")
         if sb.id in self._watched:
             return
+        other = getattr(sb, "watch", None)
+        if other is not None and other is not self:  # one monitor per sandbox: this one takes over
+            other.unwatch(sb)
         try:
             loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
@@ -263,6 +266,9 @@ class Monitor:
 
     def unwatch(self, sandbox: Sandbox | SandboxEpisode, *, summarise: bool = False) -> None:
         sid = sandbox.id
+        w = self._watched.get(sid)
+        if w is not None and summarise:
+            self._summarise(w)
         with self._lock:
             w = self._watched.pop(sid, None)
             if w is None:
@@ -272,8 +278,6 @@ class Monitor:
                 del self._owner[pid]
         sb = w.sb
         sb.set_exec_hook(None)
-        if summarise:
-            self._summarise(w)
         if not any(x.sb.sink is sb.sink for x in self._watched.values()):
             sb.unsubscribe(self._on_sandbox_event)
 
@@ -605,6 +609,8 @@ class Monitor:
                 note.cwd,
             )
             exe = note.path
+            # the kernel names the new image after its file (comm then is still the old one's)
+            comm = PurePosixPath(note.path).name[:15] or comm
             if exe and not exe.startswith("/") and cwd:
                 exe = str(PurePosixPath(cwd) / exe)
             kernel_ns = note.mono_ns
