@@ -78,6 +78,9 @@ class ExecNote:
     start_ticks: int  # /proc/PID/stat starttime: when the process was forked (kept across exec)
     comm: str
     syscall: str = "execve"
+    # False: the file did not exist from the caller's view when read (a PATH search's miss); the
+    # monitor holds such a note and drops it if the same pid retries the same argv at once
+    exists: bool = True
     mono_ns: int = field(default_factory=time.monotonic_ns)
     ts: datetime = field(default_factory=lambda: datetime.now(UTC))
 
@@ -208,6 +211,16 @@ class SandboxEpisode:
     def sink(self) -> Any:
         return self._sb.sink
 
+    def origin_of(self, pid: int | None) -> int | None:
+        """The step that started pid (inherited from its ancestors), as the monitor knows it;
+        None when unwatched or unknown. Any sensor may ask (the gateway for a connection's pid)."""
+        if not pid or self.watch is None:
+            return None
+        try:
+            return self.watch.origin_of(self, pid)
+        except Exception:  # noqa: BLE001 - a vanished process must not break a record
+            return None
+
     # ---------------------------------------------------------------- the exec sensor
     def set_notifier(self, notifier: Any) -> None:
         """Called by whoever serves the sandbox's seccomp listener (gateway or exec sensor)."""
@@ -220,10 +233,3 @@ class SandboxEpisode:
         self._exec_hook = hook
         if self._notifier is not None:
             self._notifier.on_exec = hook
-
-
-def boottime_ticks() -> int:
-    """Now, in the unit of /proc/PID/stat's starttime (clock ticks since boot)."""
-    import os
-
-    return int(time.clock_gettime(time.CLOCK_BOOTTIME) * os.sysconf("SC_CLK_TCK"))

@@ -298,6 +298,9 @@ class Egress:
             return
         fields.setdefault("source", "egress")
         sb = self.sandbox
+        ctx = getattr(sb, "ctx", None)  # blame on the step that started the process (monitor)
+        if ctx is not None and fields.get("pid") and "origin_step" not in fields:
+            fields["origin_step"] = ctx.origin_of(fields["pid"])
         try:
             in_loop = asyncio.get_running_loop() is self.loop
         except RuntimeError:

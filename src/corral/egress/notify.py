@@ -175,6 +175,29 @@ class _Mem:
             os.pwrite(self.fd, struct.pack("=I", value), addr)
 
 
+SYS_OPENAT2 = 437
+RESOLVE_IN_ROOT = 0x10
+O_PATH = 0o10000000
+
+
+def _exists_in_root(pid: int, path: str) -> bool:
+    """Whether path names something from pid's own root (openat2 RESOLVE_IN_ROOT: its symlinks
+    resolve inside its root, as the kernel's exec will). Only ENOENT/ENOTDIR say no."""
+    try:
+        root = os.open(f"/proc/{pid}/root", O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return True
+    try:
+        how = struct.pack("=QQQ", O_PATH | os.O_CLOEXEC, 0, RESOLVE_IN_ROOT)
+        fd = _libc.syscall(SYS_OPENAT2, root, path.encode(), how, len(how))
+        if fd >= 0:
+            os.close(fd)
+            return True
+        return ctypes.get_errno() not in (errno.ENOENT, errno.ENOTDIR)
+    finally:
+        os.close(root)
+
+
 def _stat(pid: int) -> tuple[str, int, int]:
     """(comm, ppid, starttime ticks) of a held caller."""
     try:
@@ -309,8 +332,10 @@ class Notifier:
         cwd = None
         with contextlib.suppress(OSError):
             cwd = os.readlink(f"/proc/{pid}/cwd")
+        full = path if path.startswith("/") else f"{cwd or ''}/{path}"
         return ExecNote(pid=pid, ppid=ppid, path=path, argv=argv or [path], cwd=cwd,
-                        start_ticks=start, comm=comm, syscall=name)  # fmt: skip
+                        start_ticks=start, comm=comm, syscall=name,
+                        exists=_exists_in_root(pid, full))  # fmt: skip
 
     # ------------------------------------------------------------ network
     def _network(self, nid: int, pid: int, name: str, args: list[int]) -> None:

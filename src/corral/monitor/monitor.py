@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-from corral.contracts import ExecNote, SandboxEpisode, boottime_ticks
+from corral.contracts import ExecNote, SandboxEpisode
 from corral.events.model import Event
 from corral.monitor import procfs
 from corral.monitor.connector import ConnectorUnavailable, ProcEvent, open_connector, parse
@@ -89,7 +89,10 @@ class Watched:
     net_read_at: float = 0.0
     busy: bool = False  # a command is running: poll it at poll_interval, else at sweep_interval
     exec_sensor: bool = False  # execs come from the seccomp listener: no polling for them
-    step_starts: list[tuple[int, int]] = field(default_factory=list)  # (step, boottime ticks)
+    # origin steps: pid -> (starttime ticks, the step that started it); see _snapshot
+    origins: dict[int, tuple[int, int | None]] = field(default_factory=dict)
+    current_step: int | None = None  # the step whose command started last
+    held: dict[int, tuple[ExecNote, int | None, float]] = field(default_factory=dict)
     cpu_hist: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=4096))
     cpu_high_since: float | None = None
     corroboration: list[str] = field(default_factory=list)  # mining findings seen in this sandbox
@@ -222,9 +225,7 @@ class Monitor:
         except RuntimeError:
             loop = None
         w = Watched(sb=sb, loop=loop, init_pid=sb.init_pid)
-        w.step_starts.append((0, 0))
-        if sb.step:
-            w.step_starts.append((sb.step, boottime_ticks()))
+        self._snapshot(w, sb.step or None)  # what runs already is the setup's (or earlier steps')
         cg = sb.cgroup
         if cg is not None:
             d = cg.dirs
@@ -255,8 +256,11 @@ class Monitor:
         if sb.policy.monitor.exec_sensor:
 
             def on_exec(note: ExecNote, w: Watched = w) -> None:
-                """On the sandbox's event loop, while the exec is held: only queue it."""
-                self._queue.put(("exec", w, note))
+                """On the sandbox's event loop, while the exec is held: its origin step (the
+                process is still there to ask), then queue it for the monitor's thread."""
+                origin = self._origin(w, note.pid, note.ppid, note.start_ticks)
+                w.origins[note.pid] = (note.start_ticks, origin)
+                self._queue.put(("exec", w, (note, origin)))
                 self._wake()
 
             sb.set_exec_hook(on_exec)
@@ -307,7 +311,7 @@ class Monitor:
             return
         if event.rule == "sandbox.command_started" and event.argv:
             if event.step is not None:  # precise: on the emitting thread, before the shell forks
-                w.step_starts.append((event.step, boottime_ticks()))
+                self._snapshot(w, event.step)
             w.busy = True
             self._queue.put(("command", w, event))
             self._wake()
@@ -392,8 +396,8 @@ class Monitor:
                 return
             if kind == "exec":
                 if w.sb.id in self._watched:
-                    self._owner[event.pid] = w
-                    self._on_exec(w, event.pid, "seccomp", note=event)
+                    self._owner[event[0].pid] = w
+                    self._exec_note(w, *event)
             elif kind == "command":
                 w.busy = True
                 self._on_command(w, event)
@@ -567,22 +571,33 @@ class Monitor:
                 out.append({"path": n, "text": text})
         return out
 
-    def _step_at(self, w: Watched, ticks: int) -> int | None:
-        """The step whose command was running when a process forked at `ticks` (clock ticks since
-        boot, /proc's starttime): the last step started at or before it."""
-        best: int | None = None
-        for step, at in w.step_starts:
-            if at <= ticks:
-                best = step if step else None
-            else:
-                break
-        return best
+    def _snapshot(self, w: Watched, new_step: int | None) -> None:
+        """At a step's start, before its command is sent: every process in the sandbox not yet
+        known was started by the step that ran until now. Runs on the sandbox's event loop, the
+        thread the exec sensor's hook runs on, so the two never interleave: a process absent
+        from the last snapshot was forked after it, by the current step."""
+        pids = procfs.descendants(w.init_pid) if w.init_pid else []
+        origins = w.origins
+        if len(origins) > 4096:  # forget the dead
+            live = set(pids)
+            for pid in [p for p in origins if p not in live]:
+                del origins[pid]
+        for pid in pids:
+            st = procfs.stat(pid)
+            if st is None:
+                continue
+            known = origins.get(pid)
+            if known is None or known[0] != st[3]:
+                origins[pid] = (st[3], w.current_step)
+        w.current_step = new_step
 
     def _origin(self, w: Watched, pid: int, ppid: int, start: int) -> int | None:
-        """The step that started pid: its nearest known ancestor's, else the step in which its top
-        ancestor below a shell (or the sandbox's init, for a daemon) was forked."""
+        """The step that started pid: its own or its nearest ancestor's as the snapshots knew
+        them (a daemon re-parented to init keeps its own), else the current step's."""
+        known = w.origins.get(pid)
+        if known is not None and known[0] == start:
+            return known[1]
         shells = w.sb.shell_pids()
-        top = start
         p = ppid
         for _ in range(64):
             if p in shells or p == w.init_pid or p <= 1:
@@ -590,15 +605,44 @@ class Monitor:
             st = procfs.stat(p)
             if st is None:
                 break
-            known = w.procs.get(p)
-            if known is not None and known.start == st[3]:
-                return known.origin
-            top = st[3]
+            known = w.origins.get(p)
+            if known is not None and known[0] == st[3]:
+                return known[1]
             p = st[1]
-        return self._step_at(w, top)
+        return w.current_step
+
+    def _exec_note(self, w: Watched, note: ExecNote, origin: int | None) -> None:
+        """A PATH search (dash, Python's subprocess) tries execve on each directory: a note whose
+        file did not exist is held, and dropped when the same pid retries the same argv (it
+        failed); anything else, or the sweep after a moment, lets it through (a file made in
+        between is then still recorded)."""
+        held = w.held.pop(note.pid, None)
+        if held is not None and held[0].argv != note.argv:
+            self._on_exec(w, held[0].pid, "seccomp", note=held[0], origin=held[1])
+        if not note.exists:
+            w.held[note.pid] = (note, origin, time.monotonic())
+            return
+        self._on_exec(w, note.pid, "seccomp", note=note, origin=origin)
+
+    def _release_held(self, w: Watched, now: float) -> None:
+        for pid, (note, origin, at) in list(w.held.items()):
+            if now - at >= 0.1:
+                del w.held[pid]
+                self._on_exec(w, pid, "seccomp", note=note, origin=origin)
+
+    def origin_of(self, sb: SandboxEpisode, pid: int) -> int | None:
+        """The step that started pid: from its exec record, else from /proc (any thread)."""
+        w = self._watched.get(sb.id)
+        if w is None:
+            return None
+        st = procfs.stat(pid)
+        if st is None:
+            known = w.procs.get(pid)
+            return known.origin if known is not None else None
+        return self._origin(w, pid, st[1], st[3])
 
     def _on_exec(self, w: Watched, pid: int, via: str, kernel_ns: int | None = None,
-                 note: ExecNote | None = None) -> None:  # fmt: skip
+                 note: ExecNote | None = None, origin: int | None = None) -> None:  # fmt: skip
         seen_ns = time.monotonic_ns()
         if note is not None:  # read while the exec was held: the process may be gone by now
             argv, comm, ppid, start, cwd = (
@@ -626,7 +670,8 @@ class Monitor:
             argv = [comm]
         sb = w.sb
         step = sb.step or None
-        origin = self._origin(w, pid, ppid, start)
+        if note is None:
+            origin = self._origin(w, pid, ppid, start)
         w.procs[pid] = Proc(pid, argv, step, time.monotonic(), comm=comm, exe=exe, origin=origin,
                             start=start)  # fmt: skip
         w.execs += 1
@@ -676,9 +721,9 @@ class Monitor:
         self._act(w, findings, source="process", pid=pid, exe=exe, argv=argv, step=step,
                   evidence={"exec_ts": exec_event.ts.isoformat(), "via": via, "cwd": cwd,
                             "parents": parents}, key=pid, origin=origin)  # fmt: skip
-        pending = w.step_kill.get(step) if step is not None else None
+        pending = w.step_kill.get(origin) if origin is not None else None
         if pending and pid in w.procs:
-            self._kill_pending(w, pid, step, pending)
+            self._kill_pending(w, pid, origin, pending)
 
     def _on_command(self, w: Watched, event: Event) -> None:
         command = event.argv[-1] if event.argv else ""
@@ -729,14 +774,16 @@ class Monitor:
         for f in findings:
             rule = getattr(f, "rule", None)
             k = (rule, key)
-            k_step = (rule, "step", step)
+            # one finding per rule per act: the step that started it (a background job's exec
+            # at step 3 is the act step 1's command already showed)
+            k_step = (rule, "step", origin)
             if k in w.fired:
                 continue
             w.fired.add(k)
-            if step is not None and k_step in w.fired:
+            if origin is not None and k_step in w.fired:
                 judged.append(f)  # reported already (from the command): enforce, don't repeat
                 continue
-            if step is not None:
+            if origin is not None:
                 w.fired.add(k_step)
             fresh.append(f)
         sb = w.sb
@@ -747,10 +794,10 @@ class Monitor:
             r = decide(sb, f)
             return r if response_cap is None or RANK[r] <= RANK[response_cap] else response_cap
 
-        if judged and pid is not None and not fresh and step not in w.step_kill:
+        if judged and pid is not None and not fresh and origin not in w.step_kill:
             response = max((decided(f) for f in judged), key=lambda r: RANK.get(r, 0))
             if response in ("block", "kill", "terminate"):
-                self._kill_pending(w, pid, step, "kill" if response == "terminate" else response)
+                self._kill_pending(w, pid, origin, "kill" if response == "terminate" else response)
         if not fresh:
             return
         # strongest response first: it alone kills or ends the episode; the rest are recorded
@@ -770,15 +817,15 @@ class Monitor:
         else:
 
             def tree() -> list[int]:
-                return self._step_pids(w, step)
+                return self._step_pids(w, origin)
 
         for i, f in enumerate(fresh):
             self.responder.respond(sb, f, source=source, loop=w.loop, pid=pid, exe=exe,
                                    argv=argv, step=step, evidence=evidence, kill_tree=tree,
                                    act=i == 0, origin_step=origin,
                                    response=decided(f))  # fmt: skip
-        if pid is None and step is not None and chosen in ("block", "kill"):
-            w.step_kill[step] = chosen
+        if pid is None and origin is not None and chosen in ("block", "kill"):
+            w.step_kill[origin] = chosen
 
     def _kill_pending(self, w: Watched, pid: int, step: int | None, response: str) -> None:
         from corral.respond.responder import ACTION_OF, kill_pids
@@ -792,6 +839,8 @@ class Monitor:
     # ---------------------------------------------------------------- sweeps
     def _sweep_all(self, now: float) -> None:
         for w in list(self._watched.values()):
+            if w.held:
+                self._release_held(w, now)
             if w.sb.closed_reason:
                 continue
             self._sweep_cpu(w, now)
