@@ -148,6 +148,9 @@ class SandboxEpisode:
         self._exec_hook: Callable[[ExecNote], None] | None = None
         self.exec_sensor = False  # True once a seccomp notifier reports execs for this episode
         self.watch: Any = None  # the monitor's handle, for close()
+        # rules a person (or the policy's gate.ask: allow) approved for a step's command: the
+        # monitor records their findings for that step's processes but does not act on them
+        self.approvals: dict[int, set[str]] = {}
 
     # ---------------------------------------------------------------- the protocol
     @property
@@ -210,6 +213,9 @@ class SandboxEpisode:
     @property
     def sink(self) -> Any:
         return self._sb.sink
+
+    def approve(self, step: int, rules: list[str]) -> None:
+        self.approvals.setdefault(step, set()).update(rules)
 
     def origin_of(self, pid: int | None) -> int | None:
         """The step that started pid (inherited from its ancestors), as the monitor knows it;

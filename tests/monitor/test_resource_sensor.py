@@ -63,7 +63,8 @@ async def test_cpu_sustained_past_the_kill_window_gets_the_mining_response(wait_
     ids=["duty80", "exec", "split"],
 )
 async def test_renamed_burner_from_make_is_seen(script: str, wait_event) -> None:
-    async with Sandbox(_policy(), store=False) as sb:
+    # 0.3 of a core: the shared test host may give the burners less than they ask for
+    async with Sandbox(_policy(cpu_threshold=0.3), store=False) as sb:
         await sb.write_file("ninja", "#!/usr/bin/python3\n" + BURN, 0o755)
         await sb.write_file("Makefile", f"all:\n\t{script}\n")
         result = await sb.exec("make -s", step=1)

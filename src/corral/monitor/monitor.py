@@ -790,9 +790,12 @@ class Monitor:
         if sb.closed_reason:
             return
 
+        approved = getattr(sb, "approvals", {}).get(origin, set()) if origin is not None else set()
+
         def decided(f: Any) -> str:
             r = decide(sb, f)
-            return r if response_cap is None or RANK[r] <= RANK[response_cap] else response_cap
+            cap = "alert" if getattr(f, "rule", None) in approved else response_cap
+            return r if cap is None or RANK[r] <= RANK[cap] else cap
 
         if judged and pid is not None and not fresh and origin not in w.step_kill:
             response = max((decided(f) for f in judged), key=lambda r: RANK.get(r, 0))

@@ -56,6 +56,7 @@ def make_gate(policy: Policy, approve: Approve | None = None,
             return GateDecision(verdict="deny", findings=briefs, reason=why)
         # ask
         if mode == "allow":
+            _approved(sandbox, step, findings)
             return GateDecision(
                 verdict="allow", findings=briefs, reason=f"ask allowed by policy; {why}"
             )
@@ -69,12 +70,23 @@ def make_gate(policy: Policy, approve: Approve | None = None,
 
             async def wait() -> GateDecision:
                 ok = bool(await answer)
+                if ok:
+                    _approved(sandbox, step, findings)
                 return _asked(ok, briefs, why)
 
             return wait()
+        if answer:
+            _approved(sandbox, step, findings)
         return _asked(bool(answer), briefs, why)
 
     return decide
+
+
+def _approved(sandbox: Any, step: int, findings: list[Finding]) -> None:
+    """Tell the episode's watchers that these rules were approved for this step's command."""
+    ctx = getattr(sandbox, "ctx", None)
+    if ctx is not None and hasattr(ctx, "approve"):
+        ctx.approve(step, [f.rule for f in findings])
 
 
 def _asked(ok: bool, briefs: list[dict[str, Any]], why: str) -> GateDecision:
