@@ -770,9 +770,13 @@ class Monitor:
             origin = known.origin if known is not None else None
         if origin is None:
             origin = step
+        # rules a person approved for the command that started this: the gate recorded them
+        approved = getattr(w.sb, "approvals", {}).get(origin, ()) if origin is not None else ()
         fresh, judged = [], []
         for f in findings:
             rule = getattr(f, "rule", None)
+            if rule in approved:
+                continue
             k = (rule, key)
             # one finding per rule per act: the step that started it (a background job's exec
             # at step 3 is the act step 1's command already showed)
@@ -790,12 +794,9 @@ class Monitor:
         if sb.closed_reason:
             return
 
-        approved = getattr(sb, "approvals", {}).get(origin, set()) if origin is not None else set()
-
         def decided(f: Any) -> str:
             r = decide(sb, f)
-            cap = "alert" if getattr(f, "rule", None) in approved else response_cap
-            return r if cap is None or RANK[r] <= RANK[cap] else cap
+            return r if response_cap is None or RANK[r] <= RANK[response_cap] else response_cap
 
         if judged and pid is not None and not fresh and origin not in w.step_kill:
             response = max((decided(f) for f in judged), key=lambda r: RANK.get(r, 0))
