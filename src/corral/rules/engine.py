@@ -82,9 +82,47 @@ def _format_error(err: ValidationError, origin: str, rule_id: str | None) -> str
     return f"invalid rule pack {origin}{who}:\n" + "\n".join(lines)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML that refuses a mapping with the same key twice (PyYAML keeps the last silently: a
+    rule's second `when:` would replace its first without a word)."""
+
+
+def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
+def _rule_at(text: str, line: int) -> str | None:
+    """The id of the rule a YAML line belongs to (the last `id:` at or above it)."""
+    found = None
+    for i, ln in enumerate(text.splitlines()):
+        if i > line:
+            break
+        m = re.match(r"\s*-?\s*id:\s*([\w.]+)", ln)
+        if m:
+            found = m.group(1)
+    return found
+
+
 def parse_pack(text: str, origin: str) -> list[Rule]:
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.constructor.ConstructorError as err:
+        mark = err.problem_mark
+        rid = _rule_at(text, mark.line) if mark is not None else None
+        where = f" rule {rid}" if rid else ""
+        line = f" (line {mark.line + 1})" if mark is not None else ""
+        raise RulePackError(f"invalid rule pack {origin}{where}: {err.problem}{line}") from None
     except yaml.YAMLError as err:
         raise RulePackError(f"invalid rule pack {origin}: not valid YAML: {err}") from None
     if not isinstance(data, dict):
@@ -130,6 +168,8 @@ class RuleEngine:
                 raise RulePackError(f"duplicate rule id {rule.id} ({src or 'unknown pack'})")
             self._by_id[rule.id] = rule
             self.rules.append(rule)
+            if rule.match == "record":
+                continue  # declared, written by its sensor: nothing to match
             if rule.match == "event":
                 self._event.append(
                     CompiledRule(rule, compile_event(rule.when, self.reputation), src)

@@ -2,7 +2,9 @@
 
 A pack is `{pack, category?, attack?, rules: [...]}`; pack-level `category`/`attack` are defaults for
 its rules. `match: command` rules hold a `when` over one analysed simple command; `match: event`
-rules hold a `when` over the dotted fields of a runtime event's facts.
+rules hold a `when` over the dotted fields of a runtime event's facts; `match: record` rules hold no
+`when`: they declare an id that a sensor or the sandbox writes itself (a lifecycle record, a limit
+hit, the gateway's refusals), so every id any code can emit is listed by `corral rules list`.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from corral.rules.finding import ResponseName, Severity
 
 CATEGORIES = ("mining", "tunnel", "reverse_shell", "probe_internal", "metadata", "exfiltration",
               "persistence", "escape", "ingress_exec", "reward_tampering", "resource",
-              "policy")  # fmt: skip
+              "policy", "lifecycle")  # fmt: skip
 HOST_CLASSES = ("ip", "name", "loopback", "internal", "metadata", "external")
 EVENT_OPS = ("eq", "ne", "in", "not_in", "regex", "gte", "gt", "lte", "lt", "exists", "contains",
              "reputation", "host_class")  # fmt: skip
@@ -98,8 +100,9 @@ class Rule(_Strict):
     attack: str | None = None
     description: str
     response: ResponseName = "alert"
-    match: Literal["command", "event"]
-    when: dict[str, Any]
+    match: Literal["command", "event", "record"]
+    when: dict[str, Any] = Field(default_factory=dict)
+    source: str | None = Field(None, description="record rules: the event source that writes it")
     allowed_host_severity: Severity | None = Field(
         None, description="severity used for the verdict when every host named is allowed by policy"
     )
@@ -122,6 +125,14 @@ class Rule(_Strict):
 
     @model_validator(mode="after")
     def _when(self) -> Rule:
+        if self.match == "record":
+            if self.when or self.examples or self.counter_examples:
+                raise ValueError(
+                    "a record rule declares an id: no when, examples or counter_examples"
+                )
+            return self
+        if self.category == "lifecycle":
+            raise ValueError("category lifecycle is for record rules only")
         if self.match == "command":
             CommandCond.model_validate(self.when)
             for key in ("examples", "counter_examples"):
