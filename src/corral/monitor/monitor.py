@@ -82,6 +82,7 @@ class Watched:
     execs: int = 0
     top: dict[str, float] = field(default_factory=dict)
     mem_peak: int | None = None
+    engine: Any = None  # the rule engine of this sandbox's policy
     cg_procs: str | None = None  # the cgroup's cgroup.procs, read directly (cheap)
     cg_cpu: str | None = None  # cpuacct.usage (v1, ns) or cpu.stat (v2, usage_usec)
     cg_mem: str | None = None
@@ -111,6 +112,8 @@ class Monitor:
         poll_interval: float | None = None,
         sweep_interval: float | None = None,
     ) -> None:
+        # None: each sandbox's policy picks its engine (its `rules:` section); given: for all
+        self._engine_given = engine is not None
         if engine is None:
             from corral.rules import RuleEngine
 
@@ -225,6 +228,12 @@ class Monitor:
         except RuntimeError:
             loop = None
         w = Watched(sb=sb, loop=loop, init_pid=sb.init_pid)
+        if self._engine_given:
+            w.engine = self.engine
+        else:
+            from corral.rules import RuleEngine
+
+            w.engine = RuleEngine.for_policy(sb.policy)
         self._snapshot(w, sb.step or None)  # what runs already is the setup's (or earlier steps')
         cg = sb.cgroup
         if cg is not None:
@@ -715,7 +724,7 @@ class Monitor:
             "stdio": {str(k): v for k, v in stdio.items()},
             "gpu_granted": sb.policy.gpu.allowed,
         }
-        findings = list(self.engine.check_argv(argv)) + list(self.engine.match_event(facts))
+        findings = list(w.engine.check_argv(argv)) + list(w.engine.match_event(facts))
         if any(v.startswith("socket:") for v in stdio.values()):
             self._check_sockets(w, pid, only_stdio=True)
         self._act(w, findings, source="process", pid=pid, exe=exe, argv=argv, step=step,
@@ -727,7 +736,7 @@ class Monitor:
 
     def _on_command(self, w: Watched, event: Event) -> None:
         command = event.argv[-1] if event.argv else ""
-        findings = list(self.engine.check_command(command))
+        findings = list(w.engine.check_command(command))
         if not findings:
             return
         self._act(w, findings, source="process", pid=None, exe=None, argv=event.argv,
@@ -942,7 +951,7 @@ class Monitor:
             "exe": top.exe if top else None,
             "evidence": {"cpu_percent": round(100 * rate, 1), "window_s": round(span, 2)},
         }
-        findings = list(self.engine.match_event(facts))
+        findings = list(w.engine.match_event(facts))
         kill_pids = [p.pid for p in share]
 
         origin = top.origin if top else None
@@ -971,7 +980,7 @@ class Monitor:
                     "net": {"attempts": attempts, "failed": fails - f0,
                             "window_s": round(now - t0, 2), "threshold": pol.fanout_threshold},
                 }  # fmt: skip
-                findings = list(self.engine.match_event(facts))
+                findings = list(w.engine.match_event(facts))
                 self._act(w, findings, source="process", pid=None, exe=None, argv=None,
                           step=w.sb.step or None, evidence={"net": facts["net"]},
                           key=("fanout", w.sb.step))  # fmt: skip
@@ -1036,7 +1045,7 @@ class Monitor:
                 "remote_ips": sorted({ip for ip, _ in remotes}),
                 "distinct_remotes": len(remotes)}})  # fmt: skip
         for facts in facts_list:
-            findings = list(self.engine.match_event(facts))
+            findings = list(w.engine.match_event(facts))
             self._act(w, findings, source="process", pid=pid, exe=proc.exe, argv=proc.argv,
                       step=proc.step, evidence={"sockets": facts["sockets"]}, key=pid)  # fmt: skip
 
@@ -1062,7 +1071,7 @@ class Monitor:
                       evidence=gpu)  # fmt: skip
             facts = {"kind": "gpu_use", "source": "gpu", "pid": gp.pid, "argv": argv,
                      "cmdline": " ".join(argv), "gpu": gpu}  # fmt: skip
-            findings = list(self.engine.match_event(facts))
+            findings = list(w.engine.match_event(facts))
             self._act(w, findings, source="gpu", pid=gp.pid, exe=proc.exe if proc else None,
                       argv=argv, step=step, evidence={"gpu": gpu}, key=gp.pid)  # fmt: skip
 

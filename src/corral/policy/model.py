@@ -201,6 +201,27 @@ class MonitorPolicy(_Strict):
     gpu_interval: float = Field(1.0, gt=0, description="seconds between NVML reads")
 
 
+class RuleException(_Strict):
+    """A known-good case of one rule (Falco's `user_known_*` / exceptions): when `when` holds, in
+    the rule's own condition language (command conditions for command rules, event-field
+    conditions for event rules), the rule does not fire."""
+
+    rule: str
+    when: dict[str, object]
+    comment: str = ""
+
+
+class RulesPolicy(_Strict):
+    """Tune the rule packs for this policy: gate, monitor, gateway, `corral check` and `audit`."""
+
+    packs: list[str] = Field(default_factory=list, description="extra pack files or directories")
+    disabled: list[str] = Field(default_factory=list, description="rule ids that never fire")
+    exceptions: list[RuleException] = Field(default_factory=list)
+    lists: dict[str, list[str]] = Field(
+        default_factory=dict, description="named lists; `$name` in an exception's list expands"
+    )
+
+
 class Policy(_Strict):
     name: str = "custom"
     description: str = ""
@@ -211,4 +232,5 @@ class Policy(_Strict):
     responses: ResponsePolicy = ResponsePolicy()
     gate: GatePolicy = GatePolicy()
     monitor: MonitorPolicy = MonitorPolicy()
+    rules: RulesPolicy = RulesPolicy()
     observe_only: bool = Field(False, description="record everything, enforce no response")

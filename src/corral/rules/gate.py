@@ -35,7 +35,7 @@ def make_gate(policy: Policy, approve: Approve | None = None,
               engine: RuleEngine | None = None) -> Callable[[str, Sandbox, int], Any]:  # fmt: skip
     """A hook for `Sandbox(gate=...)`: (command, sandbox, step) -> GateDecision (awaitable when the
     approve callback is async). `approve(command, findings) -> bool` is asked on `ask` verdicts."""
-    eng = engine or RuleEngine.default()
+    eng = engine or RuleEngine.for_policy(policy)
     mode = policy.gate.ask
 
     def decide(command: str, sandbox: Sandbox, step: int) -> GateDecision | Awaitable[GateDecision]:
