@@ -214,6 +214,11 @@ class SandboxEpisode:
     def sink(self) -> Any:
         return self._sb.sink
 
+    @property
+    def events(self) -> list[Event]:
+        """What this episode recorded so far (read-only by convention)."""
+        return self._sb.events
+
     def approve(self, step: int, rules: list[str]) -> None:
         self.approvals.setdefault(step, set()).update(rules)
 
