@@ -29,7 +29,45 @@ Facts = dict[str, Any]
 """What a sensor saw, as the rule engine reads it: `kind` (exec, stdio_socket, relay, connections,
 fanout, cpu_sustained, gpu_use, ...), `source` and the kind's own fields (see `rules/schema.py`)."""
 
+# The facts vocabulary: what event rules may name. A pack naming anything else is refused at load
+# (a typo would otherwise make a rule that can never fire). A sensor that adds a kind or a field
+# adds it here.
+FACT_KINDS: frozenset[str] = frozenset(
+    {"exec", "stdio_socket", "relay", "connections", "fanout", "cpu_sustained", "gpu_use"}
+)
+EVENT_FIELDS: frozenset[str] = frozenset(
+    {"ts", "sandbox_id", "episode_id", "step", "origin_step", "source", "rule", "category",
+     "severity", "action", "attack", "pid", "exe", "argv", "dst", "path", "message", "evidence"}
+)  # fmt: skip
+FACT_FIELDS: dict[str, frozenset[str] | None] = {
+    **{f: None for f in EVENT_FIELDS},  # None: any sub-field (evidence is free-form)
+    "kind": None, "comm": None, "cmdline": None, "cwd": None, "parents": None, "stdio": None,
+    "gpu_granted": None,
+    "dst": frozenset({"host", "ip", "port", "proto"}),
+    "config": frozenset({"paths", "text"}),
+    "sockets": frozenset({"stdio_fds", "remote", "listen_ports", "outbound", "remote_ports",
+                          "remote_ips", "distinct_remotes"}),
+    "cpu": frozenset({"cores", "window_s", "sustained_s", "threshold", "kill_window_s",
+                      "corroborated", "long", "corroboration", "processes", "fraction", "build"}),
+    "net": frozenset({"attempts", "failed", "window_s", "threshold"}),
+    "gpu": frozenset({"device", "device_name", "kind", "used_memory", "utilization", "granted"}),
+}  # fmt: skip
+
+
+def check_fact_path(path: str) -> str | None:
+    """Why an event rule may not name `path` (None: it may)."""
+    head, _, rest = path.partition(".")
+    if head not in FACT_FIELDS:
+        return f"unknown event field {path!r}"
+    sub = FACT_FIELDS[head]
+    if sub is not None and rest and rest.split(".")[0] not in sub:
+        return f"unknown event field {path!r} ({head} has {', '.join(sorted(sub))})"
+    return None
+
+
 __all__ = [
+    "FACT_FIELDS",
+    "FACT_KINDS",
     "EpisodeContext",
     "ExecNote",
     "ExecResult",

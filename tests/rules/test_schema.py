@@ -109,3 +109,26 @@ def test_record_rules_declare_ids_and_match_nothing(tmp_path: Path) -> None:
     )
     with pytest.raises(RulePackError, match="sensor.seen"):
         RuleEngine.load(pack)
+
+
+@pytest.mark.parametrize(
+    ("when", "message"),
+    [
+        (
+            "{kind: exec, cofnig.text: {regex: pool}}",
+            r"rule t\.ev.*unknown event field 'cofnig\.text'",
+        ),
+        ("{kind: exec, cpu.cors: {gte: 1}}", r"rule t\.ev.*unknown event field 'cpu\.cors'"),
+        ("{kind: exce}", r"rule t\.ev.*unknown fact kind exce"),
+    ],
+    ids=["field", "sub-field", "kind"],
+)
+def test_unknown_facts_and_fields_are_refused_naming_the_rule(tmp_path: Path, when: str,
+                                                              message: str) -> None:  # fmt: skip
+    pack = tmp_path / "ev.yaml"
+    pack.write_text(
+        "pack: t\nrules:\n  - id: t.ev\n    category: mining\n    severity: high\n"
+        f"    description: d\n    match: event\n    when: {when}\n"
+    )
+    with pytest.raises(RulePackError, match=r"(?s)" + message):
+        RuleEngine.load(pack)

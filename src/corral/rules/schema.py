@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from corral.contracts import FACT_KINDS, check_fact_path
 from corral.rules.finding import ResponseName, Severity
 
 CATEGORIES = ("mining", "tunnel", "reverse_shell", "probe_internal", "metadata", "exfiltration",
@@ -169,7 +170,20 @@ def validate_event_cond(cond: Any, path: str = "when") -> None:
                 validate_event_cond(sub, f"{where}[{i}]")
         elif key == "not":
             validate_event_cond(val, where)
-        elif isinstance(val, dict):
+        else:
+            why = check_fact_path(key)
+            if why is not None:
+                raise ValueError(f"{where}: {why}")
+            if key == "kind":
+                kinds = val if isinstance(val, str) else [x for v in val.values()
+                                                          for x in (v if isinstance(v, list) else [v])]  # fmt: skip
+                unknown = sorted(
+                    {str(k) for k in ([kinds] if isinstance(kinds, str) else kinds)} - FACT_KINDS
+                )
+                if unknown:
+                    raise ValueError(f"{where}: unknown fact kind {', '.join(unknown)}"
+                                     f" (known: {', '.join(sorted(FACT_KINDS))})")  # fmt: skip
+        if key not in ("any", "all", "not") and isinstance(val, dict):
             for op, arg in val.items():
                 if op not in EVENT_OPS:
                     raise ValueError(
