@@ -40,7 +40,7 @@ NEEDS = {"node": "node", "java": "java", "xz": "xz", "gcc": "gcc", "project_test
 def _policy():  # type: ignore[no-untyped-def]
     limits = {} if probe().cgroup_writable else {"enforcement": "best_effort"}
     return policy_from_mapping({"extends": "rl-strict", "limits": {**limits, "command_timeout": 60},
-                                "monitor": {"cpu_window": 1.0, "cpu_threshold": 0.3}})  # fmt: skip
+                                "monitor": {"cpu_window": 1.0, "cpu_threshold": 0.05}})  # fmt: skip
 
 
 async def _one(name: str) -> tuple[str, int, list[str], bool]:
