@@ -64,6 +64,7 @@ async def test_kill_takes_the_process_tree_and_records_it() -> None:
                                      pid=sh[0], step=2, kill_tree=tree)  # fmt: skip
         result = await asyncio.wait_for(task, 5)
         assert result.exit_code == 137
+
         def dead(p: int) -> bool:
             st = procfs.read_text(f"/proc/{p}/stat")
             return st is None or st.rsplit(")", 1)[1].split()[0] in ("Z", "X")

@@ -28,7 +28,7 @@ from corral.events.model import Event, severity_rank
 from corral.events.sink import EventSink
 from corral.policy.loader import load_policy
 from corral.policy.model import Policy
-from corral.sandbox import files
+from corral.sandbox import files, identity, stage, syscalls, usage
 from corral.sandbox.bwrap import BwrapSpec, build_argv
 from corral.sandbox.errors import SandboxClosed, SandboxRefused
 from corral.sandbox.limits import (
@@ -42,12 +42,21 @@ from corral.sandbox.limits import (
 from corral.sandbox.probe import Capabilities, probe
 from corral.sandbox.procs import children_of
 from corral.sandbox.session import ShellSession, open_session
-from corral.sandbox.shell import Capture, OutputCallback, ShellChannel, bootstrap, frame
+from corral.sandbox.shell import (
+    Capture,
+    OutputCallback,
+    ShellChannel,
+    bootstrap,
+    frame,
+    new_key,
+)
+from corral.sandbox.workspace import check_workspace
 from corral.store.paths import corral_home
 from corral.store.sqlite import EventStore
 
 TIMEOUT_EXIT = 124
 KILLED_EXIT = 137
+CTL_FD_LOW = 9  # below bash's own saved-fd range (10+) and any open-files limit (>= 16)
 _RO_RE = re.compile(
     r"(?:['‘\"](/?[^\s'’\":]+)['’\"]: Read-only file system)"
     r"|(?:(?:^|\s)(/?[^\s'’\":]+): Read-only file system)"
@@ -73,6 +82,23 @@ def _sweep_workspaces(root: Path) -> None:
             shutil.rmtree(d, ignore_errors=True)
         except PermissionError:
             continue
+
+
+def rlimit_triples(rlimits: list[tuple[int, int]]) -> list[tuple[int, int, int]]:
+    """(resource, soft, hard) for each limit, as the sandbox's processes get them."""
+    import resource
+
+    out = []
+    for which, value in rlimits:
+        # CPU: SIGXCPU at the limit (visible as such), SIGKILL a second later
+        hard = value + 1 if which == resource.RLIMIT_CPU else value
+        own = resource.getrlimit(which)[1]
+        if own != resource.RLIM_INFINITY and hard > own:
+            # the kernel refuses to raise a hard limit past the supervisor's own (even for
+            # root, across the sandbox's user namespace): hold the stricter one instead
+            value, hard = min(value, own), own
+        out.append((which, value, hard))
+    return out
 
 
 class Attachment(Protocol):
@@ -135,8 +161,16 @@ class Sandbox:
         self.id = sandbox_id or "sb-" + uuid.uuid4().hex[:12]
         self.episode_id = episode_id or "ep-" + uuid.uuid4().hex[:12]
         self._own_workspace = workspace is None
-        self._workspace_arg = Path(workspace).resolve() if workspace else None
+        self._workspace_arg = Path(workspace) if workspace else None
         self.workspace: Path | None = None
+        self.identity: identity.HostIdentity | None = None
+        self._owners: identity.Owners = {}
+        self._placeholders: list[Path] = []
+        self._stages: dict[str, str] = {}
+        self._harness: Sandbox | None = None
+        self._disk_base: usage.Usage | None = None
+        self._disk_hit: set[str] = set()
+        self._borrowed_identity = False
         if sink is None:
             if store is True:
                 store = EventStore.shared()
@@ -247,6 +281,10 @@ class Sandbox:
         report.mechanisms = {k: None for k in report.values}
         report.mechanisms["wall_time"] = "timer"
         report.mechanisms["command_timeout"] = "timer"
+        report.values["disk"] = lim.disk
+        report.values["inodes"] = lim.inodes
+        report.mechanisms["disk"] = "tmpfs size (/tmp) + workspace scan"
+        report.mechanisms["inodes"] = "workspace scan"
         if caps.cgroup_version and caps.cgroup_writable:
             cg = Cgroup(cgroup_name(self.id), caps)
             try:
@@ -295,18 +333,26 @@ class Sandbox:
             _swept = True
             with contextlib.suppress(OSError):
                 sweep_stale_cgroups(caps)
+            if caps.root:
+                with contextlib.suppress(OSError):
+                    stage.sweep()
         if self.workspace is None:
             if self._workspace_arg is not None:
-                self._workspace_arg.mkdir(parents=True, exist_ok=True)
-                self.workspace = self._workspace_arg
+                self.workspace = check_workspace(self._workspace_arg, [str(corral_home())])
             else:
-                root = corral_home() / "sandboxes"
-                root.mkdir(parents=True, exist_ok=True)
+                root = stage.sandboxes_root(corral_home() / "sandboxes")
                 if not _swept_workspaces:
                     await asyncio.to_thread(_sweep_workspaces, root)
                 self.workspace = Path(
                     tempfile.mkdtemp(prefix=f"{os.getpid()}-{self.id}-", dir=root)
                 )
+        self._make_protected_placeholders()
+        if self._disk_base is None and (self.policy.limits.disk or self.policy.limits.inodes):
+            self._disk_base = await asyncio.to_thread(usage.measure, str(self.workspace))
+        if caps.root and self.identity is None:
+            await self._take_identity()
+        elif self._borrowed_identity:
+            pass  # a harness sandbox runs as its agent sandbox's id over the same workspace
         rlimits = self._setup_limits(caps)
         self.ctx = self._episode_context()
         await self._spawn(caps, rlimits)
@@ -331,6 +377,95 @@ class Sandbox:
 
         attach(self.ctx)  # every sandbox is watched, whatever started it (policy `monitor:`)
 
+    def _make_protected_placeholders(self) -> None:
+        """A protected path that does not exist yet is made (empty) before the sandbox starts, so
+        that it is bound read-only from the first command: files the harness writes there later
+        are protected too. Names with a suffix (`conftest.py`) become files, the rest directories;
+        the ones still empty at close are removed again."""
+        assert self.workspace is not None
+        for rel in self.policy.filesystem.protected:
+            host = self.workspace / rel
+            if os.path.lexists(host):
+                continue
+            try:
+                host.parent.mkdir(parents=True, exist_ok=True)
+                if "." in rel.rsplit("/", 1)[-1].lstrip("."):
+                    host.touch(0o644)
+                else:
+                    host.mkdir(0o755)
+            except OSError:
+                continue
+            self._placeholders.append(host)
+
+    def _drop_placeholders(self) -> None:
+        for host in reversed(self._placeholders):
+            with contextlib.suppress(OSError):
+                if host.is_dir() and not host.is_symlink():
+                    host.rmdir()
+                elif host.is_file() and host.stat().st_size == 0:
+                    host.unlink()
+        self._placeholders = []
+
+    async def _take_identity(self) -> None:
+        """Root supervisor: the sandbox runs as its own unprivileged host id (identity.py)."""
+        assert self.workspace is not None
+        if shutil.which("setpriv") is None:
+            raise SandboxRefused(
+                "setpriv (util-linux) is missing: a root supervisor must start each sandbox as an"
+                " unprivileged host id", "sudo apt-get install -y util-linux (or `make install`)",
+            )  # fmt: skip
+        try:
+            self.identity = identity.allocate()
+        except identity.IdentityUnavailable as err:
+            raise SandboxRefused(str(err), "close idle sandboxes, or give corral a larger range"
+                                 " with a `corral:START:COUNT` line in /etc/subuid") from None  # fmt: skip
+        protected = [str(self.workspace / rel) for rel in self.policy.filesystem.protected]
+        self._owners = await asyncio.to_thread(
+            identity.hand_over, self.workspace, self.identity.uid, self.identity.gid, protected
+        )
+
+    def _give_back_workspace(self) -> None:
+        """Files back to their owners, and no setuid/setgid file outlives the sandbox (whoever
+        the supervisor is: a setuid copy of a shell would make any host user the file's owner)."""
+        if self.workspace is not None and self.workspace.exists():
+            uid = self.identity.uid if self.identity else None
+            cleared = identity.take_back(self.workspace, self._owners, uid)
+            if cleared:
+                self.emit(source="file", rule="file.setuid_cleared", category="escape",
+                          severity="high", action="blocked", step=self.step or None,
+                          message=f"{cleared} setuid/setgid file(s) left in the workspace were "
+                          "made ordinary before it was handed back")  # fmt: skip
+        if self.identity is not None:
+            self.identity.release()
+            self.identity = None
+
+    def _stage_sources(self) -> dict[str, str]:
+        """Directories the sandbox's host id could not reach, bound where it can (stage.py)."""
+        if self.identity is None:
+            return {}
+        from corral.sandbox.bwrap import reachable
+
+        fs = self.policy.filesystem
+        for src in [str(self.workspace), *fs.read_only, *fs.read_write]:
+            if src in self._stages or not os.path.isdir(src) or reachable(src):
+                continue
+            try:
+                self._stages[src] = stage.stage(src, self.id)
+            except OSError as err:
+                raise SandboxRefused(f"cannot make {src} reachable by the sandbox: {err}",
+                                     "use a workspace whose parent directories others may "
+                                     "search (chmod o+x)") from None  # fmt: skip
+        return dict(self._stages)
+
+    def _unstage(self) -> None:
+        for target in self._stages.values():
+            stage.unstage(target)
+        self._stages = {}
+
+    def file_owner(self) -> tuple[int, int] | None:
+        """Host uid/gid that files the supervisor writes for the agent should carry."""
+        return (self.identity.uid, self.identity.gid) if self.identity else None
+
     async def _spawn(self, caps: Capabilities, rlimits: list[tuple[int, int]]) -> None:
         """Start bwrap held at --block-fd, put both its processes in the cgroup and under the
         rlimits, then let it exec the shell: nothing runs in the sandbox before its limits do, and
@@ -354,20 +489,34 @@ class Sandbox:
             extra_env=self.extra_env,
             extra_args=["--block-fd", str(block_r), *self.extra_bwrap_args],
             gpu_devices=self._gpu_devices(caps),
+            host_uid=self.identity.uid if self.identity else None,
+            tmp_size=self.policy.limits.disk,
+            staged=self._stage_sources(),
+            rlimits=rlimit_triples(rlimits) if self.identity else [],
         )
+        try:
+            spec.seccomp_fd = syscalls.program_fd()
+        except syscalls.SeccompUnavailable as err:
+            for fd in (ctl_r, ctl_w, info_r, info_w, block_r, block_w, in_r, in_w, out_r, out_w,
+                       err_r, err_w):  # fmt: skip
+                os.close(fd)
+            raise SandboxRefused(str(err), "sudo apt-get install -y python3-seccomp") from None
         command = ["/bin/bash", "--noprofile", "--norc"]
         extra_fds: tuple[int, ...] = ()
         if self.egress is not None:
             command, extra_fds = self.egress.prepare(self, spec, command)
-        argv = build_argv(caps.bwrap, spec, command)
         try:
+            argv = build_argv(caps.bwrap, spec, command)
             self._proc = subprocess.Popen(
                 argv,
                 stdin=in_r,
                 stdout=out_w,
                 stderr=err_w,
-                pass_fds=(ctl_w, info_w, block_r, *extra_fds),
+                pass_fds=(ctl_w, info_w, block_r, spec.seccomp_fd, *spec.fds, *extra_fds),
                 close_fds=True,
+                # bwrap stays in the sandbox as its pid 1, /proc/1/environ readable by the agent:
+                # it must not carry the supervisor's environment (keys, tokens)
+                env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"},
             )
         except OSError as err:
             for fd in (*child_ends, in_w, out_r, err_r, ctl_r, info_r, block_w):
@@ -377,10 +526,18 @@ class Sandbox:
             raise SandboxRefused(
                 f"could not start bubblewrap: {err}", "run `corral doctor`"
             ) from err
+        finally:
+            for fd in (spec.seccomp_fd, *spec.fds):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
         for fd in child_ends:
             os.close(fd)
-        self._ctl_fd_inside = ctl_w
+        # A busy supervisor hands over fd numbers past the sandbox's open-files limit, where bash
+        # could not put back the control fd it closes around each command ("Bad file
+        # descriptor" on every command): the shell moves it to a low number first.
+        self._ctl_fd_inside = ctl_w if ctl_w < CTL_FD_LOW else CTL_FD_LOW
         self._chan = ShellChannel(loop, in_w, out_r, err_r, ctl_r)
+        self._chan.on_forged = self._forged
         cap = Capture()
         self._chan.capture = cap
         try:
@@ -390,7 +547,7 @@ class Sandbox:
             os.write(block_w, b"1")
             if self.egress is not None:
                 await self.egress.started(self, self._proc.pid)
-            self._chan.send(bootstrap(self._ctl_fd_inside))
+            self._chan.send(bootstrap(self._ctl_fd_inside, moved_from=ctl_w))
             await asyncio.wait_for(ready, 10)
         except SandboxRefused:
             self._chan.drain()
@@ -449,14 +606,9 @@ class Sandbox:
                 self.cgroup.create()
                 self.cgroup.apply(self.policy.limits, LimitReport())
                 self.cgroup.join(outer, init)
-        for which, value in rlimits:
-            # CPU: SIGXCPU at the limit (visible as such), SIGKILL a second later
-            hard = value + 1 if which == resource.RLIMIT_CPU else value
-            own = resource.getrlimit(which)[1]
-            if own != resource.RLIM_INFINITY and hard > own:
-                # the kernel refuses to raise a hard limit past the supervisor's own (even for
-                # root, across the sandbox's user namespace): hold the stricter one instead
-                value, hard = min(value, own), own
+        if self.identity is not None:
+            return  # set by `prlimit` before bwrap started (see rlimit_triples)
+        for which, value, hard in rlimit_triples(rlimits):
             for pid in (outer, init):
                 resource.prlimit(pid, which, (value, hard))
 
@@ -539,15 +691,16 @@ class Sandbox:
         assert self._chan is not None
         chan = self._chan
         self._next_id += 1
-        key = str(self._next_id)
+        key = new_key(f"{self._next_id}-")
         cap = Capture(on_output=on_output)
         chan.capture = cap
         done = chan.expect(key)
         limit = timeout if timeout is not None else self.policy.limits.command_timeout
         spared = self._running_before()
         timed_out = killed = False
+        watch = asyncio.get_running_loop().create_task(self._disk_watch(step, command, spared))
         try:
-            chan.send(frame(self._next_id, command, self._ctl_fd_inside))
+            chan.send(frame(key, command, self._ctl_fd_inside))
             exit_code = await asyncio.wait_for(asyncio.shield(done), limit)
         except TimeoutError:
             timed_out = True
@@ -560,9 +713,11 @@ class Sandbox:
         except (EOFError, BrokenPipeError, OSError):
             exit_code = await self._session_exit_code()
             killed = self.terminated
+        watch.cancel()
         chan.drain()
         chan.capture = None
-        if self._check_counters(step, command) and self._resource_response() in (
+        over_disk = await asyncio.to_thread(self._check_disk, step, command)
+        if (self._check_counters(step, command) or over_disk) and self._resource_response() in (
             "kill",
             "terminate",
         ):
@@ -589,7 +744,8 @@ class Sandbox:
             self.emit(source="resource", rule="resource.cpu_time", category="resource",
                       severity="low", action="killed", step=step, argv=argv,
                       message=f"CPU time limit of {self.policy.limits.cpu_time:g}s reached")  # fmt: skip
-        self._scan_denied_writes(stderr, step)
+        if not self._borrowed_identity:  # a harness's own denied writes are not the agent's
+            self._scan_denied_writes(stderr, step)
         if self.terminated:
             killed = True
             exit_code = KILLED_EXIT
@@ -696,6 +852,46 @@ class Sandbox:
             if frozen and self.cgroup is not None:
                 self.cgroup.freeze(False)
 
+    DISK_WATCH_INTERVAL = 3.0
+
+    async def _disk_watch(self, step: int, command: str, spared: set[int]) -> None:
+        """While a command runs, look at its disk use now and then (usage.py)."""
+        while True:
+            await asyncio.sleep(self.DISK_WATCH_INTERVAL)
+            over = await asyncio.to_thread(self._check_disk, step, command)
+            if over and self._resource_response() in ("kill", "terminate"):
+                await asyncio.to_thread(self._kill_command_tree, spared)
+
+    def _check_disk(self, step: int | None, command: str | None) -> bool:
+        """A `source=resource` event when the workspace grew past `limits.disk`/`inodes` or /tmp
+        filled up; True while over (the command is then answered like any limit hit)."""
+        lim = self.policy.limits
+        over: dict[str, str] = {}
+        if self._disk_base is not None and self.workspace is not None:
+            base = self._disk_base
+            cap = base.inodes + lim.inodes if lim.inodes else None
+            now = usage.measure(str(self.workspace), cap)
+            if lim.inodes and now.inodes - base.inodes > lim.inodes:
+                over["workspace_inodes"] = f"more than {lim.inodes} files added to the workspace"
+            if lim.disk and now.bytes - base.bytes > lim.disk:
+                over["workspace_disk"] = f"workspace grew past {lim.disk} bytes"
+        tmp = usage.tmp_fill(self._init_pid)
+        if lim.disk and tmp is not None and tmp[1] and tmp[0] >= tmp[1] - 64 * 1024:
+            over["tmp_disk"] = f"/tmp is full ({tmp[1]} bytes)"
+        argv = ["bash", "-c", command] if command else None
+        for where, why in over.items():
+            if where in self._disk_hit:
+                continue
+            self._disk_hit.add(where)
+            rule = "resource.inode_limit" if where.endswith("inodes") else "resource.disk_limit"
+            self.emit(source="resource", rule=rule, category="resource", severity="medium",
+                      action="killed" if self._resource_response() in ("kill", "terminate")
+                      else "blocked", step=step, argv=argv, message=why,
+                      evidence={"where": where, "limit_bytes": lim.disk,
+                                "limit_inodes": lim.inodes})  # fmt: skip
+        self._disk_hit &= set(over)  # a limit freed again may be reported again
+        return bool(over)
+
     def _resource_response(self) -> str:
         return (
             "alert" if self.policy.observe_only else self.policy.responses.for_category("resource")
@@ -737,6 +933,14 @@ class Sandbox:
             )  # fmt: skip
         return now.oom_kills > prev.oom_kills or now.pids_max_hits > prev.pids_max_hits
 
+    def _forged(self, line: str) -> None:
+        """A report on a control pipe that no command was waiting for: the agent writing to the
+        framing's channel (through /proc/<shell>/fd) to fake an exit status."""
+        self.emit(source="sandbox", rule="sandbox.report_forged", category="reward_tampering",
+                  severity="high", action="blocked", step=self.step or None, attack="T1565",
+                  message="a command's exit report was forged on the shell's control channel",
+                  evidence={"line": line})  # fmt: skip
+
     def _scan_denied_writes(self, stderr: str, step: int | None) -> None:
         if "Read-only file system" not in stderr:
             return
@@ -777,17 +981,87 @@ class Sandbox:
             return None
         return os.path.normpath(f"{cwd}/{rel}")
 
+    # ---------------------------------------------------------------- harness
+    async def harness_exec(self, command: str, timeout: float | None = None,
+                           step: int | None = None) -> ExecResult:  # fmt: skip
+        """Run the harness's own command (a grader, a test run, a set-up step): never in the agent's
+        shell, never gated, never charged to the agent.
+
+        It runs in a harness sandbox of its own over the same workspace — same policy, limits,
+        seccomp list, host id and protected paths, but its own pid namespace and shell — so nothing
+        the agent defined (functions, aliases, a `bash` of its own, a stub on PATH in its shell)
+        and none of its processes can reach it: they cannot see, signal, trace or write to it. The
+        agent's processes are frozen while the command runs, so none can race it either.
+        """
+        if self.closed_reason:
+            raise SandboxClosed(self.closed_reason)
+        harness = await self._harness_sandbox()
+        frozen = await asyncio.to_thread(self._freeze_agent, True)
+        try:
+            result = await harness.exec(command, step=step, timeout=timeout)
+        finally:
+            if frozen:
+                await asyncio.to_thread(self._freeze_agent, False)
+        return result  # its events are in the store under `<id>-harness`, not the agent's
+
+    async def _harness_sandbox(self) -> Sandbox:
+        if self._harness is not None and self._harness.closed_reason is None:
+            return self._harness
+        assert self.workspace is not None
+        policy = self.policy.model_copy(deep=True)
+        policy.gate.enabled = False
+        policy.monitor.enabled = False  # the harness is not the agent: not watched, not charged
+        # git config the agent wrote (core.fsmonitor, hooks) must not run its code in the harness
+        git_safe = "'core.fsmonitor'='' 'core.hooksPath'='/dev/null' 'core.pager'='cat'"
+        env = {**self.extra_env, "PYTHONDONTWRITEBYTECODE": "1", "GIT_CONFIG_PARAMETERS": git_safe}
+        harness = Sandbox(policy, workspace=self.workspace, episode_id=self.episode_id,
+                          sandbox_id=f"{self.id}-harness", sink=self.sink, extra_env=env,
+                          egress=False)  # fmt: skip
+        harness.identity = self.identity
+        harness._borrowed_identity = True
+        await harness.start()
+        self._harness = harness
+        return harness
+
+    def _freeze_agent(self, freeze: bool) -> bool:
+        """Stop (or let go on) every agent process: the cgroup freezer, else SIGSTOP/SIGCONT."""
+        if self.cgroup is not None and self.cgroup.freeze(freeze):
+            return True
+        sig = signal.SIGSTOP if freeze else signal.SIGCONT
+        for pid in self.host_pids():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+        return True
+
     # ---------------------------------------------------------------- files
     def _require_workspace(self) -> Path:
         if self.workspace is None:
             raise SandboxClosed(self.closed_reason or "not started")
         return self.workspace
 
-    async def write_file(self, path: str, content: str | bytes, mode: int = 0o644) -> str:
+    async def write_file(self, path: str, content: str | bytes, mode: int = 0o644, *,
+                         agent: bool = False) -> str:  # fmt: skip
+        """Write a workspace file. By default the caller is the harness (task files, tests; any
+        path, protected ones included, recorded as `file.harness_write` there). `agent=True` is an
+        agent's tool call: a protected path is refused and recorded as tampering, as in its shell.
+        """
         ws = self._require_workspace()
         data = content.encode() if isinstance(content, str) else content
-        return await asyncio.to_thread(files.write, ws, self.policy.filesystem.workspace.path,
-                                       path, data, mode)  # fmt: skip
+        inside = self.policy.filesystem.workspace.path
+        hit = files.protected_hit(inside, path, self.policy.filesystem.protected)
+        if hit is not None and agent:
+            self.emit(source="file", rule="file.protected_write", category="reward_tampering",
+                      severity="high", action="blocked", attack="T1565", step=self.step or None,
+                      path=path, message=f"file API write to protected path {path} refused",
+                      evidence={"via": "file_api", "protected": hit})  # fmt: skip
+            raise files.ProtectedPath(f"{path!r} is protected ({hit}): the agent may not write it")
+        owner = None if hit is not None else self.file_owner()
+        written = await asyncio.to_thread(files.write, ws, inside, path, data, mode, owner)
+        if hit is not None:
+            self.emit(source="file", rule="file.harness_write", path=written,
+                      message=f"harness wrote protected file {written}",
+                      evidence={"bytes": len(data), "protected": hit})  # fmt: skip
+        return written
 
     async def read_file(self, path: str, max_bytes: int | None = None) -> bytes:
         ws = self._require_workspace()
@@ -797,7 +1071,7 @@ class Sandbox:
     async def upload(self, local: str | Path, path: str) -> str:
         ws = self._require_workspace()
         return await asyncio.to_thread(files.upload, ws, self.policy.filesystem.workspace.path,
-                                       Path(local), path)  # fmt: skip
+                                       Path(local), path, self.file_owner())  # fmt: skip
 
     # ---------------------------------------------------------------- ending
     async def terminate(self, reason: str, *, emit: bool = True, rule: str | None = None) -> None:
@@ -856,6 +1130,9 @@ class Sandbox:
         already = self.closed_reason is not None and self._proc is None and self.workspace is None
         if already:
             return
+        if self._harness is not None:
+            await self._harness.close()
+            self._harness = None
         await self._teardown()
         if self.cgroup is not None:
             self._check_counters(self.step or None)
@@ -869,7 +1146,17 @@ class Sandbox:
             + (f" ({self.closed_reason})" if self.closed_reason else ""),
             evidence={"steps": self.step, "terminated": self.terminated},
         )
-        if self._own_workspace and self.workspace is not None:
+        if self._stages:
+            await asyncio.to_thread(self._unstage)
+        if self._borrowed_identity:
+            self.identity = None  # the agent sandbox's, given back by it
+        elif self._own_workspace and self.workspace is not None:
             await asyncio.to_thread(shutil.rmtree, self.workspace, True)
+        else:
+            await asyncio.to_thread(self._drop_placeholders)
+            await asyncio.to_thread(self._give_back_workspace)
+        if self.identity is not None:
+            self.identity.release()
+            self.identity = None
         self.workspace = None
         self.closed_reason = self.closed_reason or "closed"

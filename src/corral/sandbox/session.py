@@ -30,7 +30,7 @@ import psutil
 
 from corral.sandbox.errors import SandboxClosed
 from corral.sandbox.procs import children_of
-from corral.sandbox.shell import Capture, OutputCallback, ShellChannel, bootstrap, frame
+from corral.sandbox.shell import Capture, OutputCallback, ShellChannel, bootstrap, frame, new_key
 
 if TYPE_CHECKING:
     from corral.sandbox.sandbox import ExecResult, Sandbox
@@ -102,14 +102,15 @@ class ShellSession:
         chan = self._chan
         assert chan is not None
         self._next_id += 1
+        key = new_key(f"{self._next_id}-")
         cap = Capture(on_output=on_output)
         chan.capture = cap
-        done = chan.expect(str(self._next_id))
+        done = chan.expect(key)
         limit = timeout if timeout is not None else sb.policy.limits.command_timeout
         spared = children_of(self.bash_pid)
         timed_out = killed = False
         try:
-            chan.send(frame(self._next_id, command, SESSION_CTL_FD))
+            chan.send(frame(key, command, SESSION_CTL_FD))
             exit_code = await asyncio.wait_for(asyncio.shield(done), limit)
         except TimeoutError:
             timed_out = True
@@ -244,6 +245,7 @@ async def open_session(sb: Sandbox, name: str) -> ShellSession:
                 name, f"could not be started: the main shell kept its pipes ({left})"
             )
         chan = ShellChannel(asyncio.get_running_loop(), *ends)
+        chan.on_forged = sb._forged
         exit_status = chan.expect("exit")
         ready = chan.expect("ready")
         for fut in (exit_status, ready):  # an EOF nobody awaits is no error
@@ -268,7 +270,7 @@ async def open_session(sb: Sandbox, name: str) -> ShellSession:
 async def _control(sb: Sandbox, chan: ShellChannel, script: str) -> str:
     """Run corral's own command in the main shell (not the agent's: no gate, no step)."""
     sb._next_id += 1
-    key = f"c{sb._next_id}"
+    key = new_key(f"c{sb._next_id}-")
     cap = Capture()
     chan.capture = cap
     done = chan.expect(key)
