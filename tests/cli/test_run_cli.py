@@ -106,6 +106,7 @@ def test_doctor_json() -> None:
 def test_run_episode_has_its_steps_and_its_execs(tmp_path, policy_file) -> None:
     """Every episode is in the store, whatever started it: `events --with-steps` works for run."""
     ws = tmp_path / "ws"
+    ws.mkdir()
     r = corral("run", "--policy", policy_file(), "--workspace", str(ws), "--episode", "ep-steps",
                "--", "sh", "-c", "/bin/true; echo done")  # fmt: skip
     assert r.returncode == 0, r.stderr
