@@ -592,11 +592,10 @@ class Monitor:
             for pid in [p for p in origins if p not in live]:
                 del origins[pid]
         for pid in pids:
-            st = procfs.stat(pid)
-            if st is None:
+            if pid in origins:  # known (a pid is reused only after ~4M forks): no read
                 continue
-            known = origins.get(pid)
-            if known is None or known[0] != st[3]:
+            st = procfs.stat(pid)
+            if st is not None:
                 origins[pid] = (st[3], w.current_step)
         w.current_step = new_step
 
