@@ -35,7 +35,7 @@ from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from corral.contracts import ExecNote, SandboxEpisode
-from corral.events.model import Event
+from corral.events.model import Event, severity_rank
 from corral.monitor import procfs
 from corral.monitor.connector import ConnectorUnavailable, ProcEvent, open_connector, parse
 from corral.monitor.gpu import GpuSensor
@@ -812,8 +812,12 @@ class Monitor:
                 self._kill_pending(w, pid, origin, "kill" if response == "terminate" else response)
         if not fresh:
             return
-        # strongest response first: it alone kills or ends the episode; the rest are recorded
-        fresh.sort(key=lambda f: -RANK.get(decided(f), 0))
+        # one act, one finding: the strongest response (then severity) is recorded, acted on
+        # and charged, the other rules it matched listed with it, as the gate records a command:
+        # the same act costs the same whichever sensor saw it or how it was spelled
+        fresh.sort(
+            key=lambda f: (-RANK.get(decided(f), 0), -severity_rank(getattr(f, "severity", "")))
+        )
         chosen = decided(fresh[0])
         if tree_pids:
 
@@ -831,11 +835,14 @@ class Monitor:
             def tree() -> list[int]:
                 return self._step_pids(w, origin)
 
-        for i, f in enumerate(fresh):
-            self.responder.respond(sb, f, source=source, loop=w.loop, pid=pid, exe=exe,
-                                   argv=argv, step=step, evidence=evidence, kill_tree=tree,
-                                   act=i == 0, origin_step=origin,
-                                   response=decided(f))  # fmt: skip
+        top = fresh[0]
+        ev = dict(evidence)
+        if len(fresh) > 1:
+            ev["also"] = [{"rule": f.rule, "category": f.category, "severity": f.severity}
+                          for f in fresh[1:]]  # fmt: skip
+        self.responder.respond(sb, top, source=source, loop=w.loop, pid=pid, exe=exe, argv=argv,
+                               step=step, evidence=ev, kill_tree=tree, origin_step=origin,
+                               response=chosen)  # fmt: skip
         if pid is None and origin is not None and chosen in ("block", "kill"):
             w.step_kill[origin] = chosen
 
