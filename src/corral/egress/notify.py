@@ -68,6 +68,7 @@ _MMSGHDR = 64  # struct mmsghdr: msghdr (56) + msg_len (4) + padding
 _MAX_ARGS = 4096
 _MAX_ARGV_BYTES = 64 * 1024
 _MAX_DGRAM = 256 * 1024
+_MAX_BATCH = 1024 * 1024  # bytes of one sendmmsg the supervisor copies at once
 _PAGE = 4096
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -241,6 +242,20 @@ def _sock_of(pid: int, fd: int) -> _Sock | None:
 
 def _libc_errno(rc: int) -> int:
     return 0 if rc >= 0 else -(ctypes.get_errno() or errno.EIO)
+
+
+# (level, type) of ancillary data that any sender may use: packet info, TTL/hop limit, TOS/class
+_SAFE_CMSGS = {(0, 8), (0, 2), (0, 1), (41, 50), (41, 52), (41, 67)}
+
+
+def _safe_cmsgs(ctl: bytes) -> bool:
+    off = 0
+    while off + 16 <= len(ctl):
+        length, level, kind = struct.unpack_from("=Qii", ctl, off)
+        if length < 16 or (level, kind) not in _SAFE_CMSGS:
+            return False
+        off += (length + 7) & ~7
+    return True
 
 
 class Notifier:
@@ -439,7 +454,10 @@ class Notifier:
             table = mem.read(args[1], vlen * _MMSGHDR)
             heads = [table[i : i + 56] for i in range(0, len(table) - 55, _MMSGHDR)]
         out = []
+        total = 0
         for hdr in heads:
+            if out and total > _MAX_BATCH:  # sendmmsg may send fewer: the caller sends the rest
+                break
             if len(hdr) < 56:
                 raise OSError(errno.EFAULT, "short msghdr")
             name_ptr, namelen, iov_ptr, iovlen, ctl_ptr, ctl_len = struct.unpack_from(
@@ -454,6 +472,7 @@ class Notifier:
                 data += mem.read(base, ln)
             ctl = mem.read(ctl_ptr, min(ctl_len, 4096)) if ctl_ptr else b""
             out.append((addr, bytes(data), ctl))
+            total += len(data)
         return out
 
     def _send(
@@ -502,7 +521,11 @@ class Notifier:
 
     @staticmethod
     def _sendmsg(fd: int, addr: bytes, data: bytes, ctl: bytes, flags: int) -> int:
-        """sendmsg(2) on our copy of the socket with the bytes we read and checked."""
+        """sendmsg(2) on our copy of the socket with the bytes we read and checked. The call runs
+        with the supervisor's privileges, so only control messages that need none pass (a
+        confused deputy must not set SO_MARK or a priority for the agent)."""
+        if ctl and not _safe_cmsgs(ctl):
+            return -errno.EPERM
         abuf = ctypes.create_string_buffer(addr, len(addr)) if addr else None
         dbuf = ctypes.create_string_buffer(data, len(data))
         cbuf = ctypes.create_string_buffer(ctl, len(ctl)) if ctl else None
