@@ -392,7 +392,9 @@ class Notifier:
 
     def _allowed(self, family: int, ip: str, port: int) -> bool:
         if family not in (socket.AF_INET, socket.AF_INET6):
-            return family == socket.AF_UNSPEC  # dissolves a UDP association: no address
+            # AF_UNSPEC dissolves a UDP association; any other family on an IP socket is refused
+            # by the kernel itself when we pass it on: neither reaches an address
+            return True
         return _local(ip) and port not in self.local_trap
 
     def _connect(self, nid: int, pid: int, args: list[int], sock: _Sock) -> bool:
