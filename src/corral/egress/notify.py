@@ -30,8 +30,9 @@ kernel ignores their address; the destination was fixed, and recorded, at connec
 a register flag, is treated as a connect) and calls on non-IP sockets (unix, netlink: no route off
 the sandbox's namespace). LIMITATION: a thread can swap the *fd* behind such a continued call (dup2 an
 IP socket over it); the kernel then sees an IP call we did not inspect. The namespace has no route
-off the host, so such a call reaches only the sandbox's own loopback; `race_checks` counts those the
-notifier saw changed afterwards, and each is recorded as an attempt with syscall `<name>:raced`.
+off the host, so such a call reaches only the sandbox's own loopback and the gateway's listeners
+(which record what they receive). Checking the fd again after the call cannot tell a swap from an
+fd number reused by the next socket, so it is not tried.
 """
 
 from __future__ import annotations
@@ -279,7 +280,6 @@ class Notifier:
         self.handled = 0
         self.execs = 0
         self.performed = 0  # network calls the supervisor carried out on the caller's behalf
-        self.race_checks = 0  # continued calls whose fd had changed afterwards (recorded)
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -363,7 +363,7 @@ class Notifier:
             if sock.family not in (socket.AF_INET, socket.AF_INET6):
                 # unix, netlink (or not a socket): no route off the namespace. Continued; see the
                 # module's LIMITATION on a swapped fd, checked afterwards.
-                self._continue_checked(nid, pid, name, args, sock)
+                self._continue(nid)
                 return
             if name == "connect":
                 keep = self._connect(nid, pid, args, sock)
@@ -372,7 +372,7 @@ class Notifier:
             stream = sock.type == socket.SOCK_STREAM and sock.proto in (
                 socket.IPPROTO_TCP, IPPROTO_MPTCP)  # fmt: skip
             if stream and not flags & MSG_FASTOPEN:
-                self._continue_checked(nid, pid, name, args, sock)  # the address is ignored
+                self._continue(nid)  # the address is ignored
                 return
             self._send(nid, pid, name, args, sock, flags)
         finally:
@@ -539,27 +539,9 @@ class Notifier:
         rc = _libc.sendmsg(fd, hbuf, flags & ~MSG_FASTOPEN)
         return int(rc) if rc >= 0 else _libc_errno(rc)
 
-    def _continue_checked(
-        self, nid: int, pid: int, name: str, args: list[int], sock: _Sock
-    ) -> None:
-        """Continue a call that cannot reach an address, then look whether the fd was swapped."""
-        before = os.fstat(sock.fd).st_ino
+    def _continue(self, nid: int) -> None:
+        """Continue a call that cannot reach an address (see the module's LIMITATION)."""
         self._respond(nid, 0, FLAG_CONTINUE)
-        after = _sock_of(pid, args[0])
-        if after is None:
-            return
-        try:
-            if os.fstat(after.fd).st_ino != before and after.family in (
-                socket.AF_INET,
-                socket.AF_INET6,
-            ):
-                self.race_checks += 1
-                if self.on_attempt is not None:
-                    with contextlib.suppress(Exception):
-                        self.on_attempt(Attempt(pid=pid, syscall=f"{name}:raced", family=after.family,
-                                                ip="", port=0, proto="tcp", proc=info(pid)))  # fmt: skip
-        finally:
-            os.close(after.fd)
 
     # ------------------------------------------------------------ responses
     def _valid(self, nid: int) -> bool:
