@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from corral.cli import audit, check, demo, doctor, events, export, rules, run, serve
+from corral.cli import audit, check, demo, doctor, events, export, images, rules, run, serve
 
 app = typer.Typer(
     name="corral",
@@ -14,7 +14,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-for module in (run, doctor, events, check, audit, rules, serve, demo, export):
+for module in (run, doctor, events, check, audit, rules, serve, demo, export, images):
     module.register(app)
 
 

@@ -85,6 +85,8 @@ def protected_hit(inside_root: str, path: str, protected: list[str]) -> str | No
     except PathOutsideWorkspace:
         return None
     for p in protected:
+        if p.startswith("/"):  # an absolute path in an image root (Sandbox._protected_hit)
+            continue
         p = p.strip("/")
         if rel == p or rel.startswith(p + "/"):
             return p

@@ -29,8 +29,13 @@ from corral.events.sink import EventSink
 from corral.policy.loader import load_policy
 from corral.policy.model import Policy
 from corral.sandbox import files, identity, stage, syscalls, usage
-from corral.sandbox.bwrap import BwrapSpec, build_argv
-from corral.sandbox.errors import SandboxClosed, SandboxRefused
+from corral.sandbox.bwrap import BwrapSpec, build_argv, build_image_argv
+from corral.sandbox.errors import (
+    PathOutsideWorkspace,
+    ProtectedPath,
+    SandboxClosed,
+    SandboxRefused,
+)
 from corral.sandbox.limits import (
     Cgroup,
     CgroupCounters,
@@ -156,8 +161,20 @@ class Sandbox:
         extra_env: dict[str, str] | None = None,
         extra_bwrap_args: list[str] | None = None,
         egress: Attachment | bool | None = True,
+        image: str | None = None,
+        keep: bool = False,
+        scratch_dirs: list[str] | None = None,
     ) -> None:
         self.policy = load_policy(policy)
+        # the task's image as the sandbox's root (None: the host's read-only root); `keep` leaves
+        # the sandbox's writable layer on disk at close (its path in `kept_layer`)
+        self.image = image or self.policy.image
+        self.keep = keep
+        self.kept_layer: Path | None = None
+        self._root: Any = None  # corral.images.rootfs.SandboxRoot, while running on an image
+        self._join: Sandbox | None = (
+            None  # a harness sandbox: the agent sandbox whose root it shares
+        )
         self.id = sandbox_id or "sb-" + uuid.uuid4().hex[:12]
         self.episode_id = episode_id or "ep-" + uuid.uuid4().hex[:12]
         self._own_workspace = workspace is None
@@ -183,6 +200,7 @@ class Sandbox:
         self.gate = gate
         self.extra_env = dict(extra_env or {})
         self.extra_bwrap_args = list(extra_bwrap_args or [])
+        self.scratch_dirs = list(scratch_dirs or [])
         if egress is True:
             # the gateway is the only way out and the firewall log; False leaves the sandbox with
             # no network at all and nothing recorded of its attempts
@@ -336,6 +354,8 @@ class Sandbox:
             if caps.root:
                 with contextlib.suppress(OSError):
                     stage.sweep()
+        if self.image and self._root is None:
+            await asyncio.to_thread(self._prepare_image)
         if self.workspace is None:
             if self._workspace_arg is not None:
                 self.workspace = check_workspace(self._workspace_arg, [str(corral_home())])
@@ -346,7 +366,8 @@ class Sandbox:
                 self.workspace = Path(
                     tempfile.mkdtemp(prefix=f"{os.getpid()}-{self.id}-", dir=root)
                 )
-        self._make_protected_placeholders()
+        if self._root is None or self._root.spec.host_workspace is not None:
+            self._make_protected_placeholders()  # (an image's own paths: copies, images/rootfs.py)
         if self._disk_base is None and (self.policy.limits.disk or self.policy.limits.inodes):
             self._disk_base = await asyncio.to_thread(usage.measure, str(self.workspace))
         if caps.root and self.identity is None:
@@ -371,11 +392,61 @@ class Sandbox:
                 "workspace": str(self.workspace),
                 "limits": self.limits.mechanisms,
                 "root": caps.root,
+                **self._image_evidence(),
             },
         )
         from corral.monitor.attach import attach
 
         attach(self.ctx)  # every sandbox is watched, whatever started it (policy `monitor:`)
+
+    def _prepare_image(self) -> None:
+        """Resolve the image (import or pull it on first use), hold it, and lay out this sandbox's
+        writable layer; any failure is a refusal naming the image and the cause."""
+        from corral.images import ImageError, ImageStore
+        from corral.images.rootfs import SandboxRoot
+
+        assert self.image
+        if self._join is not None:  # a harness sandbox: the agent's own root, not a new layer
+            self._root = self._join._root
+            self.workspace = self._join.workspace
+            if self._root is None:
+                raise SandboxClosed(
+                    self._join.closed_reason or "the agent's sandbox is not running"
+                )
+            return
+        root = stage.sandboxes_root(corral_home() / "sandboxes")
+        if not _swept_workspaces:
+            _sweep_workspaces(root)
+        state = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-{self.id}-", dir=root))
+        try:
+            host_ws = (None if self._workspace_arg is None
+                       else check_workspace(self._workspace_arg, [str(corral_home())]))  # fmt: skip
+        except BaseException:
+            shutil.rmtree(state, ignore_errors=True)
+            raise
+        try:
+            sroot = SandboxRoot.create(ImageStore(), self.image, state, keep=self.keep)
+            try:
+                sroot.prepare(self.policy, host_ws)
+            except BaseException:
+                sroot.release()
+                raise
+        except ImageError as err:
+            shutil.rmtree(state, ignore_errors=True)
+            raise SandboxRefused(
+                str(err), "see `corral images list`; import it with `corral images import PATH`"
+            ) from None
+        except OSError as err:
+            shutil.rmtree(state, ignore_errors=True)
+            raise SandboxRefused(f"image {self.image!r}: {err}", "run `corral doctor`") from None
+        self._root = sroot
+        self.workspace = host_ws or state
+
+    def _image_evidence(self) -> dict[str, Any]:
+        if self._root is None:
+            return {}
+        return {"image": self._root.image.id, "image_ref": self.image,
+                "workdir": self._root.spec.workdir}  # fmt: skip
 
     def _make_protected_placeholders(self) -> None:
         """A protected path that does not exist yet is made (empty) before the sandbox starts, so
@@ -384,6 +455,8 @@ class Sandbox:
         the ones still empty at close are removed again."""
         assert self.workspace is not None
         for rel in self.policy.filesystem.protected:
+            if rel.startswith("/"):  # a path in an image (images/rootfs.py), never the host's
+                continue
             host = self.workspace / rel
             if os.path.lexists(host):
                 continue
@@ -419,9 +492,17 @@ class Sandbox:
         except identity.IdentityUnavailable as err:
             raise SandboxRefused(str(err), "close idle sandboxes, or give corral a larger range"
                                  " with a `corral:START:COUNT` line in /etc/subuid") from None  # fmt: skip
-        protected = [str(self.workspace / rel) for rel in self.policy.filesystem.protected]
+        # an image root: its layer is the sandbox's (and the image shows as its own, idmapped);
+        # a host workspace given with it is handed over as on the host root
+        target = self.workspace if self._root is None else self._root.spec.host_workspace
+        if self._root is not None:
+            await asyncio.to_thread(self._root.hand_over, self.identity.uid, self.identity.gid)
+        if target is None:
+            return
+        protected = [str(target / rel) for rel in self.policy.filesystem.protected
+                     if not rel.startswith("/")]  # fmt: skip
         self._owners = await asyncio.to_thread(
-            identity.hand_over, self.workspace, self.identity.uid, self.identity.gid, protected
+            identity.hand_over, target, self.identity.uid, self.identity.gid, protected
         )
 
     def _give_back_workspace(self) -> None:
@@ -443,6 +524,8 @@ class Sandbox:
         """Directories the sandbox's host id could not reach, bound where it can (stage.py)."""
         if self.identity is None:
             return {}
+        if self._join is not None:  # its agent sandbox's stages: the mount namespace it joins
+            return dict(self._join._stages)  # was copied before they were made in this one
         from corral.sandbox.bwrap import reachable
 
         fs = self.policy.filesystem
@@ -489,6 +572,8 @@ class Sandbox:
             extra_env=self.extra_env,
             extra_args=["--block-fd", str(block_r), *self.extra_bwrap_args],
             gpu_devices=self._gpu_devices(caps),
+            image=self._root.spec if self._root is not None else None,
+            scratch_dirs=self.scratch_dirs,
             host_uid=self.identity.uid if self.identity else None,
             tmp_size=self.policy.limits.disk,
             staged=self._stage_sources(),
@@ -506,7 +591,12 @@ class Sandbox:
         if self.egress is not None:
             command, extra_fds = self.egress.prepare(self, spec, command)
         try:
-            argv = build_argv(caps.bwrap, spec, command)
+            if spec.image is not None:  # the image root: the helper mounts the overlay first
+                join = self._join._proc.pid if self._join and self._join._proc else None
+                argv = self._root.wrap(build_image_argv(caps.bwrap, spec, command),
+                                       idmap=spec.host_uid, join=join)  # fmt: skip
+            else:
+                argv = build_argv(caps.bwrap, spec, command)
             self._proc = subprocess.Popen(
                 argv,
                 stdin=in_r,
@@ -643,13 +733,25 @@ class Sandbox:
             return []
 
     # ---------------------------------------------------------------- commands
-    async def open_session(self, name: str) -> ShellSession:
+    async def open_session(self, name: str, *, harness: bool = False) -> ShellSession:
         """Another persistent bash in this sandbox, with its own cwd and variables (ROCK's
-        sessions); `await session.exec(...)` as `exec`. Closing the sandbox ends it."""
+        sessions); `await session.exec(...)` as `exec`. Closing the sandbox ends it.
+
+        `harness=True` is the harness's session (uploading tests, running the grader), the
+        persistent-shell form of `harness_exec`: a bash in the harness sandbox (same root and
+        workspace, its own pid namespace, unreachable from the agent's processes, which are
+        frozen while each of its commands runs); its commands are recorded, tagged `harness`,
+        under the harness sandbox's id, never gated, never the agent's steps or charges."""
         old = self.sessions.get(name)
         if old is not None and old.alive:
             raise ValueError(f"session {name!r} is already open")
-        session = await open_session(self, name)
+        if harness:
+            hs = await self._harness_sandbox()
+            session = await open_session(hs, name, harness=True)
+            session.owner = self
+            hs.sessions[name] = session
+        else:
+            session = await open_session(self, name)
         self.sessions[name] = session
         return session
 
@@ -726,26 +828,35 @@ class Sandbox:
         return self._finish_command(command, step, t0, first_event, cap, exit_code,
                                     timed_out=timed_out, killed=killed, limit=limit)  # fmt: skip
 
-    def _finish_command(self, command: str, step: int, t0: float, first_event: int, cap: Capture,
-                        exit_code: int, *, timed_out: bool, killed: bool, limit: float | None,
-                        session: str | None = None) -> ExecResult:  # fmt: skip
+    def _finish_command(self, command: str, step: int | None, t0: float, first_event: int,
+                        cap: Capture, exit_code: int, *, timed_out: bool, killed: bool,
+                        limit: float | None, session: str | None = None,
+                        harness: bool = False) -> ExecResult:  # fmt: skip
         """What every shell (the main one or a named session) records once a command is over."""
         duration = time.monotonic() - t0
         stdout = cap.stdout.decode(errors="replace")
         stderr = cap.stderr.decode(errors="replace")
         argv = ["bash", "-c", command]
         tag = {"session": session} if session else {}
+        if harness:  # the harness's command: recorded, never the agent's offence
+            tag["harness"] = True
         if timed_out:
             self.emit(source="resource", rule="resource.command_timeout", category="resource",
-                      severity="low", action="killed", step=step, argv=argv,
+                      severity="info" if harness else "low", action="killed", step=step, argv=argv,
                       message=f"command exceeded its {limit:g}s time limit and was killed",
                       evidence={"limit_s": limit, **tag})  # fmt: skip
-        if self.limits.mechanisms.get("cpu_time") and "CPU time limit exceeded" in stderr:
+        if (
+            not harness
+            and self.limits.mechanisms.get("cpu_time")
+            and "CPU time limit exceeded" in stderr
+        ):
             self.emit(source="resource", rule="resource.cpu_time", category="resource",
                       severity="low", action="killed", step=step, argv=argv,
                       message=f"CPU time limit of {self.policy.limits.cpu_time:g}s reached")  # fmt: skip
-        if not self._borrowed_identity:  # a harness's own denied writes are not the agent's
+        if not harness and not self._borrowed_identity:  # the harness's are not the agent's
             self._scan_denied_writes(stderr, step)
+        if self._root is not None and self._join is None:
+            self._check_layer(step, argv, stderr)
         if self.terminated:
             killed = True
             exit_code = KILLED_EXIT
@@ -753,7 +864,7 @@ class Sandbox:
                   message=f"exit {exit_code} after {duration:.3f}s",
                   evidence={"exit_code": exit_code, "duration_s": round(duration, 6),
                             "timed_out": timed_out, **tag})  # fmt: skip
-        return ExecResult(command=command, step=step, exit_code=exit_code, stdout=stdout,
+        return ExecResult(command=command, step=step or 0, exit_code=exit_code, stdout=stdout,
                           stderr=stderr, duration=duration, timed_out=timed_out, killed=killed,
                           truncated=cap.truncated, events=self.events[first_event:])  # fmt: skip
 
@@ -810,6 +921,10 @@ class Sandbox:
         return 128 - rc if rc < 0 else rc
 
     async def _restart_session(self) -> None:
+        if self._harness is not None and self._root is not None:
+            # it shares the mount namespace of the shell that ended: start it again with the next
+            await self._harness.close()
+            self._harness = None
         if self._proc is not None:
             await self._teardown()
         assert self.caps is not None
@@ -933,6 +1048,27 @@ class Sandbox:
             )  # fmt: skip
         return now.oom_kills > prev.oom_kills or now.pids_max_hits > prev.pids_max_hits
 
+    def _check_layer(self, step: int | None, argv: list[str], stderr: str) -> None:
+        """An image root's writable layer at its quota (limits.disk / limits.inodes, a sized
+        tmpfs: the kernel already refused the write): a `source=resource` event."""
+        quota = self._root.quota if self._root is not None else None
+        if quota is None or self._proc is None:
+            return
+        usage = self._root.usage(self._proc.pid)
+        if usage is None:
+            return
+        used, files = usage
+        full = used >= quota[0] - 65536 or (quota[1] and files >= quota[1] - 1)
+        if not full and "No space left on device" not in stderr:
+            return
+        what = "inodes" if quota[1] and files >= quota[1] - 1 else "disk"
+        self.emit(source="resource", rule="resource.disk_limit", category="resource",
+                  severity="medium", action="blocked", step=step, argv=argv,
+                  message=f"the sandbox's writable layer is full ({what}: {used} bytes, {files} "
+                  f"files of {quota[0]} bytes, {quota[1] or 'unlimited'} files)",
+                  evidence={"layer_bytes": used, "layer_inodes": files, "limit_bytes": quota[0],
+                            "limit_inodes": quota[1]})  # fmt: skip
+
     def _forged(self, line: str) -> None:
         """A report on a control pipe that no command was waiting for: the agent writing to the
         framing's channel (through /proc/<shell>/fd) to fake an exit status."""
@@ -944,7 +1080,6 @@ class Sandbox:
     def _scan_denied_writes(self, stderr: str, step: int | None) -> None:
         if "Read-only file system" not in stderr:
             return
-        ws = self.policy.filesystem.workspace.path.rstrip("/")
         seen: set[str] = set()
         for m in _RO_RE.finditer(stderr):
             path = m.group(1) or m.group(2) or m.group(3)
@@ -953,10 +1088,7 @@ class Sandbox:
             if not path or path in seen:
                 continue
             seen.add(path)
-            protected = any(
-                path == f"{ws}/{p}" or path.startswith(f"{ws}/{p}/")
-                for p in self.policy.filesystem.protected
-            )
+            protected = self._protected_hit(path) is not None
             self.emit(
                 source="file",
                 rule="file.protected_write" if protected else "file.write_denied",
@@ -1014,9 +1146,16 @@ class Sandbox:
         # git config the agent wrote (core.fsmonitor, hooks) must not run its code in the harness
         git_safe = "'core.fsmonitor'='' 'core.hooksPath'='/dev/null' 'core.pager'='cat'"
         env = {**self.extra_env, "PYTHONDONTWRITEBYTECODE": "1", "GIT_CONFIG_PARAMETERS": git_safe}
-        harness = Sandbox(policy, workspace=self.workspace, episode_id=self.episode_id,
-                          sandbox_id=f"{self.id}-harness", sink=self.sink, extra_env=env,
-                          egress=False)  # fmt: skip
+        if self._root is not None:  # an image root: the harness runs on the same mounted root
+            host_ws = self._root.spec.host_workspace
+            harness = Sandbox(policy, workspace=host_ws, image=self.image,
+                              episode_id=self.episode_id, sandbox_id=f"{self.id}-harness",
+                              sink=self.sink, extra_env=env, egress=False)  # fmt: skip
+            harness._join = self
+        else:
+            harness = Sandbox(policy, workspace=self.workspace, episode_id=self.episode_id,
+                              sandbox_id=f"{self.id}-harness", sink=self.sink, extra_env=env,
+                              egress=False)  # fmt: skip
         harness.identity = self.identity
         harness._borrowed_identity = True
         await harness.start()
@@ -1039,14 +1178,80 @@ class Sandbox:
             raise SandboxClosed(self.closed_reason or "not started")
         return self.workspace
 
+    def _inside(self, path: str) -> str:
+        """`path` as the sandbox sees it (relative paths are under the workspace)."""
+        if ".." in path.split("/"):
+            raise PathOutsideWorkspace(f"{path!r}: '..' is not allowed in sandbox paths")
+        ws = self._root.spec.workdir if self._root is not None else (
+            self.policy.filesystem.workspace.path)  # fmt: skip
+        return os.path.normpath(path if path.startswith("/") else f"{ws}/{path}")
+
+    def _protected_hit(self, inside: str) -> str | None:
+        """The protected path `inside` lies in, if any (workspace-relative ones included)."""
+        ws = self._root.spec.workdir if self._root is not None else (
+            self.policy.filesystem.workspace.path)  # fmt: skip
+        for p in self.policy.filesystem.protected:
+            full = os.path.normpath(p if p.startswith("/") else f"{ws}/{p}")
+            if inside == full or inside.startswith(full.rstrip("/") + "/"):
+                return full
+        return None
+
+    async def _image_target(self, path: str, *, write: bool, agent: bool
+                            ) -> tuple[Path, str, str, str | None]:  # fmt: skip
+        """Where a file API call lands on an image root: (host directory, the sandbox path it
+        stands for, the path to give `files` under it, the protected path it lies in).
+
+        Protected paths are host directories bound read-only inside (the harness writes them
+        here, the agent's tool calls are refused and recorded), a host workspace is itself, and
+        anything else is reached through the running sandbox's own root (`/proc/<init>/root`,
+        walked without following links)."""
+        inside = self._inside(path)
+        hit = self._protected_hit(inside)
+        if write and hit and agent:
+            self.emit(source="file", rule="file.protected_write", category="reward_tampering",
+                      severity="high", action="blocked", attack="T1565", step=self.step or None,
+                      path=inside, message=f"file API write to protected path {inside} refused",
+                      evidence={"via": "file_api", "protected": hit})  # fmt: skip
+            raise ProtectedPath(f"{path!r} is protected ({hit}): the agent may not write it")
+        spec = self._root.spec
+        prot = self._root.protected_target(inside)
+        if prot is not None:
+            host, where = prot
+            if host.is_file():  # a protected file: written as its copy's name in its directory
+                if inside != where:
+                    raise PathOutsideWorkspace(f"{path!r}: {where} is a file")
+                return host.parent, "/", "/" + host.name, hit
+            return host, where, inside, hit
+        ws = spec.workdir
+        if spec.host_workspace is not None and (inside == ws or inside.startswith(ws + "/")):
+            return spec.host_workspace, ws, inside, hit
+        if self._init_pid is None:
+            if self.closed_reason:
+                raise SandboxClosed(self.closed_reason)
+            async with self._lock:
+                await self._restart_session()
+        return Path(f"/proc/{self._init_pid}/root"), "/", inside, hit
+
     async def write_file(self, path: str, content: str | bytes, mode: int = 0o644, *,
                          agent: bool = False) -> str:  # fmt: skip
         """Write a workspace file. By default the caller is the harness (task files, tests; any
         path, protected ones included, recorded as `file.harness_write` there). `agent=True` is an
         agent's tool call: a protected path is refused and recorded as tampering, as in its shell.
+        On an image root any absolute path of the image may be written (relative ones are under
+        the workspace, the image's working directory).
         """
         ws = self._require_workspace()
         data = content.encode() if isinstance(content, str) else content
+        if self._root is not None:
+            base, root, target, hit = await self._image_target(path, write=True, agent=agent)
+            owner = None if hit is not None else self.file_owner()
+            await asyncio.to_thread(files.write, base, root, target, data, mode, owner)
+            written = self._inside(path)
+            if hit is not None:
+                self.emit(source="file", rule="file.harness_write", path=written,
+                          message=f"harness wrote protected file {written}",
+                          evidence={"bytes": len(data), "protected": hit})  # fmt: skip
+            return written
         inside = self.policy.filesystem.workspace.path
         hit = files.protected_hit(inside, path, self.policy.filesystem.protected)
         if hit is not None and agent:
@@ -1065,11 +1270,19 @@ class Sandbox:
 
     async def read_file(self, path: str, max_bytes: int | None = None) -> bytes:
         ws = self._require_workspace()
+        if self._root is not None:
+            base, root, target, _ = await self._image_target(path, write=False, agent=False)
+            return await asyncio.to_thread(files.read, base, root, target, max_bytes)
         return await asyncio.to_thread(files.read, ws, self.policy.filesystem.workspace.path,
                                        path, max_bytes)  # fmt: skip
 
     async def upload(self, local: str | Path, path: str) -> str:
         ws = self._require_workspace()
+        if self._root is not None:
+            base, root, target, hit = await self._image_target(path, write=True, agent=False)
+            owner = None if hit is not None else self.file_owner()
+            await asyncio.to_thread(files.upload, base, root, Path(local), target, owner)
+            return self._inside(path)
         return await asyncio.to_thread(files.upload, ws, self.policy.filesystem.workspace.path,
                                        Path(local), path, self.file_owner())  # fmt: skip
 
@@ -1133,25 +1346,41 @@ class Sandbox:
         if self._harness is not None:
             await self._harness.close()
             self._harness = None
+        if self._join is not None:  # a harness sandbox: the layer is its agent sandbox's
+            self._root = None
+        usage = None
+        if self._root is not None:  # (a tmpfs layer is only readable while the sandbox runs)
+            usage = await asyncio.to_thread(
+                self._root.usage, self._proc.pid if self._proc else None
+            )
         await self._teardown()
         if self.cgroup is not None:
             self._check_counters(self.step or None)
             await asyncio.to_thread(self.cgroup.destroy)
             self.cgroup = None
+        layer: dict[str, Any] = {}
+        if self._root is not None:
+            if usage is None and self._root.quota is None:
+                usage = await asyncio.to_thread(self._root.usage, None)
+            layer["layer_bytes"], layer["layer_inodes"] = usage or (None, None)
+            self.kept_layer = await asyncio.to_thread(self._root.discard)
+            layer["kept_layer"] = str(self.kept_layer) if self.kept_layer else None
+            self._root = None
         self.emit(
             source="sandbox",
             rule="sandbox.stopped",
             action="terminated" if self.terminated else "allowed",
             message=f"sandbox stopped after {self.step} step(s)"
             + (f" ({self.closed_reason})" if self.closed_reason else ""),
-            evidence={"steps": self.step, "terminated": self.terminated},
+            evidence={"steps": self.step, "terminated": self.terminated, **layer},
         )
         if self._stages:
             await asyncio.to_thread(self._unstage)
         if self._borrowed_identity:
             self.identity = None  # the agent sandbox's, given back by it
         elif self._own_workspace and self.workspace is not None:
-            await asyncio.to_thread(shutil.rmtree, self.workspace, True)
+            if self.kept_layer is None:  # (an image root's state dir holds a kept layer)
+                await asyncio.to_thread(shutil.rmtree, self.workspace, True)
         else:
             await asyncio.to_thread(self._drop_placeholders)
             await asyncio.to_thread(self._give_back_workspace)

@@ -44,12 +44,18 @@ class SeccompUnavailable(RuntimeError):
 
 
 def _seccomp():  # noqa: ANN202 - the libseccomp module
-    if "/usr/lib/python3/dist-packages" not in sys.path:
+    # the system's dist-packages only for this import: left on sys.path, a later import of a module
+    # the venv lacks (pyOpenSSL, under the rl-rock SDK) would load the system's, built for other libs
+    added = "/usr/lib/python3/dist-packages" not in sys.path
+    if added:
         sys.path.append("/usr/lib/python3/dist-packages")
     try:
         import seccomp
     except ImportError as err:
         raise SeccompUnavailable(f"python3-seccomp (libseccomp) is not importable: {err}") from None
+    finally:
+        if added:
+            sys.path.remove("/usr/lib/python3/dist-packages")
     return seccomp
 
 

@@ -3,10 +3,18 @@
 One table keyed by time with the join columns (sandbox, episode, step) indexed, so the ROME forensics
 ("which step opened this connection?") is one indexed query. WAL lets the CLI read while a supervisor
 writes; many supervisors on one host may share the file.
+
+Faults: a write that fails (a full disk, an I/O error, a lock held too long) keeps its rows in memory
+and raises `StoreWriteError`; every later write tries those first, in order, so nothing accepted is
+lost once the disk has room again. The `live` table says which supervisor runs which sandbox and
+which step it is running, so the next start can mark a dead supervisor's episodes `interrupted`
+(`corral.store.recovery`). A damaged file is read row by row (`salvage`), skipping what cannot be read.
 """
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import sqlite3
 import threading
@@ -14,7 +22,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from corral.events.model import Event
+from corral.events.model import Event, format_ts
 from corral.store.paths import default_db_path
 from corral.store.steps import StepRecord
 
@@ -62,7 +70,62 @@ CREATE TABLE IF NOT EXISTS steps (
     info TEXT
 );
 CREATE INDEX IF NOT EXISTS steps_episode ON steps(episode_id, step);
+CREATE TABLE IF NOT EXISTS live (
+    sandbox_id TEXT PRIMARY KEY,
+    episode_id TEXT,
+    pid INTEGER NOT NULL,
+    pid_start REAL,
+    pid_ns INTEGER,
+    boot_id TEXT,
+    started TEXT NOT NULL,
+    workspace TEXT
+);
+CREATE TABLE IF NOT EXISTS running (
+    sandbox_id TEXT NOT NULL,
+    step INTEGER NOT NULL,
+    command TEXT NOT NULL,
+    session TEXT,
+    since TEXT NOT NULL,
+    PRIMARY KEY (sandbox_id, step)
+);
 """
+
+
+class StoreWriteError(RuntimeError):
+    """The store could not write (kept in memory, retried on the next write); says where and why."""
+
+
+class StoreReadError(RuntimeError):
+    """The store cannot be opened or read at all; says which file and what to do (`cause`: the
+    database's own words)."""
+
+    def __init__(self, message: str, cause: str = "") -> None:
+        super().__init__(message)
+        self.cause = cause or message
+
+
+def _supervisor() -> tuple[int, float | None, int | None, str | None]:
+    """This process as the `live` table names a supervisor: pid, start time, pid namespace, boot."""
+    import os
+
+    pid = os.getpid()
+    start = ns = boot = None
+    try:
+        import psutil
+
+        start = psutil.Process(pid).create_time()
+    except Exception:  # noqa: BLE001 - best effort: the pid alone still identifies it
+        start = None
+    try:
+        ns = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        ns = None
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        boot = None
+    return pid, start, ns, boot
+
 
 _STEP_COLUMNS = [
     "episode_id",
@@ -102,21 +165,50 @@ _COLUMNS = [
 ]
 
 
+_INSERT_EVENT = (
+    f"INSERT INTO events ({','.join(_COLUMNS)}) VALUES ({','.join('?' * len(_COLUMNS))})"
+)
+_INSERT_STEP = (
+    f"INSERT INTO steps ({','.join(_STEP_COLUMNS)}) VALUES ({','.join('?' * len(_STEP_COLUMNS))})"
+)
+
+
+def _explain(path: Path, err: sqlite3.Error) -> str:
+    text = str(err)
+    if "locked" in text or "busy" in text:
+        return (f"{path} is locked by another process ({text}): wait for it to finish, or find it "
+                f"with `fuser {path}`")  # fmt: skip
+    if "not a database" in text or "malformed" in text or "corrupt" in text:
+        return (f"{path} is damaged ({text}): `corral events` reads what is intact; move the "
+                "file aside to start a new store")  # fmt: skip
+    return f"{path}: cannot open the event store ({text})"
+
+
 class EventStore:
     """A thread-safe handle on the events database."""
 
-    def __init__(self, path: str | Path | None = None) -> None:
+    def __init__(self, path: str | Path | None = None, timeout: float = 30.0) -> None:
         self.path = Path(path) if path else default_db_path()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._closed = False
-        self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
-        cols = {r[1] for r in self._db.execute("PRAGMA table_info(events)")}
-        if "origin_step" not in cols:  # a store written before events carried their origin step
-            self._db.execute("ALTER TABLE events ADD COLUMN origin_step INTEGER")
+        self._pending: list[tuple[str, tuple[Any, ...]]] = []  # (sql, row) not yet written
+        self._me_cache: tuple[int, float | None, int | None, str | None] | None = None
+        try:
+            self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=timeout)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+            cols = {r[1] for r in self._db.execute("PRAGMA table_info(live)")}
+            if "workspace" not in cols:  # a store made before the column
+                self._db.execute("ALTER TABLE live ADD COLUMN workspace TEXT")
+            cols = {r[1] for r in self._db.execute("PRAGMA table_info(events)")}
+            if "origin_step" not in cols:  # a store written before events carried origin steps
+                self._db.execute("ALTER TABLE events ADD COLUMN origin_step INTEGER")
+        except sqlite3.DatabaseError as err:
+            with contextlib.suppress(Exception):
+                self._db.close()
+            raise StoreReadError(_explain(self.path, err), str(err)) from None
 
     _shared: dict[Path, EventStore] = {}
     _shared_lock = threading.Lock()
@@ -129,20 +221,85 @@ class EventStore:
             store = cls._shared.get(key)
             if store is None or store._closed:
                 store = cls._shared[key] = cls(key)
+                from corral.store.recovery import recover
+
+                recover(store)  # a supervisor starts: what a dead one left is marked and swept
             return store
 
-    def add(self, event: Event) -> None:
-        self.add_many([event])
+    def add(self, event: Event, keep: bool = True) -> None:
+        self.add_many([event], keep=keep)
 
-    def add_many(self, events: Iterable[Event]) -> None:
-        rows = [self._row(e) for e in events]
-        if not rows:
-            return
-        placeholders = ",".join("?" * len(_COLUMNS))
-        with self._lock, self._db:
-            self._db.executemany(
-                f"INSERT INTO events ({','.join(_COLUMNS)}) VALUES ({placeholders})", rows
-            )
+    def add_many(self, events: Iterable[Event], keep: bool = True) -> None:
+        """Record events; `keep=False`: on failure these are dropped, not held (a command that
+        will not run because of the failure must not be recorded as started later)."""
+        events = list(events)
+        writes = [(_INSERT_EVENT, self._row(e)) for e in events]
+        writes += [w for e in events for w in self._live_writes(e)]
+        if writes:
+            self._write(writes, keep=keep)
+
+    @property
+    def _me(self) -> tuple[int, float | None, int | None, str | None]:
+        """This supervisor, looked up again in a forked child (its sandboxes are its own)."""
+        import os
+
+        if self._me_cache is None or self._me_cache[0] != os.getpid():
+            self._me_cache = _supervisor()
+        return self._me_cache
+
+    @property
+    def failing(self) -> bool:
+        """Writes are waiting in memory for the disk to take them."""
+        return bool(self._pending)
+
+    def flush(self) -> None:
+        """Write what earlier failures left in memory (StoreWriteError if it still cannot)."""
+        self._write([])
+
+    def _write(self, writes: list[tuple[str, tuple[Any, ...]]], keep: bool = True) -> None:
+        """All pending writes then these, in one transaction; on failure all are kept, in order
+        (these only with `keep`)."""
+        with self._lock:
+            batch = self._pending + writes
+            if not batch:
+                return
+            try:
+                with self._db:
+                    for sql, rows in itertools.groupby(batch, key=lambda w: w[0]):
+                        self._db.executemany(sql, [r for _, r in rows])
+            except sqlite3.Error as err:
+                self._pending = batch if keep else self._pending
+                raise StoreWriteError(
+                    f"the event store {self.path} cannot record ({err}); {len(self._pending)} "
+                    "write(s) held in memory until it can: free disk space or fix the file"
+                ) from None
+            self._pending = []
+
+    def _live_writes(self, e: Event) -> list[tuple[str, tuple[Any, ...]]]:
+        """Keep `live` and `running` in step with a sandbox's lifecycle events, for the next
+        start's recovery of a supervisor that died (`corral.store.recovery`)."""
+        sid = e.sandbox_id
+        if sid is None or e.source != "sandbox":
+            return []
+        ts = format_ts(e.ts)
+        if e.rule == "sandbox.started":
+            pid, start, ns, boot = self._me
+            ws = e.evidence.get("workspace")
+            return [("INSERT OR REPLACE INTO live (sandbox_id, episode_id, pid, pid_start, pid_ns, "
+                     "boot_id, started, workspace) VALUES (?,?,?,?,?,?,?,?)",
+                     (sid, e.episode_id, pid, start, ns, boot, ts,
+                      ws if isinstance(ws, str) else None))]  # fmt: skip
+        if e.rule == "sandbox.command_started" and e.step is not None:
+            cmd = e.argv[2] if e.argv and len(e.argv) > 2 else e.message
+            return [("INSERT OR REPLACE INTO running (sandbox_id, step, command, session, since) "
+                     "VALUES (?,?,?,?,?)",
+                     (sid, e.step, cmd[:65536], e.evidence.get("session"), ts))]  # fmt: skip
+        if e.rule == "sandbox.command_ended" and e.step is not None:
+            return [("DELETE FROM running WHERE sandbox_id = ? AND step = ?", (sid, e.step))]
+        if e.rule == "sandbox.stopped":
+            return [("DELETE FROM live WHERE sandbox_id = ?", (sid,)),
+                    ("DELETE FROM running WHERE sandbox_id = ?", (sid,))]  # fmt: skip
+        return []
 
     @staticmethod
     def _row(e: Event) -> tuple[Any, ...]:
@@ -221,12 +378,7 @@ class EventStore:
         with self._lock:
             rows = self._db.execute(sql, args).fetchall()
         for row in rows:
-            d = dict(zip(_COLUMNS, row, strict=True))
-            d["argv"] = json.loads(d["argv"]) if d["argv"] else None
-            d["dst"] = json.loads(d["dst"]) if d["dst"] else None
-            d["evidence"] = json.loads(d["evidence"]) if d["evidence"] else {}
-            d["message"] = d["message"] or ""
-            yield Event.model_validate(d)
+            yield _event(dict(zip(_COLUMNS, row, strict=True)))
 
     # ---------------------------------------------------------------- steps (RL episodes)
     def add_step(self, record: StepRecord) -> None:
@@ -235,11 +387,7 @@ class EventStore:
         d["truncated"] = int(d["truncated"])
         d["info"] = json.dumps(d["info"], default=str)
         row = tuple(d[c] for c in _STEP_COLUMNS)
-        placeholders = ",".join("?" * len(_STEP_COLUMNS))
-        with self._lock, self._db:
-            self._db.execute(
-                f"INSERT INTO steps ({','.join(_STEP_COLUMNS)}) VALUES ({placeholders})", row
-            )
+        self._write([(_INSERT_STEP, row)])
 
     def steps(self, episode_id: str) -> list[StepRecord]:
         sql = f"SELECT {','.join(_STEP_COLUMNS)} FROM steps WHERE episode_id = ? ORDER BY step, id"
@@ -263,6 +411,93 @@ class EventStore:
             return [r[0] for r in self._db.execute(sql).fetchall()]
 
     def close(self) -> None:
+        """Close; writes still held in memory are tried once more, then printed to stderr as
+        JSON lines (so a full disk loses nothing that reaches a log)."""
+        with contextlib.suppress(StoreWriteError):
+            self.flush()
         with self._lock:
+            if self._pending:
+                import sys
+
+                print(f"corral: {len(self._pending)} write(s) to {self.path} could not be recorded; "
+                      "they follow as JSON lines", file=sys.stderr)  # fmt: skip
+                for sql, row in self._pending:
+                    print(json.dumps({"unrecorded": sql.split("(")[0].strip(), "row": row},
+                                     default=str), file=sys.stderr)  # fmt: skip
+                self._pending = []
             self._closed = True
             self._db.close()
+
+
+# ---------------------------------------------------------------- reading a damaged file
+SALVAGE_BATCH = 256
+
+
+def salvage_events(path: Path) -> tuple[list[Event], list[str]]:
+    """Every event of a damaged store that can still be read, oldest first by id, and a line for
+    each part that could not be (a range of ids, a row that does not decode). Read-only."""
+    problems: list[str] = []
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    except sqlite3.Error as err:
+        return [], [f"{path}: cannot open ({err})"]
+    try:
+        try:
+            db.execute("SELECT name FROM sqlite_master").fetchall()
+        except sqlite3.DatabaseError as err:
+            return [], [f"{path}: no table can be read ({err})"]
+        try:
+            top = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+            last = int(top[0]) if top else None
+        except sqlite3.Error:
+            last = None
+        if last is None:  # no sequence to go by: scan as far as the rows go
+            last = 1 << 40
+        out: list[Event] = []
+        sql = f"SELECT id, {','.join(_COLUMNS)} FROM events WHERE id >= ? ORDER BY id LIMIT ?"
+
+        def read(start: int, n: int) -> list[Any] | None:
+            try:
+                return db.execute(sql, (start, n)).fetchall()
+            except sqlite3.DatabaseError:
+                return None
+
+        next_id = 1
+        lost: list[list[int]] = []  # [first, last] id ranges that could not be read
+        while next_id <= last:
+            rows = read(next_id, SALVAGE_BATCH) or read(next_id, 1)
+            if rows is None:  # damaged from here: find the first id a read works from again
+                lo, step = next_id, 1
+                while next_id + step <= last and read(next_id + step, 1) is None:
+                    lo, step = next_id + step, step * 2
+                hi = min(next_id + step, last + 1)
+                while hi - lo > 1:  # lo fails, hi works (or is past the end)
+                    mid = (lo + hi) // 2
+                    lo, hi = (mid, hi) if read(mid, 1) is None else (lo, mid)
+                if lost and lost[-1][1] == next_id - 1:
+                    lost[-1][1] = hi - 1
+                else:
+                    lost.append([next_id, hi - 1])
+                next_id = hi
+                continue
+            if not rows:
+                break
+            for row in rows:
+                try:
+                    out.append(_event(dict(zip(_COLUMNS, row[1:], strict=True))))
+                except (ValueError, TypeError) as err:
+                    problems.append(f"id {row[0]}: does not decode ({str(err).splitlines()[0]})")
+            next_id = rows[-1][0] + 1
+        for a, b in lost:
+            problems.append(f"ids {a}-{b}: unreadable (damaged pages); the rows there may be fewer")
+        return out, problems
+    finally:
+        db.close()
+
+
+def _event(d: dict[str, Any]) -> Event:
+    d["argv"] = json.loads(d["argv"]) if d["argv"] else None
+    d["dst"] = json.loads(d["dst"]) if d["dst"] else None
+    d["evidence"] = json.loads(d["evidence"]) if d["evidence"] else {}
+    d["message"] = d["message"] or ""
+    return Event.model_validate(d)
