@@ -11,7 +11,17 @@ from corral.rules import RuleEngine
 from corral.rules.schema import CATEGORIES
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "corral"
-PREFIXES = (*CATEGORIES, "sandbox", "egress", "respond", "process", "gpu", "file", "analysis", "gate")
+PREFIXES = (
+    *CATEGORIES,
+    "sandbox",
+    "egress",
+    "respond",
+    "process",
+    "gpu",
+    "file",
+    "analysis",
+    "gate",
+)
 ID = re.compile(rf"(?:{'|'.join(PREFIXES)})\.[a-z0-9_]+")
 # literals shaped like ids that are not: JSON-RPC method names of the stratum protocol
 NOT_IDS = {"mining.subscribe", "mining.authorize", "mining.submit", "mining.extranonce",
