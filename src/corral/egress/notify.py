@@ -7,9 +7,12 @@ thread (host pid); its arguments are read from its memory.
 
 **Exec** is observation: the path, argv, parent and working directory are read while the caller is
 held, handed to `on_exec` (the monitor queues it), then the kernel continues the call. LIMITATION:
-another thread of the caller can rewrite argv between our read and the kernel's copy; the record is
-then what the program was *asked* to run, which is why the monitor judges the process again from
-/proc once it runs (exe and cmdline as the kernel holds them).
+another thread of the caller can rewrite argv (or the path) between our read and the kernel's
+copy; the record is then what the program was *asked* to run, not necessarily what ran. Exec is
+observed, not enforced, here (the gate and the responder act), so this costs the record's accuracy
+against a racing agent, never a path out; the process's sockets, CPU and children are still judged
+from /proc as the kernel holds them. Re-reading /proc/PID/cmdline after the exec is not done (a
+shebang script's kernel argv differs from the asked one, so a compare would need care).
 
 **Network** never lets the kernel continue a call whose memory the agent can still rewrite, when the
 call could carry an address: a check-then-continue would let a racing thread swap the address (or a
