@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import psutil
-from pydantic import BaseModel, Field
 
+from corral.contracts import ExecResult, GateDecision  # noqa: F401 - their old import path
 from corral.events.model import Event, severity_rank
 from corral.events.sink import EventSink
 from corral.policy.loader import load_policy
@@ -116,32 +116,6 @@ class Attachment(Protocol):
 
 
 GateHook = Callable[[str, "Sandbox", int], "Awaitable[GateDecision] | GateDecision"]
-
-
-class GateDecision(BaseModel):
-    """What the gate said of a command before it ran."""
-
-    verdict: str = "allow"  # allow | ask | deny
-    findings: list[dict[str, Any]] = Field(default_factory=list)
-    reason: str = ""
-
-
-class ExecResult(BaseModel):
-    command: str
-    step: int
-    exit_code: int
-    stdout: str
-    stderr: str
-    duration: float
-    timed_out: bool = False
-    killed: bool = False
-    blocked: bool = False
-    truncated: bool = False
-    events: list[Event] = Field(default_factory=list)
-
-    @property
-    def output(self) -> str:
-        return self.stdout + self.stderr
 
 
 class Sandbox:
