@@ -100,3 +100,17 @@ def test_doctor_json() -> None:
     assert data["root"] == (os.geteuid() == 0)
     assert data["cgroup_version"] in (1, 2, None)
     assert isinstance(data["seccomp_actions"], list)
+
+
+@pytest.mark.unprivileged
+def test_run_episode_has_its_steps_and_its_execs(tmp_path, policy_file) -> None:
+    """Every episode is in the store, whatever started it: `events --with-steps` works for run."""
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    r = corral("run", "--policy", policy_file(), "--workspace", str(ws), "--episode", "ep-steps",
+               "--", "sh", "-c", "/bin/true; echo done")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    out = corral("events", "--episode", "ep-steps", "--with-steps")
+    assert out.returncode == 0, out.stderr
+    assert "/bin/true" in out.stdout, "the monitor watched it: its exec is on the timeline"
+    assert "echo done" in out.stdout, "the step's action is recorded"

@@ -100,6 +100,9 @@ async def make_sandbox(store: Any) -> AsyncIterator[Callable[..., Any]]:
         policy = load_policy("dev").model_copy(deep=True)
         policy.network = net or network()
         policy.gate.enabled = False  # these tests exercise the network layer, not the command gate
+        policy.monitor.enabled = (
+            False  # nor the monitor, which would kill the act before it connects
+        )
         for k, v in responses.items():
             setattr(policy.responses, k, v)
         eg = Egress(resolver=Resolver(TEST_NAMES, use_dns=False))

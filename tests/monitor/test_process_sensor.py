@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from corral.monitor import Monitor
+from corral.policy.loader import load_policy
 from corral.sandbox.sandbox import Sandbox
 
 
@@ -27,11 +28,23 @@ async def test_exec_recorded_with_argv_exe_cwd_parents_and_step(
         assert not any(e.rule == "process.exec" and e.argv == ["sleep", "0.3"] for e in b.events)
 
 
-async def test_unwatched_sandbox_is_not_reported(monitor: Monitor, wait_event) -> None:
+async def test_every_sandbox_is_watched_without_asking(wait_event) -> None:
+    """No entry point can forget the monitor: `Sandbox.start()` attaches it."""
     async with Sandbox("rl-strict", store=False) as sb:
+        await sb.exec("sleep 0.05")
+        ev = await wait_event(sb, lambda e: e.rule == "process.exec" and e.argv[:1] == ["sleep"])
+        assert ev.evidence["via"] == "seccomp"
+        assert sb.id in Monitor.shared().watched()
+    assert sb.id not in Monitor.shared().watched()
+
+
+async def test_monitor_disabled_by_policy_reports_nothing() -> None:
+    pol = load_policy("rl-strict")
+    pol = pol.model_copy(update={"monitor": pol.monitor.model_copy(update={"enabled": False})})
+    async with Sandbox(pol, store=False) as sb:
         await sb.exec("sleep 0.2")
         assert not [e for e in sb.events if e.source == "process"]
-        assert sb.id not in monitor.watched()
+        assert sb.id not in Monitor.shared().watched()
 
 
 async def test_stop_ends_the_watch_and_records_usage(monitor: Monitor, wait_event) -> None:

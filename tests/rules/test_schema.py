@@ -81,3 +81,54 @@ def test_command_examples_must_be_strings(tmp_path: Path) -> None:
     )
     with pytest.raises(RulePackError, match="examples"):
         load(tmp_path, text)
+
+
+def test_duplicate_keys_are_refused_naming_the_rule(tmp_path: Path) -> None:
+    pack = tmp_path / "dup.yaml"
+    pack.write_text(
+        "pack: t\nrules:\n  - id: t.first\n    category: tunnel\n    severity: high\n"
+        "    description: d\n    match: command\n    when: {program: [ssh]}\n"
+        "    when: {program: [scp]}\n    examples: [ssh x]\n"
+    )
+    with pytest.raises(RulePackError, match=r"rule t\.first: duplicate key 'when' \(line 9\)"):
+        RuleEngine.load(pack)
+
+
+def test_record_rules_declare_ids_and_match_nothing(tmp_path: Path) -> None:
+    pack = tmp_path / "rec.yaml"
+    pack.write_text(
+        "pack: r\nrules:\n  - {id: sensor.seen, match: record, category: lifecycle,"
+        " severity: info, description: d}\n"
+    )
+    eng = RuleEngine.load(pack)
+    assert eng.rule("sensor.seen") is not None
+    assert eng.match_event({"kind": "exec", "argv": ["x"]}) == []
+    pack.write_text(
+        "pack: r\nrules:\n  - {id: sensor.seen, match: record, category: lifecycle,"
+        " severity: info, description: d, when: {kind: exec}}\n"
+    )
+    with pytest.raises(RulePackError, match="sensor.seen"):
+        RuleEngine.load(pack)
+
+
+@pytest.mark.parametrize(
+    ("when", "message"),
+    [
+        (
+            "{kind: exec, cofnig.text: {regex: pool}}",
+            r"rule t\.ev.*unknown event field 'cofnig\.text'",
+        ),
+        ("{kind: exec, cpu.cors: {gte: 1}}", r"rule t\.ev.*unknown event field 'cpu\.cors'"),
+        ("{kind: exce}", r"rule t\.ev.*unknown fact kind exce"),
+    ],
+    ids=["field", "sub-field", "kind"],
+)
+def test_unknown_facts_and_fields_are_refused_naming_the_rule(tmp_path: Path, when: str,
+                                                              message: str) -> None:  # fmt: skip
+    pack = tmp_path / "ev.yaml"
+    pack.write_text(
+        "pack: t\nrules:\n  - id: t.ev\n    category: mining\n    severity: high\n"
+        f"    description: d\n    match: event\n    when: {when}\n"
+    )
+    with pytest.raises(RulePackError, match=r"(?s)" + message):
+        RuleEngine.load(pack)

@@ -12,9 +12,11 @@ from corral.sandbox.probe import probe
 
 def sandbox_policy(**limits: object) -> Policy:
     """rl-strict, with best-effort limits when this user cannot write cgroups (unprivileged runs),
-    and the command gate off: these tests prove the containment line that stands behind it."""
+    and the command gate and the monitor off: these tests prove the containment line that stands
+    behind them."""
     pol = load_policy("rl-strict").model_copy(deep=True)
     pol.gate.enabled = False
+    pol.monitor.enabled = False
     caps = probe()
     if not caps.cgroup_writable:
         pol.limits.enforcement = "best_effort"

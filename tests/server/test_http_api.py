@@ -272,3 +272,19 @@ def test_env_over_the_client(server: dict) -> None:
             client.env_step(env.episode_id, "true")
         assert err.value.status_code in (404, 409)
         env.close()
+
+
+def test_run_code_is_watched_and_its_episode_has_steps(http: httpx.Client, server: dict) -> None:
+    """`/run_code` sandboxes get the monitor and a stored episode like every other entry point."""
+    from corral.store.sqlite import EventStore
+
+    body = http.post("/run_code", json={"code": "/bin/echo watched-run-code", "language": "bash"})
+    assert body.json()["status"] == "Success", body.json()
+    store = EventStore(Path(str(server["home"])) / "events.db")
+    try:
+        [ev] = [e for e in store.query(source="process")
+                if e.rule == "process.exec" and e.argv == ["/bin/echo", "watched-run-code"]]  # fmt: skip
+        assert ev.evidence["via"] == "seccomp"
+        assert store.steps(ev.episode_id), "the episode's steps are in the store"
+    finally:
+        store.close()

@@ -19,7 +19,7 @@ from rich.table import Table
 
 from corral.policy.loader import PolicyError, load_policy
 from corral.policy.model import Policy
-from corral.rules import Finding, RuleEngine, verdict
+from corral.rules import Finding, RuleEngine, RulePackError, verdict
 from corral.rules.bounded import bounded_findings
 
 EXIT = {"allow": 0, "ask": 1, "deny": 2}
@@ -60,7 +60,11 @@ def check(
     if (command is None) == (batch is None):
         typer.echo("give either COMMAND or --batch FILE (not both)", err=True)
         raise typer.Exit(BAD_INPUT)
-    engine = RuleEngine.default()
+    try:
+        engine = RuleEngine.for_policy(pol)  # the policy's rules: section (packs, disabled, ...)
+    except RulePackError as err:
+        typer.echo(str(err), err=True)
+        raise typer.Exit(BAD_INPUT) from None
     if batch is None:
         assert command is not None
         result = check_line(engine, command, pol)

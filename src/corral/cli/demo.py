@@ -177,14 +177,12 @@ async def run_rome(console: Console | None = None, base: str = "rl-strict") -> D
         pol = demo_policy(base, best_effort=True)
         sb = Sandbox(pol, workspace=ws)
         await sb.start()
-    monitor = Monitor()
-    monitor.start()
-    mode_line = ("exec sensor: the kernel's process connector (event-driven)"
-                 if monitor.mode == "connector"
-                 else f"exec sensor: polling /proc ({monitor.mode_reason})")  # fmt: skip
+    # every sandbox is attached to the supervisor's monitor by start(); the demo only reports it
+    monitor = Monitor.shared()
+    mode_line = ("exec sensor: the sandbox's seccomp listener (each exec seen before it runs)"
+                 if sb.ctx.exec_sensor else f"exec sensor: polling /proc ({monitor.mode_reason})")  # fmt: skip
     steps: list[StepRecord] = []
     try:
-        monitor.watch(sb)
         iso = await sb.exec("tail -n +2 /proc/net/route; tail -n +3 /proc/net/dev", step=0)
         links = [ln.split(":")[0].strip() for ln in iso.stdout.splitlines() if ":" in ln]
         routes = [ln for ln in iso.stdout.splitlines() if ln.strip() and ":" not in ln]
@@ -203,7 +201,6 @@ async def run_rome(console: Console | None = None, base: str = "rl-strict") -> D
         steps[-1].events.extend(tail)
     finally:
         await sb.close()
-        monitor.close()
         shutil.rmtree(ws, ignore_errors=True)
     strict = load_policy(base)
     first_terminate = None

@@ -210,6 +210,9 @@ class Egress:
                                  local_trap=set() if "dns_udp" in taken else {53},
                                  on_proxy_connect=self._on_proxy_connect,
                                  proxy_port=self.proxy_port)  # fmt: skip
+        ctx = getattr(sandbox, "ctx", None)  # the exec sensor shares this listener (the monitor)
+        if ctx is not None:
+            ctx.set_notifier(self.notifier)
         lsock = socket.socket(fileno=taken["proxy"])
         lsock.setblocking(False)
         self._socks.append(lsock)
@@ -297,6 +300,9 @@ class Egress:
             return
         fields.setdefault("source", "egress")
         sb = self.sandbox
+        ctx = getattr(sb, "ctx", None)  # blame on the step that started the process (monitor)
+        if ctx is not None and fields.get("pid") and "origin_step" not in fields:
+            fields["origin_step"] = ctx.origin_of(fields["pid"])
         try:
             in_loop = asyncio.get_running_loop() is self.loop
         except RuntimeError:

@@ -1,12 +1,14 @@
 /* corral egress launcher: the sandbox's first process, before the shell (C twin of launcher_main.py).
  *
  * Opens the gateway's listeners inside the sandbox's loopback-only network namespace, installs a
- * seccomp filter that turns connect(), sendto() with an address, sendmsg() and sendmmsg() into
- * user notifications, reports the fds on OUT_FD ("ok pid=N proxy=F [dns_udp=F dns_tcp=F] notify=F"), waits
+ * seccomp filter that turns connect(), sendto() with an address, sendmsg(), sendmmsg(), execve() and
+ * execveat() into user notifications (one listener per filter chain, so exec and network share it),
+ * reports the fds on OUT_FD ("ok pid=N [proxy=F] [dns_udp=F dns_tcp=F] notify=F"), waits
  * for "go\n" on IN_FD (the supervisor has copied them with pidfd_getfd), closes everything and
  * execs the command. Built by `make install`; the Python twin is used where no compiler is.
  *
- * argv: OUT_FD IN_FD PROXY_PORT DNS(0|1) COMMAND...
+ * argv: OUT_FD IN_FD PROXY_PORT DNS(0|1) COMMAND...   (PROXY_PORT 0: no listeners, the exec sensor
+ * and the record of network attempts only: a sandbox without a gateway)
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -97,9 +99,9 @@ int main(int argc, char **argv) {
     if (argc < 6) return 125;
     out_fd = atoi(argv[1]);
     int in_fd = atoi(argv[2]), port = atoi(argv[3]), want_dns = argv[4][0] == '1';
-    int proxy = listen_on(SOCK_STREAM, port);
-    if (proxy < 0) fail("proxy listener");
-    int dns = want_dns ? listen_on(SOCK_DGRAM, 53) : -1; /* EACCES without privilege: fine */
+    int proxy = port ? listen_on(SOCK_STREAM, port) : -1;
+    if (port && proxy < 0) fail("proxy listener");
+    int dns = want_dns && port ? listen_on(SOCK_DGRAM, 53) : -1; /* EACCES without privilege: fine */
     int dns_tcp = dns >= 0 ? listen_on(SOCK_STREAM, 53) : -1;
     if (dns >= 0 && dns_tcp < 0) { close(dns); dns = -1; } /* both or neither: bound from outside */
 
@@ -115,17 +117,19 @@ int main(int argc, char **argv) {
         BPF_JUMP(BPF_JMP | BPF_JA, 0, 0, 0),
         BPF_JUMP(BPF_JMP | BPF_JA, 0, 0, 0),
 #endif
-        /* 6 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_connect, 7, 0),
-        /* 7 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_sendmsg, 6, 0),
-        /* 8 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_sendmmsg, 5, 0),
-        /* 9 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_sendto, 0, 5),
-        /* 10: sendto's address argument: notify only when it is set */
+        /* 6 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_execve, 9, 0),
+        /* 7 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_execveat, 8, 0),
+        /* 8 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_connect, 7, 0),
+        /* 9 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_sendmsg, 6, 0),
+        /* 10 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_sendmmsg, 5, 0),
+        /* 11 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_sendto, 0, 5),
+        /* 12: sendto's address argument: notify only when it is set */
         BPF_STMT(BPF_LD | BPF_W | BPF_ABS, ARG_LO(4)),
-        /* 11 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 0, 0, 2),
-        /* 12 */ BPF_STMT(BPF_LD | BPF_W | BPF_ABS, ARG_HI(4)),
-        /* 13 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 0, 1, 0),
-        /* 14 */ BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_USER_NOTIF),
-        /* 15 */ BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+        /* 13 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 0, 0, 2),
+        /* 14 */ BPF_STMT(BPF_LD | BPF_W | BPF_ABS, ARG_HI(4)),
+        /* 15 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 0, 1, 0),
+        /* 16 */ BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_USER_NOTIF),
+        /* 17 */ BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
     };
     struct sock_fprog prog = {.len = sizeof f / sizeof f[0], .filter = f};
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) fail("no_new_privs");
@@ -134,11 +138,12 @@ int main(int argc, char **argv) {
 
     char line[160];
     int n = dns >= 0 ? snprintf(line, sizeof line, "ok pid=%d proxy=%d dns_udp=%d dns_tcp=%d notify=%d\n", getpid(), proxy, dns, dns_tcp, notify)
-                     : snprintf(line, sizeof line, "ok pid=%d proxy=%d notify=%d\n", getpid(), proxy, notify);
+          : proxy >= 0 ? snprintf(line, sizeof line, "ok pid=%d proxy=%d notify=%d\n", getpid(), proxy, notify)
+                       : snprintf(line, sizeof line, "ok pid=%d notify=%d\n", getpid(), notify);
     if (write(out_fd, line, (size_t)n) != n) fail("report");
     char go[3];
     if (read(in_fd, go, 3) != 3 || memcmp(go, "go\n", 3) != 0) _exit(125);
-    close(proxy);
+    if (proxy >= 0) close(proxy);
     if (dns >= 0) close(dns);
     if (dns_tcp >= 0) close(dns_tcp);
     close(notify);

@@ -36,8 +36,9 @@ def main() -> None:
         return s.fileno()
 
     try:
-        fds["proxy"] = listen(_socket.SOCK_STREAM, port)
-        if want_dns == "1":
+        if port:  # 0: no gateway, only the exec sensor and the record of attempts
+            fds["proxy"] = listen(_socket.SOCK_STREAM, port)
+        if want_dns == "1" and port:
             # usually out of reach here (no privilege over this namespace); then the supervisor
             # binds it from outside as root, or the seccomp listener records lookups
             with contextlib.suppress(PermissionError):
@@ -48,6 +49,8 @@ def main() -> None:
         import seccomp
 
         f = seccomp.SyscallFilter(seccomp.ALLOW)
+        f.add_rule(seccomp.NOTIFY, "execve")  # the exec sensor shares the one listener
+        f.add_rule(seccomp.NOTIFY, "execveat")
         f.add_rule(seccomp.NOTIFY, "connect")
         f.add_rule(seccomp.NOTIFY, "sendto", seccomp.Arg(4, seccomp.NE, 0))
         f.add_rule(seccomp.NOTIFY, "sendmsg")

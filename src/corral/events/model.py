@@ -66,6 +66,9 @@ class Event(BaseModel):
     sandbox_id: str | None = None
     episode_id: str | None = None
     step: int | None = None
+    # the step whose command started the process that did this (inherited by its children): a
+    # background job started at step 1 that connects at step 3 has step 3, origin_step 1
+    origin_step: int | None = None
     source: Source
     rule: str
     category: str = "lifecycle"

@@ -1,8 +1,16 @@
 """The runtime monitor: one per supervisor, every watched sandbox's processes, sockets, CPU and GPU.
 
-One background thread does all the work, so a hundred sandboxes cost one thread, not a hundred
-tasks. Execs arrive from the kernel's process connector where it answers (root, initial network
-namespace) and otherwise from a scan of each sandbox's processes every `monitor.poll_interval`.
+Every sandbox is watched, whatever starts it: `Sandbox.start()` calls `attach()` (below), which
+hands the sandbox's `EpisodeContext` to the supervisor's shared monitor when the policy's
+`monitor.enabled` says so. One background thread does all the work, so a hundred sandboxes cost one
+thread, not a hundred tasks. Execs arrive from the sandbox's own seccomp listener (the exec sensor:
+each exec is read while the caller is held, before it runs, in any namespace and without root);
+where that is off, from the kernel's process connector (root, initial network namespace) or a scan
+of each sandbox's processes every `monitor.poll_interval`.
+
+Every process remembers the step that started it (`origin_step`): the step whose command the shell
+was running when the process's top ancestor below the shell was forked (its /proc starttime against
+the steps' start times), inherited by its children. Findings carry it; penalties go to it.
 A slower sweep reads each sandbox's TCP table and counters and per-process CPU; idle sandboxes cost
 a few small reads per sweep. Commands the session runs are checked too (from the sandbox's
 `command_started` event), so a process too short-lived for a scan is still judged by its command.
@@ -26,7 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-from corral.events.model import Event
+from corral.contracts import ExecNote, SandboxEpisode
+from corral.events.model import Event, severity_rank
 from corral.monitor import procfs
 from corral.monitor.connector import ConnectorUnavailable, ProcEvent, open_connector, parse
 from corral.monitor.gpu import GpuSensor
@@ -34,6 +43,8 @@ from corral.respond.responder import RANK, Responder, decide
 
 if TYPE_CHECKING:
     from corral.sandbox.sandbox import Sandbox
+
+MINING_CORROBORATION = "mining"  # findings of this category (not CPU's own) corroborate CPU use
 
 CONFIG_SUFFIXES = (".json", ".conf", ".toml", ".yaml", ".yml", ".ini", ".cfg", ".txt")
 CONFIG_MAX = 64 * 1024
@@ -50,13 +61,15 @@ class Proc:
     seen: float
     comm: str = ""
     exe: str | None = None
+    origin: int | None = None  # the step that started it (inherited)
+    start: int = 0  # /proc starttime ticks: tells a reused pid from this process
     cpu: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=256))
     sockets_checked: bool = False
 
 
 @dataclass
 class Watched:
-    sb: Sandbox
+    sb: SandboxEpisode  # the episode context, never the Sandbox itself
     loop: asyncio.AbstractEventLoop | None
     init_pid: int
     procs: dict[int, Proc] = field(default_factory=dict)
@@ -69,12 +82,21 @@ class Watched:
     execs: int = 0
     top: dict[str, float] = field(default_factory=dict)
     mem_peak: int | None = None
+    engine: Any = None  # the rule engine of this sandbox's policy
     cg_procs: str | None = None  # the cgroup's cgroup.procs, read directly (cheap)
     cg_cpu: str | None = None  # cpuacct.usage (v1, ns) or cpu.stat (v2, usage_usec)
     cg_mem: str | None = None
     net_seen: tuple[int, int, int] = (0, 0, 0)  # ActiveOpens, PassiveOpens, CurrEstab
     net_read_at: float = 0.0
     busy: bool = False  # a command is running: poll it at poll_interval, else at sweep_interval
+    exec_sensor: bool = False  # execs come from the seccomp listener: no polling for them
+    # origin steps: pid -> (starttime ticks, the step that started it); see _snapshot
+    origins: dict[int, tuple[int, int | None]] = field(default_factory=dict)
+    current_step: int | None = None  # the step whose command started last
+    held: dict[int, tuple[ExecNote, int | None, float]] = field(default_factory=dict)
+    cpu_hist: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=4096))
+    cpu_high_since: float | None = None
+    corroboration: list[str] = field(default_factory=list)  # mining findings seen in this sandbox
 
 
 class Monitor:
@@ -90,6 +112,8 @@ class Monitor:
         poll_interval: float | None = None,
         sweep_interval: float | None = None,
     ) -> None:
+        # None: each sandbox's policy picks its engine (its `rules:` section); given: for all
+        self._engine_given = engine is not None
         if engine is None:
             from corral.rules import RuleEngine
 
@@ -175,15 +199,42 @@ class Monitor:
         return "nvml" if self._gpu.available else f"unavailable ({self._gpu.error})"
 
     # ---------------------------------------------------------------- registration
-    def watch(self, sb: Sandbox) -> None:
-        """Start watching a started sandbox; its stop event ends the watch by itself."""
-        if not sb._init_pid:
+    _shared: Monitor | None = None
+    _shared_lock = threading.Lock()
+
+    @classmethod
+    def shared(cls) -> Monitor:
+        """The supervisor's one monitor, started on first use (every sandbox attaches to it)."""
+        with cls._shared_lock:
+            if cls._shared is None or cls._shared._stop.is_set():
+                # execs come from each sandbox's seccomp listener: no process connector needed
+                cls._shared = cls(mode="poll").start()
+            return cls._shared
+
+    def watch(self, sandbox: Sandbox | SandboxEpisode) -> None:
+        """Start watching a started sandbox (or its episode context); its stop event ends it."""
+        sb = sandbox if isinstance(sandbox, SandboxEpisode) else getattr(sandbox, "ctx", None)
+        if sb is None:
+            sb = SandboxEpisode(sandbox)
+        if not sb.init_pid:
             raise RuntimeError("watch() needs a started sandbox (call `await sb.start()` first)")
+        if sb.id in self._watched:
+            return
+        other = getattr(sb, "watch", None)
+        if other is not None and other is not self:  # one monitor per sandbox: this one takes over
+            other.unwatch(sb)
         try:
             loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
             loop = None
-        w = Watched(sb=sb, loop=loop, init_pid=sb._init_pid)
+        w = Watched(sb=sb, loop=loop, init_pid=sb.init_pid)
+        if self._engine_given:
+            w.engine = self.engine
+        else:
+            from corral.rules import RuleEngine
+
+            w.engine = RuleEngine.for_policy(sb.policy)
+        self._snapshot(w, sb.step or None)  # what runs already is the setup's (or earlier steps')
         cg = sb.cgroup
         if cg is not None:
             d = cg.dirs
@@ -210,26 +261,43 @@ class Monitor:
                 st = procfs.stat(pid)
                 w.procs[pid] = Proc(pid, procfs.cmdline(pid), None, time.monotonic(),
                                     comm=st[0] if st else "")  # fmt: skip
-        if self._on_sandbox_event not in sb.sink.listeners:
-            sb.sink.listeners.append(self._on_sandbox_event)
+        sb.subscribe(self._on_sandbox_event)
+        if sb.policy.monitor.exec_sensor:
+
+            def on_exec(note: ExecNote, w: Watched = w) -> None:
+                """On the sandbox's event loop, while the exec is held: its origin step (the
+                process is still there to ask), then queue it for the monitor's thread."""
+                origin = self._origin(w, note.pid, note.ppid, note.start_ticks)
+                w.origins[note.pid] = (note.start_ticks, origin)
+                self._queue.put(("exec", w, (note, origin)))
+                self._wake()
+
+            sb.set_exec_hook(on_exec)
+            w.exec_sensor = sb.exec_sensor
+        sb.watch = self
         self._wake()
 
-    def unwatch(self, sb: Sandbox) -> None:
+    def unwatch(self, sandbox: Sandbox | SandboxEpisode, *, summarise: bool = False) -> None:
+        sid = sandbox.id
+        w = self._watched.get(sid)
+        if w is not None and summarise:
+            self._summarise(w)
         with self._lock:
-            w = self._watched.pop(sb.id, None)
+            w = self._watched.pop(sid, None)
             if w is None:
                 return
             self._by_init.pop(w.init_pid, None)
             for pid in [p for p, o in list(self._owner.items()) if o is w]:
                 del self._owner[pid]
+        sb = w.sb
+        sb.set_exec_hook(None)
         if not any(x.sb.sink is sb.sink for x in self._watched.values()):
-            with contextlib.suppress(ValueError):
-                sb.sink.listeners.remove(self._on_sandbox_event)
+            sb.unsubscribe(self._on_sandbox_event)
 
     def watched(self) -> list[str]:
         return list(self._watched)
 
-    def usage(self, sb: Sandbox) -> dict[str, Any]:
+    def usage(self, sb: Sandbox | SandboxEpisode) -> dict[str, Any]:
         """CPU and memory seen for a sandbox so far (per sandbox and the busiest processes)."""
         w = self._watched.get(sb.id)
         if w is None:
@@ -251,6 +319,8 @@ class Monitor:
         if w is None:
             return
         if event.rule == "sandbox.command_started" and event.argv:
+            if event.step is not None:  # precise: on the emitting thread, before the shell forks
+                self._snapshot(w, event.step)
             w.busy = True
             self._queue.put(("command", w, event))
             self._wake()
@@ -259,6 +329,13 @@ class Monitor:
         elif event.rule in ("sandbox.stopped", "sandbox.session_restarted"):
             self._queue.put(("lifecycle", w, event))
             self._wake()
+        elif (
+            event.category == MINING_CORROBORATION
+            and event.source != "resource"
+            and event.rule not in ("mining.cpu_sustained", "mining.cpu_corroborated")
+            and len(w.corroboration) < 16
+        ):  # a pool config, stratum on the wire, a pool address, an ungranted GPU
+            w.corroboration.append(event.rule)
 
     def _wake(self) -> None:
         with contextlib.suppress(OSError):
@@ -326,7 +403,11 @@ class Monitor:
                 kind, w, event = self._queue.get_nowait()
             except queue.Empty:
                 return
-            if kind == "command":
+            if kind == "exec":
+                if w.sb.id in self._watched:
+                    self._owner[event[0].pid] = w
+                    self._exec_note(w, *event)
+            elif kind == "command":
                 w.busy = True
                 self._on_command(w, event)
             elif kind == "ended":
@@ -334,13 +415,12 @@ class Monitor:
                 w.step_kill.pop(event.step, None)
             elif kind == "lifecycle":
                 if event.rule == "sandbox.stopped":
-                    self._summarise(w)
-                    self.unwatch(w.sb)
+                    self.unwatch(w.sb, summarise=True)
                 else:  # a new session: a new init
                     with self._lock:
                         self._by_init.pop(w.init_pid, None)
-                        if w.sb._init_pid:
-                            w.init_pid = w.sb._init_pid
+                        if w.sb.init_pid:
+                            w.init_pid = w.sb.init_pid
                             self._by_init[w.init_pid] = w
 
     # ---------------------------------------------------------------- exec sources
@@ -415,8 +495,19 @@ class Monitor:
 
     def _poll_all(self, busy_only: bool = False) -> None:
         for w in list(self._watched.values()):
+            if w.exec_sensor:
+                if not busy_only:
+                    self._prune(w)
+                continue
             if w.busy or not busy_only:
                 self._poll(w)
+
+    def _prune(self, w: Watched) -> None:
+        """Forget processes that have gone (the exec sensor reports births, not deaths)."""
+        live = set(self._sandbox_pids(w))
+        for pid in [p for p in w.procs if p not in live]:
+            del w.procs[pid]
+            self._owner.pop(pid, None)
 
     def _poll(self, w: Watched) -> None:
         now = time.monotonic()
@@ -489,20 +580,108 @@ class Monitor:
                 out.append({"path": n, "text": text})
         return out
 
-    def _on_exec(self, w: Watched, pid: int, via: str, kernel_ns: int | None = None) -> None:
-        seen_ns = time.monotonic_ns()
-        argv = procfs.cmdline(pid)
+    def _snapshot(self, w: Watched, new_step: int | None) -> None:
+        """At a step's start, before its command is sent: every process in the sandbox not yet
+        known was started by the step that ran until now. Runs on the sandbox's event loop, the
+        thread the exec sensor's hook runs on, so the two never interleave: a process absent
+        from the last snapshot was forked after it, by the current step."""
+        pids = procfs.descendants(w.init_pid) if w.init_pid else []
+        origins = w.origins
+        if len(origins) > 4096:  # forget the dead
+            live = set(pids)
+            for pid in [p for p in origins if p not in live]:
+                del origins[pid]
+        for pid in pids:
+            if pid in origins:  # known (a pid is reused only after ~4M forks): no read
+                continue
+            st = procfs.stat(pid)
+            if st is not None:
+                origins[pid] = (st[3], w.current_step)
+        w.current_step = new_step
+
+    def _origin(self, w: Watched, pid: int, ppid: int, start: int) -> int | None:
+        """The step that started pid: its own or its nearest ancestor's as the snapshots knew
+        them (a daemon re-parented to init keeps its own), else the current step's."""
+        known = w.origins.get(pid)
+        if known is not None and known[0] == start:
+            return known[1]
+        shells = w.sb.shell_pids()
+        p = ppid
+        for _ in range(64):
+            if p in shells or p == w.init_pid or p <= 1:
+                break
+            st = procfs.stat(p)
+            if st is None:
+                break
+            known = w.origins.get(p)
+            if known is not None and known[0] == st[3]:
+                return known[1]
+            p = st[1]
+        return w.current_step
+
+    def _exec_note(self, w: Watched, note: ExecNote, origin: int | None) -> None:
+        """A PATH search (dash, Python's subprocess) tries execve on each directory: a note whose
+        file did not exist is held, and dropped when the same pid retries the same argv (it
+        failed); anything else, or the sweep after a moment, lets it through (a file made in
+        between is then still recorded)."""
+        held = w.held.pop(note.pid, None)
+        if held is not None and held[0].argv != note.argv:
+            self._on_exec(w, held[0].pid, "seccomp", note=held[0], origin=held[1])
+        if not note.exists:
+            w.held[note.pid] = (note, origin, time.monotonic())
+            return
+        self._on_exec(w, note.pid, "seccomp", note=note, origin=origin)
+
+    def _release_held(self, w: Watched, now: float) -> None:
+        for pid, (note, origin, at) in list(w.held.items()):
+            if now - at >= 0.1:
+                del w.held[pid]
+                self._on_exec(w, pid, "seccomp", note=note, origin=origin)
+
+    def origin_of(self, sb: SandboxEpisode, pid: int) -> int | None:
+        """The step that started pid: from its exec record, else from /proc (any thread)."""
+        w = self._watched.get(sb.id)
+        if w is None:
+            return None
         st = procfs.stat(pid)
         if st is None:
-            return
-        comm, ppid, _ticks, _start = st
+            known = w.procs.get(pid)
+            return known.origin if known is not None else None
+        return self._origin(w, pid, st[1], st[3])
+
+    def _on_exec(self, w: Watched, pid: int, via: str, kernel_ns: int | None = None,
+                 note: ExecNote | None = None, origin: int | None = None) -> None:  # fmt: skip
+        seen_ns = time.monotonic_ns()
+        if note is not None:  # read while the exec was held: the process may be gone by now
+            argv, comm, ppid, start, cwd = (
+                note.argv,
+                note.comm,
+                note.ppid,
+                note.start_ticks,
+                note.cwd,
+            )
+            exe = note.path
+            # the kernel names the new image after its file (comm then is still the old one's)
+            comm = PurePosixPath(note.path).name[:15] or comm
+            if exe and not exe.startswith("/") and cwd:
+                exe = str(PurePosixPath(cwd) / exe)
+            kernel_ns = note.mono_ns
+        else:
+            argv = procfs.cmdline(pid)
+            st = procfs.stat(pid)
+            if st is None:
+                return
+            comm, ppid, _ticks, start = st
+            exe = procfs.exe(pid)
+            cwd = procfs.cwd(pid)
         if not argv:
             argv = [comm]
-        exe = procfs.exe(pid)
-        cwd = procfs.cwd(pid)
         sb = w.sb
         step = sb.step or None
-        w.procs[pid] = Proc(pid, argv, step, time.monotonic(), comm=comm, exe=exe)
+        if note is None:
+            origin = self._origin(w, pid, ppid, start)
+        w.procs[pid] = Proc(pid, argv, step, time.monotonic(), comm=comm, exe=exe, origin=origin,
+                            start=start)  # fmt: skip
         w.execs += 1
         parents = self._parents(w, pid, ppid)
         exec_event = sb.emit(
@@ -512,6 +691,7 @@ class Monitor:
             exe=exe,
             argv=argv,
             step=step,
+            origin_step=origin,
             message=" ".join(argv)[:200],
             evidence={
                 "cwd": cwd,
@@ -522,6 +702,7 @@ class Monitor:
                 "exec_ns": kernel_ns,
                 "seen_ns": seen_ns,
             },  # monotonic clock
+            **({"ts": note.ts} if note is not None else {}),
         )
         stdio = procfs.fd_targets(pid, (0, 1, 2))
         configs = self._config_files(pid, argv, cwd, exe)
@@ -542,19 +723,19 @@ class Monitor:
             "stdio": {str(k): v for k, v in stdio.items()},
             "gpu_granted": sb.policy.gpu.allowed,
         }
-        findings = list(self.engine.check_argv(argv)) + list(self.engine.match_event(facts))
+        findings = list(w.engine.check_argv(argv)) + list(w.engine.match_event(facts))
         if any(v.startswith("socket:") for v in stdio.values()):
             self._check_sockets(w, pid, only_stdio=True)
         self._act(w, findings, source="process", pid=pid, exe=exe, argv=argv, step=step,
                   evidence={"exec_ts": exec_event.ts.isoformat(), "via": via, "cwd": cwd,
-                            "parents": parents}, key=pid)  # fmt: skip
-        pending = w.step_kill.get(step) if step is not None else None
+                            "parents": parents}, key=pid, origin=origin)  # fmt: skip
+        pending = w.step_kill.get(origin) if origin is not None else None
         if pending and pid in w.procs:
-            self._kill_pending(w, pid, step, pending)
+            self._kill_pending(w, pid, origin, pending)
 
     def _on_command(self, w: Watched, event: Event) -> None:
         command = event.argv[-1] if event.argv else ""
-        findings = list(self.engine.check_command(command))
+        findings = list(w.engine.check_command(command))
         if not findings:
             return
         self._act(w, findings, source="process", pid=None, exe=None, argv=event.argv,
@@ -570,7 +751,7 @@ class Monitor:
 
     def _step_pids(self, w: Watched, step: int | None) -> list[int]:
         """The processes that a step's command started (and their descendants)."""
-        roots = [p.pid for p in w.procs.values() if p.step == step and step is not None]
+        roots = [p.pid for p in w.procs.values() if p.origin == step and step is not None]
         out: list[int] = []
         for r in roots:
             out.extend(x for x in self._tree(w, r) if x not in out)
@@ -588,48 +769,82 @@ class Monitor:
         step: int | None,
         evidence: dict[str, Any],
         key: Any,
+        origin: int | None = None,
+        response_cap: str | None = None,
+        tree_pids: list[int] | None = None,
     ) -> None:
+        if origin is None and pid is not None:
+            known = w.procs.get(pid)
+            origin = known.origin if known is not None else None
+        if origin is None:
+            origin = step
+        # rules a person approved for the command that started this: the gate recorded them
+        approved = getattr(w.sb, "approvals", {}).get(origin, ()) if origin is not None else ()
         fresh, judged = [], []
         for f in findings:
             rule = getattr(f, "rule", None)
+            if rule in approved:
+                continue
             k = (rule, key)
-            k_step = (rule, "step", step)
+            # one finding per rule per act: the step that started it (a background job's exec
+            # at step 3 is the act step 1's command already showed)
+            k_step = (rule, "step", origin)
             if k in w.fired:
                 continue
             w.fired.add(k)
-            if step is not None and k_step in w.fired:
+            if origin is not None and k_step in w.fired:
                 judged.append(f)  # reported already (from the command): enforce, don't repeat
                 continue
-            if step is not None:
+            if origin is not None:
                 w.fired.add(k_step)
             fresh.append(f)
         sb = w.sb
         if sb.closed_reason:
             return
-        if judged and pid is not None and not fresh and step not in w.step_kill:
-            response = max((decide(sb, f) for f in judged), key=lambda r: RANK.get(r, 0))
+
+        def decided(f: Any) -> str:
+            r = decide(sb, f)
+            return r if response_cap is None or RANK[r] <= RANK[response_cap] else response_cap
+
+        if judged and pid is not None and not fresh and origin not in w.step_kill:
+            response = max((decided(f) for f in judged), key=lambda r: RANK.get(r, 0))
             if response in ("block", "kill", "terminate"):
-                self._kill_pending(w, pid, step, "kill" if response == "terminate" else response)
+                self._kill_pending(w, pid, origin, "kill" if response == "terminate" else response)
         if not fresh:
             return
-        # strongest response first: it alone kills or ends the episode; the rest are recorded
-        fresh.sort(key=lambda f: -RANK.get(decide(sb, f), 0))
-        chosen = decide(sb, fresh[0])
-        if pid is not None:
+        # one act, one finding: the strongest response (then severity) is recorded, acted on
+        # and charged, the other rules it matched listed with it, as the gate records a command:
+        # the same act costs the same whichever sensor saw it or how it was spelled
+        fresh.sort(
+            key=lambda f: (-RANK.get(decided(f), 0), -severity_rank(getattr(f, "severity", "")))
+        )
+        chosen = decided(fresh[0])
+        if tree_pids:
+
+            def tree() -> list[int]:
+                out: list[int] = []
+                for root in tree_pids:
+                    out.extend(x for x in self._tree(w, root) if x not in out)
+                return out
+        elif pid is not None:
 
             def tree() -> list[int]:
                 return self._tree(w, pid)
         else:
 
             def tree() -> list[int]:
-                return self._step_pids(w, step)
+                return self._step_pids(w, origin)
 
-        for i, f in enumerate(fresh):
-            self.responder.respond(sb, f, source=source, loop=w.loop, pid=pid, exe=exe,
-                                   argv=argv, step=step, evidence=evidence, kill_tree=tree,
-                                   act=i == 0)  # fmt: skip
-        if pid is None and step is not None and chosen in ("block", "kill"):
-            w.step_kill[step] = chosen
+        top = fresh[0]
+        ev = dict(evidence)
+        if len(fresh) > 1:
+            ev["also"] = [{"rule": f.rule, "category": f.category, "severity": f.severity}
+                          for f in fresh[1:]]  # fmt: skip
+        self.responder.respond(sb, top, source=source, loop=w.loop, pid=pid, exe=exe, argv=argv,
+                               step=step, evidence=ev, kill_tree=tree, origin_step=origin,
+                               response=chosen)  # fmt: skip
+        if pid is None and origin is not None and chosen in ("block", "kill"):
+            w.step_kill[origin] = chosen
 
     def _kill_pending(self, w: Watched, pid: int, step: int | None, response: str) -> None:
         from corral.respond.responder import ACTION_OF, kill_pids
@@ -643,91 +858,114 @@ class Monitor:
     # ---------------------------------------------------------------- sweeps
     def _sweep_all(self, now: float) -> None:
         for w in list(self._watched.values()):
+            if w.held:
+                self._release_held(w, now)
             if w.sb.closed_reason:
                 continue
             self._sweep_cpu(w, now)
             self._sweep_net(w, now)
 
-    def _is_build(self, w: Watched, pid: int, tools: set[str]) -> bool:
-        p = pid
-        for _ in range(12):
-            if p <= 1 or p == w.init_pid:
-                return False
-            st = procfs.stat(p)
-            if st is None:
-                return False
-            known = w.procs.get(p)
-            argv = known.argv if known else procfs.cmdline(p)
-            names = {st[0]}
-            if argv:
-                names.add(argv[0].rsplit("/", 1)[-1])
-                if len(argv) > 1:
-                    names.add(argv[1].rsplit("/", 1)[-1])
-                if "-m" in argv[:-1]:
-                    names.add(argv[argv.index("-m") + 1])
-            if names & tools:
-                return True
-            p = st[1]
-        return False
-
-    def _sweep_cpu(self, w: Watched, now: float) -> None:
-        pol = w.sb.policy.monitor
+    def _cpu_total_ns(self, w: Watched, pids: list[int]) -> int:
+        """The sandbox's CPU so far: its cgroup's counter, else the sum over its live processes
+        of their own and their reaped children's time (monotone: a dead child's time moves into
+        the parent that reaps it; the sandbox's init reaps orphans)."""
         usage = self._cgroup_cpu_ns(w)
         if usage is not None:
-            prev, w.cg_cpu_last = w.cg_cpu_last, (now, usage)
-            if prev is not None and now > prev[0]:
-                rate = (usage - prev[1]) / 1e9 / (now - prev[0])
-                w.cpu_s = usage / 1e9
-                w.peak_cpu = max(w.peak_cpu, rate)
-                if rate < pol.cpu_threshold * 0.5:
-                    for p in w.procs.values():
-                        p.cpu.clear()
-                    return
-                if w.cg_mem:  # memory peak, read only while the sandbox is busy
-                    raw = procfs.read_text(w.cg_mem)
-                    w.mem_peak = int(raw) if raw and raw.strip().isdigit() else w.mem_peak
-        tools = set(pol.build_tools)
-        for pid in self._sandbox_pids(w):
+            return usage
+        total = 0
+        for pid in pids:
+            t = procfs.cpu_all(pid)
+            if t is not None:
+                total += t
+        return int(total * 1e9 / procfs.CLK_TCK)
+
+    def _sweep_cpu(self, w: Watched, now: float) -> None:
+        """CPU judged per sandbox: its total over `cpu_window`, whatever the processes are called
+        or however many share the work. Held above `cpu_threshold` cores for the window: a finding
+        whose response is capped at alert, unless a mining finding corroborates it (pool config,
+        stratum, pool address, ungranted GPU) or it lasts `cpu_kill_window`: then the policy's
+        mining response."""
+        pol = w.sb.policy.monitor
+        pids = self._sandbox_pids(w)
+        total = self._cpu_total_ns(w, pids)
+        w.cpu_hist.append((now, total))
+        while len(w.cpu_hist) > 2 and now - w.cpu_hist[1][0] >= pol.cpu_window:
+            w.cpu_hist.popleft()
+        w.cpu_s = total / 1e9
+        # per process, for the record and to blame the busiest
+        for pid in pids:
             if pid == w.init_pid:
                 continue
-            st = procfs.stat(pid)
-            if st is None:
-                continue
             proc = w.procs.get(pid)
-            if proc is None:
+            st = procfs.stat(pid) if proc is not None else None
+            if proc is None or st is None:
                 continue
             proc.cpu.append((now, st[2]))
             while len(proc.cpu) > 2 and now - proc.cpu[1][0] >= pol.cpu_window:
                 proc.cpu.popleft()
-            t0, c0 = proc.cpu[0]
-            span = now - t0
-            if span <= 0:
-                continue
-            frac = (st[2] - c0) / procfs.CLK_TCK / span
-            name = st[0]
-            w.top[name] = max(w.top.get(name, 0.0), frac)
-            if span < pol.cpu_window * 0.95 or frac < pol.cpu_threshold:
-                continue
-            if ("cpu", pid) in w.fired:
-                continue
-            build = self._is_build(w, pid, tools)
-            facts = {
-                "kind": "cpu_sustained",
-                "source": "resource",
-                "pid": pid,
-                "comm": name,
-                "argv": proc.argv,
-                "cmdline": " ".join(proc.argv),
-                "cpu": {"fraction": round(frac, 3), "window_s": round(span, 2),
-                        "threshold": pol.cpu_threshold, "build": build},
-                # the same in the shape the gate's event rules read (source/exe/evidence.*)
-                "exe": proc.exe,
-                "evidence": {"cpu_percent": round(100 * frac, 1), "window_s": round(span, 2)},
-            }  # fmt: skip
-            w.fired.add(("cpu", pid))
-            findings = list(self.engine.match_event(facts))
-            self._act(w, findings, source="resource", pid=pid, exe=proc.exe, argv=proc.argv,
-                      step=proc.step, evidence={"cpu": facts["cpu"]}, key=pid)  # fmt: skip
+        t0, c0 = w.cpu_hist[0]
+        span = now - t0
+        if span <= 0:
+            return
+        rate = (total - c0) / 1e9 / span
+        w.peak_cpu = max(w.peak_cpu, rate) if span >= pol.cpu_window * 0.5 else w.peak_cpu
+        if span < pol.cpu_window * 0.95:
+            return
+        if rate < pol.cpu_threshold:
+            w.cpu_high_since = None
+            return
+        if w.cg_mem:  # memory peak, read only while the sandbox is busy
+            raw = procfs.read_text(w.cg_mem)
+            w.mem_peak = int(raw) if raw and raw.strip().isdigit() else w.mem_peak
+        if w.cpu_high_since is None:
+            w.cpu_high_since = t0
+        sustained = now - w.cpu_high_since
+        long = sustained >= pol.cpu_kill_window
+        corroborated = bool(w.corroboration)
+        stage = "enforce" if (long or corroborated) else "alert"
+        if ("cpu", stage) in w.fired:
+            return
+        w.fired.add(("cpu", stage))
+        busiest = []
+        for proc in w.procs.values():
+            if len(proc.cpu) >= 2 and proc.cpu[-1][0] > proc.cpu[0][0]:
+                frac = (
+                    (proc.cpu[-1][1] - proc.cpu[0][1])
+                    / procfs.CLK_TCK
+                    / (proc.cpu[-1][0] - proc.cpu[0][0])
+                )
+                w.top[proc.comm] = max(w.top.get(proc.comm, 0.0), frac)
+                busiest.append((frac, proc))
+        busiest.sort(key=lambda x: -x[0])
+        top = busiest[0][1] if busiest else None
+        share = [p for f, p in busiest if f >= 0.1]
+        cpu = {"cores": round(rate, 3), "window_s": round(span, 2), "sustained_s": round(sustained, 1),
+               "threshold": pol.cpu_threshold, "kill_window_s": pol.cpu_kill_window,
+               "corroborated": corroborated, "long": long, "corroboration": w.corroboration[:4],
+               "processes": [{"pid": p.pid, "comm": p.comm, "cores": round(f, 3)}
+                             for f, p in busiest[:4]],
+               # older packs read these two
+               "fraction": round(rate, 3), "build": False}  # fmt: skip
+        facts = {
+            "kind": "cpu_sustained",
+            "source": "resource",
+            "pid": top.pid if top else None,
+            "comm": top.comm if top else "",
+            "argv": top.argv if top else [],
+            "cmdline": " ".join(top.argv) if top else "",
+            "cpu": cpu,
+            "exe": top.exe if top else None,
+            "evidence": {"cpu_percent": round(100 * rate, 1), "window_s": round(span, 2)},
+        }
+        findings = list(w.engine.match_event(facts))
+        kill_pids = [p.pid for p in share]
+
+        origin = top.origin if top else None
+        self._act(w, findings, source="resource", pid=top.pid if top else None,
+                  exe=top.exe if top else None, argv=top.argv if top else None,
+                  step=w.sb.step or None, evidence={"cpu": cpu}, key=("cpu", stage),
+                  origin=origin, response_cap=None if stage == "enforce" else "alert",
+                  tree_pids=kill_pids)  # fmt: skip
 
     def _sweep_net(self, w: Watched, now: float) -> None:
         pol = w.sb.policy.monitor
@@ -748,7 +986,7 @@ class Monitor:
                     "net": {"attempts": attempts, "failed": fails - f0,
                             "window_s": round(now - t0, 2), "threshold": pol.fanout_threshold},
                 }  # fmt: skip
-                findings = list(self.engine.match_event(facts))
+                findings = list(w.engine.match_event(facts))
                 self._act(w, findings, source="process", pid=None, exe=None, argv=None,
                           step=w.sb.step or None, evidence={"net": facts["net"]},
                           key=("fanout", w.sb.step))  # fmt: skip
@@ -813,7 +1051,7 @@ class Monitor:
                 "remote_ips": sorted({ip for ip, _ in remotes}),
                 "distinct_remotes": len(remotes)}})  # fmt: skip
         for facts in facts_list:
-            findings = list(self.engine.match_event(facts))
+            findings = list(w.engine.match_event(facts))
             self._act(w, findings, source="process", pid=pid, exe=proc.exe, argv=proc.argv,
                       step=proc.step, evidence={"sockets": facts["sockets"]}, key=pid)  # fmt: skip
 
@@ -839,7 +1077,7 @@ class Monitor:
                       evidence=gpu)  # fmt: skip
             facts = {"kind": "gpu_use", "source": "gpu", "pid": gp.pid, "argv": argv,
                      "cmdline": " ".join(argv), "gpu": gpu}  # fmt: skip
-            findings = list(self.engine.match_event(facts))
+            findings = list(w.engine.match_event(facts))
             self._act(w, findings, source="gpu", pid=gp.pid, exe=proc.exe if proc else None,
                       argv=argv, step=step, evidence={"gpu": gpu}, key=gp.pid)  # fmt: skip
 

@@ -57,6 +57,18 @@ def stat(pid: int) -> tuple[str, int, int, int] | None:
         return None
 
 
+def cpu_all(pid: int) -> int | None:
+    """utime + stime + cutime + cstime of pid, in clock ticks (its own and its reaped children's)."""
+    raw = read_text(f"/proc/{pid}/stat", 4096)
+    if not raw:
+        return None
+    rest = raw[raw.rfind(")") + 2 :].split()
+    try:
+        return int(rest[11]) + int(rest[12]) + int(rest[13]) + int(rest[14])
+    except (IndexError, ValueError):
+        return None
+
+
 def children(pid: int) -> list[int]:
     raw = read_text(f"/proc/{pid}/task/{pid}/children")
     return [int(x) for x in raw.split()] if raw else []

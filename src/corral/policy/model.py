@@ -181,24 +181,63 @@ _BUILD_TOOLS = ["make", "gmake", "cmake", "ninja", "meson", "bazel", "gcc", "g++
 class MonitorPolicy(_Strict):
     """Thresholds of the runtime sensors (the rules that read their facts live in the rule packs)."""
 
+    enabled: bool = Field(
+        True, description="watch every sandbox of this policy (exec, sockets, CPU, GPU), whatever"
+        " starts it; false leaves only the gate and the gateway",
+    )  # fmt: skip
+    exec_sensor: bool = Field(
+        True, description="see every exec before it runs through the sandbox's seccomp listener"
+        " (also for sandboxes without a gateway); false falls back to polling /proc",
+    )  # fmt: skip
+
     poll_interval: float = Field(
         0.05, gt=0, description="seconds between scans of sandbox processes where the kernel's"
         " process connector is unavailable",
     )  # fmt: skip
     sweep_interval: float = Field(0.25, gt=0, description="seconds between socket/CPU sweeps")
     cpu_threshold: float = Field(
-        0.9, gt=0, description="fraction of one core that counts as a process holding the CPU"
+        0.7, gt=0, description="cores (the sandbox's total) that count as holding the CPU"
     )
-    cpu_window: float = Field(5.0, gt=0, description="seconds the CPU must be held to count")
+    cpu_window: float = Field(
+        5.0, gt=0, description="seconds the sandbox's CPU (its cgroup's total, in cores) must stay"
+        " above cpu_threshold to count: alone, an alert",
+    )  # fmt: skip
+    cpu_kill_window: float = Field(
+        600.0, gt=0, description="seconds of sustained CPU after which the mining response (kill,"
+        " terminate) applies without corroboration (pool config, stratum, pool address, GPU use"
+        " not granted); before that, CPU alone only alerts",
+    )  # fmt: skip
     build_tools: list[str] = Field(
         default_factory=lambda: list(_BUILD_TOOLS),
-        description="programs whose busy CPU (theirs or their children's) is a build or test",
+        description="kept so older policies load; no longer exempts anything (a burner renamed"
+        " `ninja` is judged like any other process)",
     )
     fanout_threshold: int = Field(
         20, ge=1, description="connection attempts in fanout_window that count as a scan"
     )
     fanout_window: float = Field(2.0, gt=0, description="seconds")
     gpu_interval: float = Field(1.0, gt=0, description="seconds between NVML reads")
+
+
+class RuleException(_Strict):
+    """A known-good case of one rule (Falco's `user_known_*` / exceptions): when `when` holds, in
+    the rule's own condition language (command conditions for command rules, event-field
+    conditions for event rules), the rule does not fire."""
+
+    rule: str
+    when: dict[str, object]
+    comment: str = ""
+
+
+class RulesPolicy(_Strict):
+    """Tune the rule packs for this policy: gate, monitor, gateway, `corral check` and `audit`."""
+
+    packs: list[str] = Field(default_factory=list, description="extra pack files or directories")
+    disabled: list[str] = Field(default_factory=list, description="rule ids that never fire")
+    exceptions: list[RuleException] = Field(default_factory=list)
+    lists: dict[str, list[str]] = Field(
+        default_factory=dict, description="named lists; `$name` in an exception's list expands"
+    )
 
 
 class Policy(_Strict):
@@ -211,6 +250,7 @@ class Policy(_Strict):
     responses: ResponsePolicy = ResponsePolicy()
     gate: GatePolicy = GatePolicy()
     monitor: MonitorPolicy = MonitorPolicy()
+    rules: RulesPolicy = RulesPolicy()
     observe_only: bool = Field(False, description="record everything, enforce no response")
     image: str | None = Field(
         None, description="the sandbox's root: an image name, OCI layout, docker/OCI archive,"

@@ -21,7 +21,7 @@ from corral.events.model import Event
 from corral.policy.model import ResponsePolicy
 
 if TYPE_CHECKING:
-    from corral.sandbox.sandbox import Sandbox
+    from corral.contracts import EpisodeContext as Sandbox  # a Sandbox is one too
 
 ACTION_OF = {"alert": "alerted", "block": "blocked", "kill": "killed", "terminate": "terminated"}
 RANK = {"alert": 0, "block": 1, "kill": 2, "terminate": 3}
@@ -78,9 +78,11 @@ class Responder:
         kill_tree: Callable[[], list[int]] | None = None,
         response: str | None = None,
         act: bool = True,
+        origin_step: int | None = None,
     ) -> list[Event]:
         """Record the finding, act on it (unless `act` is False: another finding on the same
-        process already did), charge the penalty; returns the events written."""
+        process already did), charge the penalty to the step that started the process
+        (`origin_step`, else `step`); returns the events written."""
         response = response or decide(sandbox, finding)
         category = _attr(finding, "category", "policy")
         severity = _attr(finding, "severity", "medium")
@@ -100,6 +102,7 @@ class Responder:
                 exe=exe,
                 argv=argv,
                 step=step,
+                origin_step=origin_step,
                 message=_attr(finding, "message") or rule,
                 evidence=ev,
             )
@@ -123,7 +126,7 @@ class Responder:
                 )
         if act and response == "terminate":
             self._terminate(sandbox, loop, f"{category}: {rule}")
-        out.extend(self.penalize(sandbox, finding, step=step))
+        out.extend(self.penalize(sandbox, finding, step=origin_step if origin_step else step))
         return out
 
     def penalize(self, sandbox: Sandbox, finding: Any, *, step: int | None) -> list[Event]:

@@ -7,7 +7,9 @@ tree-sitter parse, a dict lookup by program name and the few rules indexed under
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
+import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -37,7 +39,7 @@ from corral.rules.conditions import (
 from corral.rules.finding import Finding, severity_rank
 from corral.rules.prefilter import searcher, word_local
 from corral.rules.reputation import Reputation
-from corral.rules.schema import Pack, Rule
+from corral.rules.schema import CommandCond, Pack, Rule, validate_event_cond
 
 CACHE_SIZE = 200_000
 _DECODE_ORIGINS = ("stdin", "procsub", "eval")
@@ -68,6 +70,7 @@ class CompiledRule:
     gated: bool = False  # True: fires only if a gate call holds or gate_regex is in the text
     gate_calls: tuple[Pred, ...] = ()
     gate_regex: re.Pattern[str] | None = None
+    exceptions: tuple[Any, ...] = ()  # conditions (the rule's own language) that stop it firing
 
 
 def _format_error(err: ValidationError, origin: str, rule_id: str | None) -> str:
@@ -82,9 +85,47 @@ def _format_error(err: ValidationError, origin: str, rule_id: str | None) -> str
     return f"invalid rule pack {origin}{who}:\n" + "\n".join(lines)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML that refuses a mapping with the same key twice (PyYAML keeps the last silently: a
+    rule's second `when:` would replace its first without a word)."""
+
+
+def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
+def _rule_at(text: str, line: int) -> str | None:
+    """The id of the rule a YAML line belongs to (the last `id:` at or above it)."""
+    found = None
+    for i, ln in enumerate(text.splitlines()):
+        if i > line:
+            break
+        m = re.match(r"\s*-?\s*id:\s*([\w.]+)", ln)
+        if m:
+            found = m.group(1)
+    return found
+
+
 def parse_pack(text: str, origin: str) -> list[Rule]:
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.constructor.ConstructorError as err:
+        mark = err.problem_mark
+        rid = _rule_at(text, mark.line) if mark is not None else None
+        where = f" rule {rid}" if rid else ""
+        line = f" (line {mark.line + 1})" if mark is not None else ""
+        raise RulePackError(f"invalid rule pack {origin}{where}: {err.problem}{line}") from None
     except yaml.YAMLError as err:
         raise RulePackError(f"invalid rule pack {origin}: not valid YAML: {err}") from None
     if not isinstance(data, dict):
@@ -114,7 +155,8 @@ class RuleEngine:
     """Holds compiled rules; thread-compatible (the cache is a plain dict of immutable tuples)."""
 
     def __init__(self, rules: list[Rule], reputation: Reputation | None = None,
-                 sources: dict[str, str] | None = None) -> None:  # fmt: skip
+                 sources: dict[str, str] | None = None,
+                 exceptions: dict[str, list[dict[str, Any]]] | None = None) -> None:  # fmt: skip
         self.reputation = reputation or reputation_mod.load()
         self.rules: list[Rule] = []
         self._command: list[CompiledRule] = []
@@ -130,14 +172,19 @@ class RuleEngine:
                 raise RulePackError(f"duplicate rule id {rule.id} ({src or 'unknown pack'})")
             self._by_id[rule.id] = rule
             self.rules.append(rule)
+            if rule.match == "record":
+                continue  # declared, written by its sensor: nothing to match
+            excs = (exceptions or {}).get(rule.id, [])
             if rule.match == "event":
                 self._event.append(
-                    CompiledRule(rule, compile_event(rule.when, self.reputation), src)
-                )
+                    CompiledRule(rule, compile_event(rule.when, self.reputation), src,
+                                 exceptions=tuple(compile_event(e, self.reputation) for e in excs))
+                )  # fmt: skip
                 continue
             progs, rest = split_programs(rule.when)
             gate = None if rest is None else gate_of(rest, self.reputation)
-            cr = CompiledRule(rule, compile_command(rule.when, self.reputation), src, progs)
+            cr = CompiledRule(rule, compile_command(rule.when, self.reputation), src, progs,
+                              exceptions=tuple(compile_command(e, self.reputation) for e in excs))  # fmt: skip
             cr.free = rest is not None
             globs = [p for p in progs if any(ch in p for ch in "*?[")]
             cr.prog_exact = frozenset(p for p in progs if p not in globs)
@@ -187,6 +234,59 @@ class RuleEngine:
     def default(cls) -> RuleEngine:
         """The shipped packs (cached: one engine per process)."""
         return _default_engine()
+
+    @classmethod
+    def for_policy(cls, policy: Any) -> RuleEngine:
+        """The engine a policy's `rules:` section asks for (extra packs, disabled rules,
+        exceptions); the shipped one when it asks for nothing. Cached per distinct section.
+        Unknown rule ids and bad conditions are refused here, naming the rule."""
+        section = getattr(policy, "rules", None)
+        if section is None or not (section.packs or section.disabled or section.exceptions):
+            return cls.default()
+        key = json.dumps(section.model_dump(mode="json"), sort_keys=True)
+        hit = _tuned.get(key)
+        if hit is None:
+            hit = _tuned[key] = cls._tuned(section)
+            while len(_tuned) > 32:
+                _tuned.pop(next(iter(_tuned)))
+        return hit
+
+    @classmethod
+    def _tuned(cls, section: Any) -> RuleEngine:
+        base = cls.load([*pack_files(), *section.packs])
+        by_id = {r.id: r for r in base.rules}
+        for rid in section.disabled:
+            if rid not in by_id:
+                raise RulePackError(f"policy rules.disabled: no rule {rid!r} in the packs")
+        exceptions: dict[str, list[dict[str, Any]]] = {}
+        for i, exc in enumerate(section.exceptions):
+            rule = by_id.get(exc.rule)
+            where = f"policy rules.exceptions[{i}] (rule {exc.rule})"
+            if rule is None:
+                raise RulePackError(f"{where}: no such rule in the packs")
+            if rule.match == "record":
+                raise RulePackError(f"{where}: a record rule is written by its sensor, not matched")
+            when = _expand_lists(exc.when, section.lists, where)
+            try:
+                if rule.match == "command":
+                    CommandCond.model_validate(when)
+                else:
+                    validate_event_cond(when, f"{where}.when")
+            except (ValidationError, ValueError) as err:
+                msg = (
+                    "; ".join(
+                        f"when.{'.'.join(str(p) for p in e['loc'])}: "
+                        + ("unknown field" if e["type"] == "extra_forbidden" else e["msg"])
+                        for e in err.errors()
+                    )
+                    if isinstance(err, ValidationError)
+                    else str(err)
+                )
+                raise RulePackError(f"{where}: {msg}") from None
+            exceptions.setdefault(exc.rule, []).append(when)
+        rules = [r for r in base.rules if r.id not in set(section.disabled)]
+        sources = {r.id: "" for r in rules}
+        return cls(rules, base.reputation, sources, exceptions)
 
     @classmethod
     def load(cls, paths: Iterable[str | Path] | str | Path,
@@ -296,6 +396,8 @@ class RuleEngine:
                                     break
             for cr in plan.tied + extra if extra else plan.tied:
                 if cr.rule.id not in findings and cr.pred(view):  # type: ignore[arg-type]
+                    if cr.exceptions and any(x(view) for x in cr.exceptions):
+                        continue  # a known-good case the policy declared
                     findings[cr.rule.id] = self._finding(cr.rule, view, analysis.source)
         if analysis.flags:
             for f in self._analysis_findings(analysis):
@@ -375,6 +477,9 @@ class RuleEngine:
                 ok = cr.pred(facts)  # type: ignore[arg-type]
             except Exception:  # a malformed event must not stop the monitor
                 ok = False
+            if ok and cr.exceptions:
+                with contextlib.suppress(Exception):
+                    ok = not any(x(facts) for x in cr.exceptions)
             if ok:
                 rule = cr.rule
                 msg = facts.get("message") if isinstance(facts.get("message"), str) else ""
@@ -386,6 +491,26 @@ class RuleEngine:
                                    step=facts.get("step") if isinstance(facts.get("step"), int)
                                    else None))  # fmt: skip
         return sorted(out, key=lambda f: -severity_rank(f.severity))
+
+
+_tuned: dict[str, RuleEngine] = {}
+
+
+def _expand_lists(cond: Any, lists: dict[str, list[str]], where: str) -> Any:
+    """`$name` items of a condition's lists become the policy's named list (Falco's lists)."""
+    if isinstance(cond, dict):
+        return {k: _expand_lists(v, lists, where) for k, v in cond.items()}
+    if isinstance(cond, list):
+        out: list[Any] = []
+        for item in cond:
+            if isinstance(item, str) and item.startswith("$"):
+                if item[1:] not in lists:
+                    raise RulePackError(f"{where}: no list {item[1:]!r} in policy rules.lists")
+                out.extend(lists[item[1:]])
+            else:
+                out.append(_expand_lists(item, lists, where))
+        return out
+    return cond
 
 
 def pack_files() -> list[Path]:

@@ -1,13 +1,10 @@
-"""The finding: one rule that fired on one command or event."""
+"""The finding: one rule that fired on one command or event (defined in `corral.contracts`)."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from corral.contracts import Finding, ResponseName, Severity
 
-from pydantic import BaseModel, ConfigDict, Field
-
-Severity = Literal["info", "low", "medium", "high", "critical"]
-ResponseName = Literal["alert", "block", "kill", "terminate"]
+__all__ = ["SEVERITIES", "Finding", "ResponseName", "Severity", "severity_rank", "worst"]
 SEVERITIES: tuple[str, ...] = ("info", "low", "medium", "high", "critical")
 
 
@@ -16,27 +13,6 @@ def severity_rank(severity: str | None) -> int:
         return SEVERITIES.index(severity or "")
     except ValueError:
         return -1
-
-
-class Finding(BaseModel):
-    """Frozen, because the engine caches findings per command: use `model_copy(update=...)` to
-    attach a step or anything else."""
-
-    model_config = ConfigDict(frozen=True)
-
-    rule: str
-    category: str
-    severity: Severity
-    attack: str | None = None
-    message: str = ""
-    response: ResponseName = "alert"
-    evidence: dict[str, Any] = Field(default_factory=dict)
-    step: int | None = None
-
-    def brief(self) -> dict[str, Any]:
-        """The five fields of the `corral check --json` contract."""
-        return {"rule": self.rule, "category": self.category, "severity": self.severity,
-                "attack": self.attack, "message": self.message}  # fmt: skip
 
 
 def worst(findings: list[Finding]) -> Finding | None:

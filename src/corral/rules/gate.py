@@ -39,7 +39,7 @@ def make_gate(policy: Policy, approve: Approve | None = None,
               engine: RuleEngine | None = None) -> Callable[[str, Sandbox, int], Any]:  # fmt: skip
     """A hook for `Sandbox(gate=...)`: (command, sandbox, step) -> GateDecision (awaitable when the
     approve callback is async). `approve(command, findings) -> bool` is asked on `ask` verdicts."""
-    eng = engine or RuleEngine.default()
+    eng = engine or RuleEngine.for_policy(policy)
     mode = policy.gate.ask
 
     def decide(command: str, sandbox: Sandbox, step: int) -> GateDecision | Awaitable[GateDecision]:
@@ -47,18 +47,19 @@ def make_gate(policy: Policy, approve: Approve | None = None,
         (`corral.rules.bounded`) without holding the event loop."""
         pre = bounded.precheck(command)
         if pre is not None:
-            return judge(command, [pre])
+            return judge(command, [pre], sandbox, step)
         if bounded.inline(command):
-            return judge(command, eng.check_command(command))
+            return judge(command, eng.check_command(command), sandbox, step)
 
         async def later() -> GateDecision:
             findings = await asyncio.to_thread(bounded.bounded_findings, command, eng)
-            out = judge(command, findings)
+            out = judge(command, findings, sandbox, step)
             return await out if inspect.isawaitable(out) else out
 
         return later()
 
-    def judge(command: str, findings: list[Finding]) -> GateDecision | Awaitable[GateDecision]:
+    def judge(command: str, findings: list[Finding], sandbox: Any = None, step: int = 0
+              ) -> GateDecision | Awaitable[GateDecision]:  # fmt: skip
         from corral.sandbox.sandbox import GateDecision
 
         v = verdict(findings, policy)
@@ -78,6 +79,7 @@ def make_gate(policy: Policy, approve: Approve | None = None,
             return GateDecision(verdict="deny", findings=briefs, reason=why)
         # ask
         if mode == "allow":
+            _approved(sandbox, step, findings)
             return GateDecision(
                 verdict="allow", findings=briefs, reason=f"ask allowed by policy; {why}"
             )
@@ -91,12 +93,23 @@ def make_gate(policy: Policy, approve: Approve | None = None,
 
             async def wait() -> GateDecision:
                 ok = bool(await answer)
+                if ok:
+                    _approved(sandbox, step, findings)
                 return _asked(ok, briefs, why)
 
             return wait()
+        if answer:
+            _approved(sandbox, step, findings)
         return _asked(bool(answer), briefs, why)
 
     return decide
+
+
+def _approved(sandbox: Any, step: int, findings: list[Finding]) -> None:
+    """Tell the episode's watchers that these rules were approved for this step's command."""
+    ctx = getattr(sandbox, "ctx", None)
+    if ctx is not None and hasattr(ctx, "approve"):
+        ctx.approve(step, [f.rule for f in findings])
 
 
 def _asked(ok: bool, briefs: list[dict[str, Any]], why: str) -> GateDecision:

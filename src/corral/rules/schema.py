@@ -2,7 +2,9 @@
 
 A pack is `{pack, category?, attack?, rules: [...]}`; pack-level `category`/`attack` are defaults for
 its rules. `match: command` rules hold a `when` over one analysed simple command; `match: event`
-rules hold a `when` over the dotted fields of a runtime event's facts.
+rules hold a `when` over the dotted fields of a runtime event's facts; `match: record` rules hold no
+`when`: they declare an id that a sensor or the sandbox writes itself (a lifecycle record, a limit
+hit, the gateway's refusals), so every id any code can emit is listed by `corral rules list`.
 """
 
 from __future__ import annotations
@@ -12,11 +14,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from corral.contracts import FACT_KINDS, check_fact_path
 from corral.rules.finding import ResponseName, Severity
 
 CATEGORIES = ("mining", "tunnel", "reverse_shell", "probe_internal", "metadata", "exfiltration",
               "persistence", "escape", "ingress_exec", "reward_tampering", "resource",
-              "policy")  # fmt: skip
+              "policy", "lifecycle")  # fmt: skip
 HOST_CLASSES = ("ip", "name", "loopback", "internal", "metadata", "external")
 EVENT_OPS = ("eq", "ne", "in", "not_in", "regex", "gte", "gt", "lte", "lt", "exists", "contains",
              "reputation", "host_class")  # fmt: skip
@@ -98,8 +101,9 @@ class Rule(_Strict):
     attack: str | None = None
     description: str
     response: ResponseName = "alert"
-    match: Literal["command", "event"]
-    when: dict[str, Any]
+    match: Literal["command", "event", "record"]
+    when: dict[str, Any] = Field(default_factory=dict)
+    source: str | None = Field(None, description="record rules: the event source that writes it")
     allowed_host_severity: Severity | None = Field(
         None, description="severity used for the verdict when every host named is allowed by policy"
     )
@@ -122,6 +126,14 @@ class Rule(_Strict):
 
     @model_validator(mode="after")
     def _when(self) -> Rule:
+        if self.match == "record":
+            if self.when or self.examples or self.counter_examples:
+                raise ValueError(
+                    "a record rule declares an id: no when, examples or counter_examples"
+                )
+            return self
+        if self.category == "lifecycle":
+            raise ValueError("category lifecycle is for record rules only")
         if self.match == "command":
             CommandCond.model_validate(self.when)
             for key in ("examples", "counter_examples"):
@@ -158,7 +170,20 @@ def validate_event_cond(cond: Any, path: str = "when") -> None:
                 validate_event_cond(sub, f"{where}[{i}]")
         elif key == "not":
             validate_event_cond(val, where)
-        elif isinstance(val, dict):
+        else:
+            why = check_fact_path(key)
+            if why is not None:
+                raise ValueError(f"{where}: {why}")
+            if key == "kind":
+                kinds = val if isinstance(val, str) else [x for v in val.values()
+                                                          for x in (v if isinstance(v, list) else [v])]  # fmt: skip
+                unknown = sorted(
+                    {str(k) for k in ([kinds] if isinstance(kinds, str) else kinds)} - FACT_KINDS
+                )
+                if unknown:
+                    raise ValueError(f"{where}: unknown fact kind {', '.join(unknown)}"
+                                     f" (known: {', '.join(sorted(FACT_KINDS))})")  # fmt: skip
+        if key not in ("any", "all", "not") and isinstance(val, dict):
             for op, arg in val.items():
                 if op not in EVENT_OPS:
                     raise ValueError(

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import psutil
-from pydantic import BaseModel, Field
 
+from corral.contracts import ExecResult, GateDecision  # noqa: F401 - their old import path
 from corral.events.model import Event, severity_rank
 from corral.events.sink import EventSink
 from corral.policy.loader import load_policy
@@ -116,32 +116,6 @@ class Attachment(Protocol):
 
 
 GateHook = Callable[[str, "Sandbox", int], "Awaitable[GateDecision] | GateDecision"]
-
-
-class GateDecision(BaseModel):
-    """What the gate said of a command before it ran."""
-
-    verdict: str = "allow"  # allow | ask | deny
-    findings: list[dict[str, Any]] = Field(default_factory=list)
-    reason: str = ""
-
-
-class ExecResult(BaseModel):
-    command: str
-    step: int
-    exit_code: int
-    stdout: str
-    stderr: str
-    duration: float
-    timed_out: bool = False
-    killed: bool = False
-    blocked: bool = False
-    truncated: bool = False
-    events: list[Event] = Field(default_factory=list)
-
-    @property
-    def output(self) -> str:
-        return self.stdout + self.stderr
 
 
 class Sandbox:
@@ -375,6 +349,7 @@ class Sandbox:
         elif self._borrowed_identity:
             pass  # a harness sandbox runs as its agent sandbox's id over the same workspace
         rlimits = self._setup_limits(caps)
+        self.ctx = self._episode_context()
         await self._spawn(caps, rlimits)
         self._started_at = time.monotonic()
         if self.policy.limits.wall_time:
@@ -394,6 +369,9 @@ class Sandbox:
                 **self._image_evidence(),
             },
         )
+        from corral.monitor.attach import attach
+
+        attach(self.ctx)  # every sandbox is watched, whatever started it (policy `monitor:`)
 
     def _prepare_image(self) -> None:
         """Resolve the image (import or pull it on first use), hold it, and lay out this sandbox's
@@ -1158,6 +1136,7 @@ class Sandbox:
         assert self.workspace is not None
         policy = self.policy.model_copy(deep=True)
         policy.gate.enabled = False
+        policy.monitor.enabled = False  # the harness is not the agent: not watched, not charged
         # git config the agent wrote (core.fsmonitor, hooks) must not run its code in the harness
         git_safe = "'core.fsmonitor'='' 'core.hooksPath'='/dev/null' 'core.pager'='cat'"
         env = {**self.extra_env, "GIT_CONFIG_PARAMETERS": git_safe,
@@ -1338,10 +1317,26 @@ class Sandbox:
         self._chan = None
         self._init_pid = None
 
+    def _episode_context(self) -> Any:
+        """The narrow view the gateway, monitor and responder get (not this object); without a
+        gateway the launcher still runs, for the exec sensor (policy `monitor.exec_sensor`)."""
+        from corral.contracts import SandboxEpisode
+
+        mon = self.policy.monitor
+        if self.egress is None and mon.enabled and mon.exec_sensor:
+            from corral.monitor.execsensor import ExecSensor
+
+            self.egress = ExecSensor()
+        return getattr(self, "ctx", None) or SandboxEpisode(self)
+
     async def close(self) -> None:
         if self._wall_task is not None:
             self._wall_task.cancel()
             self._wall_task = None
+        if getattr(self, "ctx", None) is not None:
+            from corral.monitor.attach import detach
+
+            detach(self.ctx)
         already = self.closed_reason is not None and self._proc is None and self.workspace is None
         if already:
             return

@@ -45,7 +45,8 @@ CREATE TABLE IF NOT EXISTS events (
     dst TEXT,
     path TEXT,
     message TEXT,
-    evidence TEXT
+    evidence TEXT,
+    origin_step INTEGER
 );
 CREATE INDEX IF NOT EXISTS events_episode ON events(episode_id, step);
 CREATE INDEX IF NOT EXISTS events_sandbox ON events(sandbox_id);
@@ -160,6 +161,7 @@ _COLUMNS = [
     "path",
     "message",
     "evidence",
+    "origin_step",
 ]
 
 
@@ -200,6 +202,9 @@ class EventStore:
             cols = {r[1] for r in self._db.execute("PRAGMA table_info(live)")}
             if "workspace" not in cols:  # a store made before the column
                 self._db.execute("ALTER TABLE live ADD COLUMN workspace TEXT")
+            cols = {r[1] for r in self._db.execute("PRAGMA table_info(events)")}
+            if "origin_step" not in cols:  # a store written before events carried origin steps
+                self._db.execute("ALTER TABLE events ADD COLUMN origin_step INTEGER")
         except sqlite3.DatabaseError as err:
             with contextlib.suppress(Exception):
                 self._db.close()
@@ -317,6 +322,7 @@ class EventStore:
             d["path"],
             d["message"],
             json.dumps(d["evidence"]),
+            d["origin_step"],
         )
 
     def query(
