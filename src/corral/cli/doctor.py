@@ -57,7 +57,9 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="print one JSON ob
         "GPU devices", None if not caps.gpu_devices else True, ", ".join(caps.gpu_devices) or "none"
     )
     for name, value in data.get("monitor", {}).items():
-        row(f"monitor: {name}", True, str(value))
+        text = str(value)
+        working = not any(w in text.upper() for w in ("NOT WORKING", "UNAVAILABLE", "FAILED"))
+        row(f"monitor: {name}", working if not text.startswith("off") else None, text)
     for name, value in data.get("hold", {}).items():
         if isinstance(value, bool):
             row(f"hold: {name.replace('_', ' ')}", value, "checked inside a sandbox")
