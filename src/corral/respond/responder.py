@@ -78,6 +78,7 @@ class Responder:
         kill_tree: Callable[[], list[int]] | None = None,
         response: str | None = None,
         act: bool = True,
+        dst: dict[str, Any] | None = None,
     ) -> list[Event]:
         """Record the finding, act on it (unless `act` is False: another finding on the same
         process already did), charge the penalty; returns the events written."""
@@ -102,6 +103,7 @@ class Responder:
                 step=step,
                 message=_attr(finding, "message") or rule,
                 evidence=ev,
+                **({"dst": dst} if dst is not None else {}),  # the destination of a network act
             )
         ]
         if act and response in ("block", "kill", "terminate"):
