@@ -118,3 +118,35 @@ async def test_getent_unprivileged_or_not_leaves_a_blocked_dns_event(make_sandbo
     evs = egress_events(sb, "egress.dns_blocked")
     assert evs and evs[0].action == "blocked" and evs[0].argv[0] == "getent"
     assert evs[0].dst.host == "blocked.example.org"
+
+
+async def test_events_cli_lists_egress_events(make_sandbox, store: EventStore):
+    from typer.testing import CliRunner
+
+    from corral.cli.main import app
+
+    sb = await make_sandbox()
+    await sb.exec("curl -sS http://169.254.169.254/")
+    out = CliRunner().invoke(app, ["events", "--source", "egress", "--json"])
+    assert out.exit_code == 0, out.output
+    assert "metadata.cloud_endpoint" in out.output and sb.episode_id in out.output
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 and launcher_binary() is None,
+    reason="an ordinary user answers DNS through the C launcher (make install)",
+)
+async def test_dns_answers_allowed_names_only(make_sandbox):
+    from tests.egress.conftest import network
+
+    sb = await make_sandbox(network("web.test", "127.0.0.1"))
+    r = await sb.exec("getent ahosts web.test | head -1")
+    assert r.stdout.startswith("127.0.0.1"), r.output
+    ev = egress_events(sb, "egress.dns_query")[0]
+    assert ev.action == "allowed" and ev.dst.host == "web.test" and ev.argv[0] == "getent"
+    r = await sb.exec("getent hosts other.test")
+    assert r.exit_code == 2
+    assert egress_events(sb, "egress.dns_blocked")[0].dst.host == "other.test"
+    await sb.egress.update(network("web.test", "127.0.0.1", dns="none"))
+    r = await sb.exec("getent hosts web.test")
+    assert r.exit_code == 2
