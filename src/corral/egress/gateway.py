@@ -201,6 +201,7 @@ class Egress:
         for fd in (out_w, in_r, *exe):
             os.close(fd)
         self.loop = asyncio.get_running_loop()
+        self.summary.schedule = self.loop.call_later
         try:
             line = await _read_line(out_r, 10.0)
             if not line.startswith("ok "):
@@ -398,6 +399,7 @@ class Egress:
             allowed = not listed or "tcp" in listed or proto in listed
             what = {"ssh": f"SSH ({ev.details.get('banner', '')})",
                     "stratum": f"stratum ({ev.details.get('method', 'json-rpc')})",
+                    "shell": f"interactive shell output ({ev.details.get('line', '')[:40]})",
                     "tls_no_sni": "TLS without SNI",
                     "sni_fronting": f"TLS SNI {ev.details.get('sni')}",
                     "host_fronting": f"HTTP Host {ev.details.get('host_header')}"}.get(

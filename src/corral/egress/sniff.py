@@ -6,7 +6,8 @@ delivered: a connection is judged on everything said so far, however the bytes w
 whatever harmless line came first. HTTP is parsed with h11; after an HTTP Upgrade answered by 101
 the WebSocket frames (wsproto) are unwrapped and their payloads read like a plain stream.
 
-Recognised: an SSH identification line (either side), stratum (JSON-RPC `mining.*`, `eth_submit*`,
+Recognised: an SSH identification line (either side), an interactive shell's output going up (a
+reverse shell: `id` output, bash's "no job control" line, a `bash-5.2$ ` prompt), stratum (JSON-RPC `mining.*`, `eth_submit*`,
 the XMRig `login`, and a pool's `mining.notify` / job replies), a TLS ClientHello without SNI where a
 name was promised (CONNECT by name), SNI unlike the promised name, and HTTP `Host` unlike it
 (domain fronting).
@@ -41,6 +42,12 @@ _POOL_RPC = re.compile(
     rb'|\[\s*"(mining\.notify)"'
     rb'|"job"\s*:\s*\{[^{}]*"(blob)"\s*:\s*"[0-9a-fA-F]{64,}'
 )
+# an interactive shell's output going up a connection: what a reverse shell sends back
+_SHELL = re.compile(
+    rb"(?<![^\n])(uid=\d+\([\w.-]+\) gid=\d+\([\w.-]+\)"
+    rb"|(?:ba|z|k|da)?sh: (?:cannot set terminal process group|no job control in this shell)"
+    rb"|(?:sh|bash)-\d+(?:\.\d+)*[$#] )"
+)
 _HTTP_START = re.compile(rb"[A-Z]{1,16}(?: |\Z)")
 
 
@@ -48,8 +55,8 @@ _HTTP_START = re.compile(rb"[A-Z]{1,16}(?: |\Z)")
 class Evidence:
     """One thing learnt about a connection: a protocol and, when it matters, what gives it away."""
 
-    protocol: str  # ssh | stratum | tls | http | tcp
-    finding: str | None = None  # ssh | stratum | tls_no_sni | sni_fronting | host_fronting | None
+    protocol: str  # ssh | stratum | shell | tls | http | tcp
+    finding: str | None = None  # ssh | stratum | shell | tls_no_sni | sni_fronting | host_fronting
     direction: str = "up"  # up: client to server; down: server to client
     websocket: bool = False
     details: dict[str, Any] = field(default_factory=dict)
@@ -172,6 +179,11 @@ class _Lines:
         if m is not None:
             banner = m.group(1).decode(errors="replace").strip()
             return {"protocol": "ssh", "finding": "ssh", "banner": banner[:100]}
+        if self.up:
+            m = _SHELL.search(region, pos)
+            if m is not None:
+                return {"protocol": "shell", "finding": "shell",
+                        "line": m.group(1).decode(errors="replace")[:100]}  # fmt: skip
         rx = _CLIENT_RPC if self.up else _POOL_RPC
         m = rx.search(region, pos)
         if m is not None:
