@@ -48,9 +48,11 @@ async def test_ssh_reverse_tunnel_to_an_address_is_refused(make_sandbox):
     sb = await make_sandbox()
     r = await sb.exec("ssh -o ConnectTimeout=2 -o BatchMode=yes -R 2222:localhost:22 u@203.0.113.7")
     assert r.exit_code == 255
-    [ev] = egress_events(sb, "egress.raw_connect")
+    # judged by what the process is: a connection for `ssh -R`, a tunnel (dev: tunnel -> block)
+    [ev] = egress_events(sb, "tunnel.ssh_forward_on_wire")
     assert ev.dst.ip == "203.0.113.7" and ev.dst.port == 22 and ev.action == "blocked"
-    assert ev.argv[0] == "ssh" and "-R" in ev.argv
+    assert ev.argv[0] == "ssh" and "-R" in ev.argv and ev.category == "tunnel"
+    assert "egress.raw_connect" in [f["rule"] for f in ev.evidence["findings"]]
 
 
 async def test_metadata_address_through_the_proxy_is_refused(make_sandbox):

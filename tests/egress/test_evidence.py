@@ -151,14 +151,11 @@ async def test_ssh_reverse_tunnel_through_the_proxy_is_refused(make_sandbox, lin
         timeout=20,
     )
     assert r.exit_code == 255, r.output
-    # ssh -R in the client's process chain: the same severity as the plain `ssh -R` command
+    # ssh -R above the ProxyCommand: judged when it connects, with the plain command's severity
     ev = await wait_for_event(sb, "tunnel.ssh_forward_on_wire")
     assert ev.category == "tunnel" and ev.action == "blocked" and ev.attack == "T1572"
-    assert ev.severity == "critical" and "tunnel.ssh_via_proxy" in [
-        f["rule"] for f in ev.evidence["findings"]
-    ]
+    assert ev.severity == "critical" and ev.evidence["outcome"] == "allowed"
     assert ev.dst.ip == "127.0.0.1" and ev.dst.port == banner.port
-    assert ev.evidence["banner"].startswith("SSH-2.0-OpenSSH")
     assert any(p and p[0] == "ssh" and "-R" in p for p in ev.evidence["parents"])
     assert not any(d.startswith(b"SSH-") for d in banner.received)
 

@@ -29,7 +29,7 @@ def test_every_rule_id_written_by_the_gateway_is_declared() -> None:
 
 def test_every_gateway_rule_reads_facts_the_gateway_builds() -> None:
     kinds = {k for src in SOURCES.values() for k in re.findall(r'"(egress_[a-z]+|dns_query)"', src)}
-    assert FACT_KINDS <= kinds
+    assert kinds >= FACT_KINDS
     gateway_rules = [r for r in ENGINE.rules if r.match == "event"
                      and r.when.get("source") == "egress"]  # fmt: skip
     assert len(gateway_rules) >= 20

@@ -261,7 +261,7 @@ async def test_an_address_embedding_another_is_judged_by_it(make_sandbox):
                       "s.connect(('64:ff9b::a9fe:a9fe', 80))\"")  # fmt: skip
     assert r.exit_code != 0
     ev = await wait(sb, "metadata.cloud_endpoint")
-    assert ev.dst.ip == "64:ff9b::a9fe:a9fe" and ev.evidence["chain"].startswith("python3")
+    assert ev.dst.ip == "64:ff9b::a9fe:a9fe" and ev.argv[0] == "python3"
     assert "169.254.169.254" in ev.message
     r = await sb.exec("curl -sS -f 'http://[2002:a00:5::1]/'")
     assert r.exit_code == 22
@@ -316,6 +316,7 @@ async def test_ssh_forward_from_a_script_is_judged_as_the_plain_command(store, t
     episode the same way, judged here from what the process did: connect for ssh -R."""
     policy = load_policy("rl-strict").model_copy(deep=True)
     policy.gate.enabled = False  # the gateway's judgement alone (the gate would stop the plain one)
+    policy.limits.enforcement = "best_effort"  # an ordinary user has no cgroup to enforce cpus
     sb = Sandbox(policy, egress=Egress(resolver=Resolver(TEST_NAMES, use_dns=False)), store=store)
     await sb.start()
     try:

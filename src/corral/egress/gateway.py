@@ -50,7 +50,7 @@ PROXY_PORT = 3128
 SUMMARY_BURST = 20  # records of one kind per second before the rest are counted
 # fact fields that are the event's own fields (or a summary of them), not its evidence
 _NOT_EVIDENCE = frozenset({"source", "kind", "step", "dst", "proc", "pid", "exe", "argv",
-                           "message", "evidence", "dns"})  # fmt: skip
+                           "message", "evidence", "dns", "chain"})  # fmt: skip
 
 
 LAUNCHER_NAME = "corral-egress-launcher"
@@ -374,7 +374,8 @@ class Egress:
         evidence.update(fact.get("dns") or {})
         if len(ranked) > 1:  # one act, one charge: the others ride along for the record
             evidence["findings"] = [f.brief() for f in ranked]
-        self.responder.respond(sb, top, source="egress", loop=self.loop, pid=p.pid, exe=p.exe,
+        # the finding's own evidence repeats the event's fields (pid, exe, dst): left out
+        self.responder.respond(sb, top.model_copy(update={"evidence": {}}), source="egress", loop=self.loop, pid=p.pid, exe=p.exe,
                                argv=facts.short_argv(p.argv), step=fact.get("step"),
                                evidence=evidence, kill_tree=lambda: [p.pid] if p.pid else [],
                                response=response, act=response in ("kill", "terminate"),
@@ -599,7 +600,13 @@ class Egress:
         loop = self.loop
         client.setblocking(False)
         cport = client.getpeername()[1]
-        owner = functools.partial(self._owner, "tcp", cport, self.proxy_port)
+        # the client, named now while its socket surely exists (a refused client may be gone by
+        # the time its request has been read)
+        known = self._info_or(functools.partial(self._owner, "tcp", cport, self.proxy_port))
+
+        def owner() -> procinfo.ProcInfo:
+            return known
+
         step = self._step()
         reader = Reader(lambda: loop.sock_recv(client, 65536))
         handed_off = False
