@@ -374,9 +374,11 @@ class Egress:
         evidence.update(fact.get("dns") or {})
         if len(ranked) > 1:  # one act, one charge: the others ride along for the record
             evidence["findings"] = [f.brief() for f in ranked]
-        # the finding's own evidence repeats the event's fields (pid, exe, dst): left out
-        self.responder.respond(sb, top.model_copy(update={"evidence": {}}), source="egress", loop=self.loop, pid=p.pid, exe=p.exe,
-                               argv=facts.short_argv(p.argv), step=fact.get("step"),
+        # the finding's own evidence repeats the event's fields (pid, exe, dst): left out; the
+        # gateway refuses or cuts a connection itself, so only kill and terminate act here
+        finding = top.model_copy(update={"evidence": {}})
+        self.responder.respond(sb, finding, source="egress", loop=self.loop, pid=p.pid,
+                               exe=p.exe, argv=facts.short_argv(p.argv), step=fact.get("step"),
                                evidence=evidence, kill_tree=lambda: [p.pid] if p.pid else [],
                                response=response, act=response in ("kill", "terminate"),
                                dst={k: dst.get(k) for k in ("host", "ip", "port", "proto")})  # fmt: skip
@@ -398,6 +400,8 @@ class Egress:
         for ev in found:
             proto = {"tls": "https"}.get(ev.protocol, ev.protocol)
             allowed = not listed or "tcp" in listed or proto in listed
+            if ev.finding is None and allowed:
+                continue  # a plain protocol the rule allows: nothing for the packs to judge
             what = {"ssh": f"SSH ({ev.details.get('banner', '')})",
                     "stratum": f"stratum ({ev.details.get('method', 'json-rpc')})",
                     "shell": f"interactive shell output ({ev.details.get('line', '')[:40]})",
