@@ -25,6 +25,7 @@ from typing import Any
 
 from corral.egress.procinfo import ProcInfo
 
+KINDS = ("egress_attempt", "egress_evidence", "dns_query", "egress_malformed")
 ARGV_MAX = 16  # arguments kept of a process's argv in an event
 ARG_MAX = 200  # characters kept of each
 PARENT_ARGS = 24

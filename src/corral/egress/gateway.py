@@ -162,6 +162,7 @@ class Egress:
         self._pending: collections.deque[tuple[socket.socket, int, float]] = collections.deque()
         self.loop: asyncio.AbstractEventLoop | None = None
         self.summary = Summariser(self._summarised, burst=SUMMARY_BURST)
+        self._views: dict[tuple[int, str], Any] = {}
 
     @property
     def engine(self) -> Any:
@@ -171,6 +172,26 @@ class Egress:
 
             self._engine = RuleEngine.default()
         return self._engine
+
+    def _engine_for(self, kind: str) -> Any:
+        """The engine's event rules that can fire on a gateway fact of this kind (the others
+        test a sensor's `source` or `kind` the gateway never sets): the same rules and findings,
+        without trying forty predicates per connection. Rebuilt if the engine is replaced."""
+        engine = self.engine
+        key = (id(engine), kind)
+        view = self._views.get(key)
+        if view is None:
+            from corral.rules.engine import RuleEngine
+
+            def may_fire(when: dict[str, Any]) -> bool:
+                source, k = when.get("source", "egress"), when.get("kind", kind)
+                if isinstance(k, dict) and isinstance(k.get("in"), list):
+                    k = kind if kind in k["in"] else None
+                return source == "egress" and k == kind
+
+            rules = [r for r in engine.rules if r.match == "event" and may_fire(r.when)]
+            view = self._views[key] = RuleEngine(rules, engine.reputation)
+        return view
 
     # ------------------------------------------------------------ the Attachment protocol
     def prepare(self, sandbox: Sandbox, spec: BwrapSpec, command: list[str]
@@ -227,6 +248,7 @@ class Egress:
             self._pipes = None
         self.netns_pid = launcher
         self._fds = []
+        await asyncio.to_thread(lambda: [self._engine_for(k) for k in facts.KINDS])  # off the loop
         if self.dns and "dns_udp" not in taken:
             # Port 53 inside needs privilege over the sandbox's namespace, which the supervisor has
             # from outside: root directly, an ordinary user through the user namespace it owns.
@@ -354,7 +376,7 @@ class Egress:
         the act already, so a finding whose response is only an alert is recorded as blocked.
         Floods are summarised per rule id (`egress.attempts_summarised`), never dropped unjudged."""
         sb = self.sandbox
-        findings = list(self.engine.match_event(fact))
+        findings = list(self._engine_for(str(fact.get("kind"))).match_event(fact))
         if sb is None or not findings:
             return "block" if refused else "alert"
         ranked = sorted(findings, key=lambda f: (RANK.get(response_for(sb, f), 0),
@@ -571,12 +593,11 @@ class Egress:
                     continue
                 return
             if self._handshakes >= max(64, 2 * self.policy.max_connections):
+                p = procinfo.ProcInfo()
                 with contextlib.suppress(OSError):
                     cport = conn.getpeername()[1]
-                    port = self.proxy_port if "proxy" in what else 53
-                    p = self._owner("tcp", cport, port)
+                    p = self._owner("tcp", cport, self.proxy_port if "proxy" in what else 53)
                 conn.close()
-                p = locals().get("p") or procinfo.ProcInfo()
                 fact = facts.base("egress_attempt", p, facts.dst(None, None, None, "tcp"),
                                   step=self._step(), via="accept", outcome="refused",
                                   refusal="max_connections",

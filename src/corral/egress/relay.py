@@ -113,8 +113,7 @@ class _Pump:
                     self._eof()
                     return
                 if self._take(data):
-                    self._want_read(False)
-                    self.flush()
+                    self.flush()  # reading goes on unless the other side pushes back
                 return
             for _ in range(_BURST):  # a few chunks per wake-up, then let other connections run
                 n = os.splice(self.src.fileno(), self.pw, CHUNK, flags=_FLAGS)
