@@ -172,6 +172,7 @@ def test_reverse_shell_output_going_up() -> None:
     for chunks in splits(HARMLESS_UP + out):
         assert findings(run(chunks)) == ["shell"], chunks
     assert findings(run([b"uid=1000(agent) gid=1000(agent) groups=1000(agent)\n"])) == ["shell"]
+    assert findings(run([b"sh: 0: can't access tty; job control turned off\n$ "])) == ["shell"]
 
 
 @pytest.mark.parametrize("data", [b"\x00\x01binary\xff" * 50, b"PING\r\n", b"hello\n" * 3000,

