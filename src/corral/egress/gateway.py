@@ -4,6 +4,12 @@ Inside the sandbox a launcher opens a proxy listener (HTTP, CONNECT and SOCKS5 o
 listener in the sandbox's loopback-only network namespace and installs a seccomp user-notification
 filter; the supervisor takes those fds and serves them here. So there is no bridge process inside to
 kill, and traffic that ignores the proxy still reaches the supervisor as a notification.
+
+The parts: `proxy_protocol` reads requests (h11, SOCKS5), `dns_answer` answers lookups, `decide`
+applies the network policy, `sniff` reads both directions of a connection, `relay` moves the bytes.
+What any of it observed becomes a fact (`facts`) that `Egress.observe` puts through the rule packs;
+the strongest finding goes to the responder, which records it, acts and charges the penalty. The
+gateway itself only refuses or cuts connections.
 """
 
 from __future__ import annotations
