@@ -70,9 +70,12 @@ def chain(p: ProcInfo) -> str:
     return " < ".join(" ".join(a[:PARENT_ARGS]) for a in parts if a)[:600]
 
 
+def _comm(p: ProcInfo) -> str | None:
+    return os.path.basename(p.argv[0]) if p.argv else (os.path.basename(p.exe) if p.exe else None)
+
+
 def proc(p: ProcInfo) -> dict[str, Any]:
-    comm = os.path.basename(p.argv[0]) if p.argv else (os.path.basename(p.exe) if p.exe else None)
-    return {"pid": p.pid, "comm": comm, "exe": p.exe, "argv": short_argv(p.argv)}
+    return {"pid": p.pid, "comm": _comm(p), "exe": p.exe, "argv": short_argv(p.argv)}
 
 
 def dst(host: str | None, ip: str | None, port: int | None, proto: str, *,
@@ -84,10 +87,12 @@ def dst(host: str | None, ip: str | None, port: int | None, proto: str, *,
 def base(kind: str, p: ProcInfo, destination: dict[str, Any], *, step: int | None,
          message: str, **more: Any) -> dict[str, Any]:  # fmt: skip
     """The fields every gateway fact has."""
-    return {"source": "egress", "kind": kind, "step": step, "dst": destination, "proc": proc(p),
-            "pid": p.pid, "exe": p.exe, "argv": short_argv(p.argv),
-            "parents": parents_summary(p.parents), "chain": chain(p), "message": message,
-            **more}  # fmt: skip
+    parents = parents_summary(p.parents)
+    argv = short_argv(p.argv)
+    line = " < ".join(" ".join(a[:PARENT_ARGS]) for a in [argv or [], *parents] if a)[:600]
+    return {"source": "egress", "kind": kind, "step": step, "dst": destination, "pid": p.pid,
+            "exe": p.exe, "argv": argv, "proc": {"pid": p.pid, "comm": _comm(p), "exe": p.exe},
+            "parents": parents, "chain": line, "message": message, **more}  # fmt: skip
 
 
 # ------------------------------------------------------------------------ DNS names

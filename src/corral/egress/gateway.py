@@ -19,6 +19,7 @@ import collections
 import contextlib
 import errno
 import functools
+import logging
 import os
 import resource
 import socket
@@ -52,8 +53,11 @@ if TYPE_CHECKING:
     from corral.sandbox.bwrap import BwrapSpec
     from corral.sandbox.sandbox import Sandbox
 
+log = logging.getLogger(__name__)
 PROXY_PORT = 3128
 SUMMARY_BURST = 20  # records of one kind per second before the rest are counted
+# fact fields a rule usually tests for plain equality: the rules worth trying are picked by them
+_INDEXED = ("source", "kind", "outcome", "via", "refusal")
 # fact fields that are the event's own fields (or a summary of them), not its evidence
 _NOT_EVIDENCE = frozenset({"source", "kind", "step", "dst", "proc", "pid", "exe", "argv",
                            "message", "evidence", "dns", "chain"})  # fmt: skip
@@ -117,10 +121,12 @@ class _Conn:
 
     # the relay's Inspector
     def inspect(self, up: bool, data: bytes) -> str:
-        if up:
-            self.proc()  # now, while the client's socket surely exists
-        found = self.sniffer.feed(up, data)
-        if found and not self.gw.on_evidence(self, found):
+        try:
+            found = self.sniffer.feed(up, data)
+            if found and not self.gw.on_evidence(self, found):
+                return "cut"
+        except Exception:  # noqa: BLE001 - fail closed: what cannot be judged is not forwarded
+            log.exception("egress: judging %s:%s failed; connection cut", self.host, self.port)
             return "cut"
         return "hold" if self.sniffer.hold(up) else "forward"
 
@@ -128,8 +134,12 @@ class _Conn:
         return not self.sniffer.done(up)
 
     def closed(self, up: bool) -> str:
-        found = self.sniffer.end(up)
-        return "cut" if found and not self.gw.on_evidence(self, found) else "forward"
+        try:
+            found = self.sniffer.end(up)
+            return "cut" if found and not self.gw.on_evidence(self, found) else "forward"
+        except Exception:  # noqa: BLE001 - fail closed, as in inspect
+            log.exception("egress: judging %s:%s failed; connection cut", self.host, self.port)
+            return "cut"
 
 
 class Egress:
@@ -168,7 +178,7 @@ class Egress:
         self._pending: collections.deque[tuple[socket.socket, int, float]] = collections.deque()
         self.loop: asyncio.AbstractEventLoop | None = None
         self.summary = Summariser(self._summarised, burst=SUMMARY_BURST)
-        self._views: dict[tuple[int, str], Any] = {}
+        self._views: dict[tuple[int, tuple[Any, ...]], Any] = {}
 
     @property
     def engine(self) -> Any:
@@ -179,23 +189,33 @@ class Egress:
             self._engine = RuleEngine.default()
         return self._engine
 
-    def _engine_for(self, kind: str) -> Any:
-        """The engine's event rules that can fire on a gateway fact of this kind (the others
-        test a sensor's `source` or `kind` the gateway never sets): the same rules and findings,
-        without trying forty predicates per connection. Rebuilt if the engine is replaced."""
+    def _engine_for(self, fact: dict[str, Any]) -> Any:
+        """The engine's event rules that can fire on facts like this one: those whose plain
+        equality tests on the fields below (`source`, `kind`, `outcome`, `via`, `refusal`) hold
+        for it. The same rules and findings, without trying forty predicates per connection;
+        rebuilt if the engine is replaced."""
         engine = self.engine
-        key = (id(engine), kind)
+        sig = tuple(fact.get(k) for k in _INDEXED)
+        key = (id(engine), sig)
         view = self._views.get(key)
         if view is None:
             from corral.rules.engine import RuleEngine
 
             def may_fire(when: dict[str, Any]) -> bool:
-                source, k = when.get("source", "egress"), when.get("kind", kind)
-                if isinstance(k, dict) and isinstance(k.get("in"), list):
-                    k = kind if kind in k["in"] else None
-                return source == "egress" and k == kind
+                for k, have in zip(_INDEXED, sig, strict=True):
+                    want = when.get(k, have)
+                    if isinstance(want, dict):
+                        if not isinstance(want.get("in"), list) or set(want) != {"in"}:
+                            continue  # another operator: left to the rule itself
+                        if have not in want["in"]:
+                            return False
+                    elif want != have:
+                        return False
+                return True
 
             rules = [r for r in engine.rules if r.match == "event" and may_fire(r.when)]
+            if len(self._views) > 256:
+                self._views.clear()
             view = self._views[key] = RuleEngine(rules, engine.reputation)
         return view
 
@@ -254,7 +274,7 @@ class Egress:
             self._pipes = None
         self.netns_pid = launcher
         self._fds = []
-        await asyncio.to_thread(lambda: [self._engine_for(k) for k in facts.KINDS])  # off the loop
+        await asyncio.to_thread(lambda: self.engine)  # the packs, compiled off the event loop
         if self.dns and "dns_udp" not in taken:
             # Port 53 inside needs privilege over the sandbox's namespace, which the supervisor has
             # from outside: root directly, an ordinary user through the user namespace it owns.
@@ -382,7 +402,7 @@ class Egress:
         the act already, so a finding whose response is only an alert is recorded as blocked.
         Floods are summarised per rule id (`egress.attempts_summarised`), never dropped unjudged."""
         sb = self.sandbox
-        findings = list(self._engine_for(str(fact.get("kind"))).match_event(fact))
+        findings = list(self._engine_for(fact).match_event(fact))
         if sb is None or not findings:
             return "block" if refused else "alert"
         ranked = sorted(findings, key=lambda f: (RANK.get(response_for(sb, f), 0),
