@@ -43,7 +43,7 @@ from corral.egress.relay import Relay
 from corral.egress.resolve import Resolver
 from corral.egress.sniff import Evidence, StreamSniffer
 from corral.policy.model import NetworkPolicy
-from corral.respond.responder import RANK, Responder, kill_pids
+from corral.respond.responder import RANK, Responder, kill_pids, strongest
 from corral.respond.responder import decide as response_for
 from corral.rules.finding import severity_rank
 from corral.sandbox.errors import SandboxRefused
@@ -179,6 +179,7 @@ class Egress:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.summary = Summariser(self._summarised, burst=SUMMARY_BURST)
         self._views: dict[tuple[int, tuple[Any, ...]], Any] = {}
+        self._clean: set[tuple[Any, ...]] = set()
 
     @property
     def engine(self) -> Any:
@@ -216,7 +217,8 @@ class Egress:
             rules = [r for r in engine.rules if r.match == "event" and may_fire(r.when)]
             if len(self._views) > 256:
                 self._views.clear()
-            view = self._views[key] = RuleEngine(rules, engine.reputation)
+            reads = sorted({f for r in rules for f in _fields_read(r.when)})
+            view = self._views[key] = (RuleEngine(rules, engine.reputation), tuple(reads))
         return view
 
     # ------------------------------------------------------------ the Attachment protocol
@@ -402,13 +404,22 @@ class Egress:
         the act already, so a finding whose response is only an alert is recorded as blocked.
         Floods are summarised per rule id (`egress.attempts_summarised`), never dropped unjudged."""
         sb = self.sandbox
-        findings = list(self._engine_for(fact).match_event(fact))
+        view, reads = self._engine_for(fact)
+        # the rules are pure functions of the fields they read: a fact that agrees with one that
+        # fired nothing on all of them fires nothing either (pip's hundred connections to one host)
+        clean = (id(view), tuple(_frozen(fact.get(f)) for f in reads))
+        findings = [] if clean in self._clean else list(view.match_event(fact))
+        if not findings and len(self._clean) < 4096:
+            self._clean.add(clean)
         if sb is None or not findings:
             return "block" if refused else "alert"
-        ranked = sorted(findings, key=lambda f: (RANK.get(response_for(sb, f), 0),
-                                                 severity_rank(f.severity)), reverse=True)  # fmt: skip
+        # the act is what its worst finding says (that one is recorded and charged); the
+        # response is the strongest any of its findings asks for
+        responses = {f.rule: response_for(sb, f) for f in findings}
+        ranked = sorted(findings, key=lambda f: (severity_rank(f.severity),
+                                                 RANK.get(responses[f.rule], 0)), reverse=True)  # fmt: skip
         top = ranked[0]
-        response = response_for(sb, top)
+        response = strongest(responses.values())
         if refused and response == "alert":
             response = "block"  # what happened: the connection was refused
         dst = fact.get("dst") or {}
@@ -801,6 +812,31 @@ class Egress:
 
 
 # ---------------------------------------------------------------- helpers
+def _fields_read(when: Any) -> set[str]:
+    """The fact fields an event condition reads: each path's first part, and the whole path (a
+    fact may hold a dotted key as it is)."""
+    out: set[str] = set()
+    if isinstance(when, dict):
+        for k, v in when.items():
+            if k in ("any", "all"):
+                for sub in v:
+                    out |= _fields_read(sub)
+            elif k == "not":
+                out |= _fields_read(v)
+            else:
+                out |= {k, k.split(".", 1)[0]}
+    return out
+
+
+def _frozen(v: Any) -> Any:
+    """A hashable copy of a fact's value, for remembering facts that fired nothing."""
+    if isinstance(v, dict):
+        return tuple(sorted((k, _frozen(x)) for k, x in v.items()))
+    if isinstance(v, list | tuple):
+        return tuple(_frozen(x) for x in v)
+    return v
+
+
 async def _read_line(fd: int, timeout: float) -> str:
     """The launcher's one-line report, read on the event loop: fifty sandboxes starting at once
     must not each hold one of the default executor's few threads while they wait."""
