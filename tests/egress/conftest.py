@@ -83,7 +83,8 @@ def tls_context(tls_files: dict[str, Path]) -> ssl.SSLContext:
 
 
 TEST_NAMES = {"web.test": "127.0.0.1", "pypi.test": "127.0.0.1", "git.test": "127.0.0.1",
-              "pool.test": "127.0.0.1", "inside.test": "10.0.0.5"}  # fmt: skip
+              "pool.test": "127.0.0.1", "inside.test": "10.0.0.5",
+              "listener.test": "127.0.0.1"}  # fmt: skip
 
 
 def network(*allow: str | EgressRule, **kw: Any) -> NetworkPolicy:

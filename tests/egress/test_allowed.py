@@ -120,8 +120,9 @@ async def test_an_allowed_name_resolving_to_a_private_address_is_refused(make_sa
     sb = await make_sandbox(network("inside.test"))
     r = await sb.exec("curl -sS -f http://inside.test/")
     assert r.exit_code == 22
-    [ev] = egress_events(sb, "egress.resolved_refused")
+    [ev] = egress_events(sb, "probe_internal.address")
     assert ev.category == "probe_internal" and "10.0.0.5" in ev.message
+    assert ev.action == "blocked" and ev.dst.ip == "10.0.0.5"  # dev: probe_internal -> alert
 
 
 async def test_loopback_needs_explicit_listing_even_for_an_allowed_name(make_sandbox, serve):
@@ -129,5 +130,5 @@ async def test_loopback_needs_explicit_listing_even_for_an_allowed_name(make_san
     sb = await make_sandbox(network("web.test"))
     r = await sb.exec(f"curl -sS -f http://web.test:{srv.port}/")
     assert r.exit_code == 22
-    [ev] = egress_events(sb, "egress.resolved_refused")
+    [ev] = egress_events(sb, "probe_internal.address")
     assert "loopback" in ev.message

@@ -73,14 +73,22 @@ async def ask(sb, mode: str, *names: str) -> list[list[str]]:
     return [line.split() for line in r.stdout.splitlines()]
 
 
-async def test_tcp_query_for_a_pool_name_is_refused_and_recorded(make_sandbox):
+async def test_tcp_query_for_a_name_not_allowed_is_refused_and_recorded(make_sandbox):
     sb = await make_sandbox()
-    [[name, rcode, _tc, ips]] = await ask(sb, "tcp", "pool.supportxmr.com")
-    assert (name, rcode, ips) == ("pool.supportxmr.com", "5", "-")  # 5: REFUSED
+    [[name, rcode, _tc, ips]] = await ask(sb, "tcp", "blocked.example.org")
+    assert (name, rcode, ips) == ("blocked.example.org", "5", "-")  # 5: REFUSED
     [ev] = egress_events(sb, "egress.dns_blocked")
-    assert ev.dst.host == "pool.supportxmr.com" and ev.category == "mining"
+    assert ev.dst.host == "blocked.example.org" and ev.category == "policy"
     assert ev.evidence["transport"] == "tcp" and ev.action == "blocked"
     assert ev.argv[:2] == ["python3", "ask.py"]
+
+
+async def test_tcp_query_for_a_pool_name_is_mining(make_sandbox):
+    sb = await make_sandbox(mining="block")
+    [[name, rcode, _tc, ips]] = await ask(sb, "tcp", "pool.supportxmr.com")
+    assert (name, rcode, ips) == ("pool.supportxmr.com", "5", "-")
+    [ev] = egress_events(sb, "mining.pool_destination")
+    assert ev.category == "mining" and ev.evidence["transport"] == "tcp"
 
 
 async def test_tcp_answers_allowed_names_several_per_connection(make_sandbox):

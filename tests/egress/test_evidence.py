@@ -110,16 +110,23 @@ async def test_stratum_to_an_allowed_pool_is_cut_while_http_to_it_works(make_san
     r = await sb.exec(f"python3 connect.py pool.test {pool.port} '{sub}'")
     assert r.stdout.strip() == "reply: <cut>", r.output
     assert pool.received == []  # the subscribe never reached the pool
-    ev = await wait_for_event(sb, "mining.stratum")
-    assert ev.category == "mining" and ev.action == "blocked" and ev.severity == "high"
+    ev = await wait_for_event(sb, "mining.stratum_wire")
+    assert ev.category == "mining" and ev.action == "blocked" and ev.severity == "critical"
     assert ev.evidence["method"] == "mining.subscribe" and ev.dst.port == pool.port
     assert ev.argv[:2] == ["python3", "connect.py"]
     r = await sb.exec(f"curl -sS http://pool.test:{web.port}/")
     assert r.exit_code == 0 and r.stdout == "hello from loopback\n", r.output
-    # a line that is not stratum goes through the same way, untouched
+    # a line that is not stratum goes through, untouched; the pool's stratum answer does not
     r = await sb.exec(f"python3 connect.py pool.test {pool.port} hello")
-    assert r.stdout.strip().startswith("reply: {"), r.output
+    assert r.stdout.strip() == "reply: <cut>", r.output
     assert pool.received == [b"hello\n"]
+    down = [
+        e for e in egress_events(sb, "mining.stratum_wire") if e.evidence["direction"] == "down"
+    ]
+    assert down and down[0].evidence["method"] == "mining.notify"
+    echo = line_server(reply=b"hello back\n")
+    r = await sb.exec(f"python3 connect.py pool.test {echo.port} hello")
+    assert r.stdout.strip() == "reply: hello back", r.output
 
 
 async def test_xmrig_style_login_is_mining(make_sandbox, line_server):
@@ -129,7 +136,7 @@ async def test_xmrig_style_login_is_mining(make_sandbox, line_server):
     login = '{"id":1,"jsonrpc":"2.0","method":"login","params":{"login":"x","pass":"x","agent":"XMRig/6.21"}}'
     r = await sb.exec(f"python3 connect.py pool.test {pool.port} '{login}'")
     assert r.stdout.strip() == "reply: <cut>", r.output
-    ev = await wait_for_event(sb, "mining.stratum")
+    ev = await wait_for_event(sb, "mining.stratum_wire")
     assert ev.evidence["agent"] == "XMRig/6.21"
 
 
@@ -144,10 +151,11 @@ async def test_ssh_reverse_tunnel_through_the_proxy_is_refused(make_sandbox, lin
         timeout=20,
     )
     assert r.exit_code == 255, r.output
-    ev = await wait_for_event(sb, "tunnel.ssh_via_proxy")
+    # ssh -R above the ProxyCommand: judged when it connects, with the plain command's severity
+    ev = await wait_for_event(sb, "tunnel.ssh_forward_on_wire")
     assert ev.category == "tunnel" and ev.action == "blocked" and ev.attack == "T1572"
+    assert ev.severity == "critical" and ev.evidence["outcome"] == "allowed"
     assert ev.dst.ip == "127.0.0.1" and ev.dst.port == banner.port
-    assert ev.evidence["banner"].startswith("SSH-2.0-OpenSSH")
     assert any(p and p[0] == "ssh" and "-R" in p for p in ev.evidence["parents"])
     assert not any(d.startswith(b"SSH-") for d in banner.received)
 
@@ -190,7 +198,7 @@ async def test_terminate_response_ends_the_episode(make_sandbox, line_server):
     await sb.write_file("connect.py", CONNECT_PY)
     sub = '{"id": 1, "method": "mining.subscribe", "params": []}'
     r = await sb.exec(f"python3 connect.py pool.test {pool.port} '{sub}'")
-    ev = await wait_for_event(sb, "mining.stratum")
+    ev = await wait_for_event(sb, "mining.stratum_wire")
     assert ev.action == "terminated" and pool.received == []
-    await wait_for_event(sb, "mining.terminated", source="sandbox")
+    await wait_for_event(sb, "respond.terminate", source="sandbox")
     assert sb.terminated and "mining" in (sb.closed_reason or ""), (r.output, sb.closed_reason)

@@ -23,7 +23,7 @@ FETCH = (
     'python3 -c "import urllib.request as u; '
     "print(u.urlopen('http://web.test:{port}/index.html', timeout=20).read().decode(), end='')\""
 )
-RAW = "python3 -c \"import socket; socket.create_connection(('203.0.113.7', 3333), timeout=5)\""
+RAW = "python3 -c \"import socket; socket.create_connection(('203.0.113.7', 8443), timeout=5)\""
 
 
 def _open_fds() -> set[str]:
@@ -82,7 +82,7 @@ async def test_fifty_sandboxes_with_the_gateway_at_once(serve, store, low_fd_lim
         [blocked] = egress_events(sb, "egress.raw_connect")
         assert blocked.sandbox_id == sb.id and blocked.episode_id == sb.episode_id
         assert blocked.step == 2 and blocked.action == "blocked"
-        assert blocked.dst.ip == "203.0.113.7" and blocked.dst.port == 3333
+        assert blocked.dst.ip == "203.0.113.7" and blocked.dst.port == 8443
         assert blocked.argv[0] == "python3"
         [conn] = [e for e in egress_events(sb, "egress.connection") if e.dst.host == "web.test"]
         assert conn.sandbox_id == sb.id and conn.step == 1 and conn.action == "allowed"

@@ -8,7 +8,8 @@ from corral.rules import RuleEngine
 from corral.rules.engine import pack_files
 
 PACKS = ["mining", "tunnel", "reverse_shell", "probe_internal", "metadata", "exfiltration",
-         "persistence", "escape", "ingress_exec", "reward_tampering", "resource", "records"]  # fmt: skip
+         "persistence", "escape", "ingress_exec", "reward_tampering", "resource", "records",
+         "egress"]  # fmt: skip
 ENGINE = RuleEngine.default()
 CASES = [(r.id, r.match, ex, True) for r in ENGINE.rules for ex in r.examples] + [
     (r.id, r.match, ex, False) for r in ENGINE.rules for ex in r.counter_examples
@@ -21,7 +22,8 @@ def test_all_packs_ship_as_package_data() -> None:
 
 @pytest.mark.parametrize("pack", [p for p in PACKS if p != "records"])
 def test_each_pack_has_positive_and_negative_fixtures(pack: str) -> None:
-    rules = [r for r in ENGINE.rules if r.category == pack and r.match != "record"]
+    rules = [r for r in ENGINE.rules
+             if (r.category == pack or r.id.startswith(pack + ".")) and r.match != "record"]
     assert rules, pack
     assert all(r.examples for r in rules), [r.id for r in rules if not r.examples]
     assert any(r.counter_examples for r in rules)

@@ -86,7 +86,7 @@ async def test_cannot_connect_to_outside_address() -> None:
         r = await sb.exec(INSIDE_CHECK)
         assert r.stdout.strip() == "INSIDE"  # isolation checked before the outside address is tried
         r = await sb.exec(
-            "python3 -c \"import socket; socket.create_connection(('203.0.113.7', 3333), timeout=2)\""
+            "python3 -c \"import socket; socket.create_connection(('203.0.113.7', 8443), timeout=2)\""
         )
         assert r.exit_code != 0
         assert "Network is unreachable" in r.stderr or "Errno" in r.stderr

@@ -36,6 +36,33 @@ _NETS: tuple[tuple[str, str], ...] = (
 NETWORKS = tuple((ipaddress.ip_network(n), c) for n, c in _NETS)
 
 
+_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+
+
+def embedded(ip: IPAddress) -> tuple[ipaddress.IPv4Address, str] | None:
+    """The IPv4 address an IPv6 one carries, and how: NAT64 (64:ff9b::/96, RFC 6052; and the
+    local-use 64:ff9b:1::/48, RFC 8215), 6to4 (2002::/16) or Teredo (2001::/32, the client's
+    address). Traffic to such an address ends at that IPv4 host, so it is judged as that host."""
+    if not isinstance(ip, ipaddress.IPv6Address):
+        return None
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped, "ipv4_mapped"
+    for net in _NAT64:
+        if ip in net:
+            return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF), "nat64"
+    if ip.sixtofour is not None:
+        return ip.sixtofour, "6to4"
+    if ip.teredo is not None:
+        return ip.teredo[1], "teredo"
+    return None
+
+
+def judged(ip: IPAddress) -> IPAddress:
+    """The address a decision is about: the embedded IPv4 one where there is one."""
+    inner = embedded(ip)
+    return inner[0] if inner is not None else ip
+
+
 def parse_ip(text: str) -> IPAddress | None:
     try:
         ip = ipaddress.ip_address(text.strip("[]"))
@@ -59,7 +86,16 @@ def host_addresses() -> frozenset[IPAddress]:
 
 
 def special_class(ip: IPAddress) -> str | None:
-    """Why this address is off limits by default (None: an ordinary public address)."""
+    """Why this address is off limits by default (None: an ordinary public address). An address
+    that embeds another is judged by the one it embeds (and by itself: a Teredo server too)."""
+    inner = embedded(ip)
+    if inner is not None:
+        cls = special_class(inner[0])
+        if cls is not None:
+            return cls
+        if inner[1] == "teredo" and ip.teredo is not None:  # type: ignore[union-attr]
+            return special_class(ip.teredo[0])  # type: ignore[union-attr]
+        return None
     if ip in METADATA_IPS:
         return "metadata"
     for net, cls in NETWORKS:

@@ -17,17 +17,20 @@ from corral.policy.model import EgressRule, NetworkPolicy
 
 @dataclass
 class Verdict:
+    """Whether a destination may be reached, and the facts of why not (`refusal`, the address
+    class); what a refusal is (its rule, category, severity) is the rule packs' to say."""
+
     allowed: bool
     host: str
     port: int | None
-    rule: str = "egress.allowed"
-    category: str = "policy"
-    severity: str = "info"
+    refusal: str | None = None  # denylisted | metadata_name | address_class | ip_literal | ...
     reason: str = ""
     ips: list[str] = field(default_factory=list)
     matched: EgressRule | None = None
     reputation: list[reputation.Match] = field(default_factory=list)
-    attack: str | None = None
+    dst_class: str | None = None  # the special class of the address refused (private, metadata)
+    ip: str | None = None  # the address refused, where an address was the reason
+    embedded: str | None = None  # "nat64 169.254.169.254": the address it embeds
 
 
 def normalize_host(host: str) -> str:
@@ -57,8 +60,11 @@ def name_matches(rule: EgressRule, host: str) -> bool:
 
 
 def ip_matches(rule: EgressRule, ip: IPAddress) -> bool:
+    """A rule's network holds the address, or the address it embeds (NAT64, 6to4, Teredo)."""
     net = _rule_ip_net(rule)
-    return net is not None and net.version == ip.version and ip in net
+    if net is None:
+        return False
+    return any(a.version == net.version and a in net for a in {ip, addresses.judged(ip)})
 
 
 def first_match(rules: list[EgressRule], host: str, port: int | None) -> EgressRule | None:
@@ -68,6 +74,23 @@ def first_match(rules: list[EgressRule], host: str, port: int | None) -> EgressR
             continue
         if (ip is not None and ip_matches(rule, ip)) or (ip is None and name_matches(rule, host)):
             return rule
+    return None
+
+
+def wildcard_base(policy: NetworkPolicy, host: str) -> str | None:
+    """The domain of the allow rule that lets `host` through by a wildcard (`*.example.org` ->
+    example.org; `*` -> the name's last two labels), or None when it is listed exactly."""
+    rule = first_match(policy.allow, normalize_host(host), None)
+    if rule is None:
+        if policy.egress != "allow":
+            return None
+        pattern = "*"
+    else:
+        pattern = normalize_host(rule.host)
+    if pattern == "*":
+        return ".".join(normalize_host(host).split(".")[-2:])
+    if pattern.startswith("*."):
+        return pattern[2:]
     return None
 
 
@@ -81,16 +104,16 @@ def name_allowed(policy: NetworkPolicy, host: str) -> bool:
     return policy.egress == "allow" or first_match(policy.allow, host, None) is not None
 
 
-def _refuse(v: Verdict, rule: str, reason: str, *, category: str = "policy",
-            severity: str = "low", attack: str | None = None) -> Verdict:  # fmt: skip
+def _refuse(v: Verdict, refusal: str, reason: str, *, ip: IPAddress | None = None,
+            cls: str | None = None) -> Verdict:  # fmt: skip
     v.allowed = False
-    v.rule, v.reason, v.category, v.attack = rule, reason, category, attack
-    v.severity = reputation.raise_severity(severity, v.reputation)
-    if v.category == "policy":
-        for m in v.reputation:  # a known pool or tunnel host says more than "not allowed"
-            if m.kind == "domain":
-                v.category = m.category
-                break
+    v.refusal, v.reason, v.dst_class = refusal, reason, cls
+    if ip is not None:
+        v.ip = str(ip)
+        inner = addresses.embedded(ip)
+        if inner is not None and inner[1] != "ipv4_mapped":
+            v.embedded = f"{inner[1]} {inner[0]}"
+            v.reason += f" (it embeds {inner[0]}, {inner[1]})"
     return v
 
 
@@ -100,53 +123,49 @@ async def decide(policy: NetworkPolicy, resolver: Resolver, host: str, port: int
     v = Verdict(allowed=False, host=host, port=port, reputation=reputation.lookup(host, port))
     literal = parse_ip(host)
     if first_match(policy.deny, host, port):
-        return _refuse(
-            v, "egress.denylisted", f"{host}:{port} is on the denylist", severity="medium"
-        )
+        return _refuse(v, "denylisted", f"{host}:{port} is on the denylist", ip=literal)
     listed = any(normalize_host(r.host) == host for r in policy.allow)
     if literal is None and host in addresses.METADATA_NAMES and not listed:
-        return _refuse(v, "metadata.cloud_endpoint", f"{host} is a cloud metadata endpoint",
-                           category="metadata", severity="high", attack="T1552.005")  # fmt: skip
+        return _refuse(v, "address_class", f"{host} is a cloud metadata endpoint", cls="metadata")
     matched = first_match(policy.allow, host, port)
     if literal is not None:
         if matched is None:
             cls = addresses.special_class(literal)
-            if cls == "metadata":
-                return _refuse(v, "metadata.cloud_endpoint", f"{host} is a cloud metadata address",
-                               category="metadata", severity="high", attack="T1552.005")  # fmt: skip
             if cls:
-                return _refuse(v, "probe_internal.address", f"{host} is a {cls} address",
-                               category="probe_internal", severity="medium", attack="T1046")  # fmt: skip
-            return _refuse(v, "egress.ip_literal",
-                           f"{host}:{port} is an address not listed in the allowlist")  # fmt: skip
+                return _refuse(v, "address_class", f"{host} is a {cls} address", ip=literal,
+                               cls=cls)  # fmt: skip
+            return _refuse(v, "ip_literal", f"{host}:{port} is an address not listed in the "
+                           "allowlist", ip=literal)  # fmt: skip
         v.allowed, v.matched, v.ips = True, matched, [str(literal)]
         v.reason = f"{host}:{port} is listed"
         return v
     if matched is None and policy.egress != "allow":
-        return _refuse(v, "egress.not_allowed", f"{host}:{port} is not in the allowlist")
+        return _refuse(v, "not_allowed", f"{host}:{port} is not in the allowlist")
     ips = await resolver.resolve(host)
     if not ips:
-        return _refuse(v, "egress.unresolved", f"{host} does not resolve")
+        return _refuse(v, "unresolved", f"{host} does not resolve")
     good: list[str] = []
-    refused: list[tuple[str, str]] = []
+    refused: list[tuple[IPAddress, str]] = []
     for text in ips:
         ip = parse_ip(text)
         if ip is None:
             continue
         if first_match(policy.deny, str(ip), port):
-            refused.append((str(ip), "denylisted"))
+            refused.append((ip, "denylisted"))
             continue
         cls = addresses.special_class(ip)
         if cls and first_match(policy.allow, str(ip), port) is None:
-            refused.append((str(ip), cls))
+            refused.append((ip, cls))
             continue
         good.append(str(ip))
     if not good:
-        ip_s, cls = refused[0] if refused else ("?", "unusable")
-        cat = addresses.category_for(cls) if cls != "denylisted" else "policy"
-        return _refuse(v, "egress.resolved_refused", f"{host} resolves to {ip_s} ({cls}), refused",
-                       category=cat, severity="high" if cat != "policy" else "medium",
-                       attack="T1046" if cat == "probe_internal" else None)  # fmt: skip
+        if not refused:
+            return _refuse(v, "unresolved", f"{host} resolves to nothing usable")
+        ip, cls = refused[0]
+        if cls == "denylisted":
+            return _refuse(v, "denylisted", f"{host} resolves to {ip}, on the denylist", ip=ip)
+        return _refuse(v, "address_class", f"{host} resolves to {ip} ({cls}), refused", ip=ip,
+                       cls=cls)  # fmt: skip
     v.allowed, v.matched, v.ips = True, matched, good
     v.reason = f"{host}:{port} allowed"
     return v

@@ -4,6 +4,12 @@ Inside the sandbox a launcher opens a proxy listener (HTTP, CONNECT and SOCKS5 o
 listener in the sandbox's loopback-only network namespace and installs a seccomp user-notification
 filter; the supervisor takes those fds and serves them here. So there is no bridge process inside to
 kill, and traffic that ignores the proxy still reaches the supervisor as a notification.
+
+The parts: `proxy_protocol` reads requests (h11, SOCKS5), `dns_answer` answers lookups, `decide`
+applies the network policy, `sniff` reads both directions of a connection, `relay` moves the bytes.
+What any of it observed becomes a fact (`facts`) that `Egress.observe` puts through the rule packs;
+the strongest finding goes to the responder, which records it, acts and charges the penalty. The
+gateway itself only refuses or cuts connections.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import collections
 import contextlib
 import errno
 import functools
+import logging
 import os
 import resource
 import shutil
@@ -25,20 +32,21 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import dns.exception
-import dns.flags
 import dns.message
-import dns.rcode
-import dns.rdatatype
-import dns.rrset
 
-from corral.egress import addresses, procinfo, reputation
-from corral.egress.decide import Verdict, decide, name_allowed, normalize_host
+from corral.egress import addresses, facts, procinfo, proxy_protocol, reputation
+from corral.egress.decide import Verdict, decide, normalize_host
+from corral.egress.dns_answer import DnsAnswerer, to_wire
 from corral.egress.notify import Attempt, Notifier
+from corral.egress.proxy_protocol import Malformed, Reader
+from corral.egress.ratelimit import Summariser
 from corral.egress.relay import Relay
 from corral.egress.resolve import Resolver
-from corral.egress.sniff import Sniff, sniff
+from corral.egress.sniff import Evidence, StreamSniffer
 from corral.policy.model import NetworkPolicy
+from corral.respond.responder import RANK, Responder, kill_pids, strongest
+from corral.respond.responder import decide as response_for
+from corral.rules.finding import severity_rank
 from corral.sandbox.errors import SandboxRefused
 from corral.store.paths import corral_home
 
@@ -46,9 +54,14 @@ if TYPE_CHECKING:
     from corral.sandbox.bwrap import BwrapSpec
     from corral.sandbox.sandbox import Sandbox
 
+log = logging.getLogger(__name__)
 PROXY_PORT = 3128
-_HEAD_MAX = 64 * 1024
-_SOCKS_REFUSED = 0x02
+SUMMARY_BURST = 20  # records of one kind per second before the rest are counted
+# fact fields a rule usually tests for plain equality: the rules worth trying are picked by them
+_INDEXED = ("source", "kind", "outcome", "via", "refusal")
+# fact fields that are the event's own fields (or a summary of them), not its evidence
+_NOT_EVIDENCE = frozenset({"source", "kind", "step", "dst", "proc", "pid", "exe", "argv",
+                           "message", "evidence", "dns", "chain"})  # fmt: skip
 
 
 LAUNCHER_NAME = "corral-egress-launcher"
@@ -81,18 +94,22 @@ def proxy_env(port: int = PROXY_PORT) -> dict[str, str]:
 
 
 class _Conn:
-    """Book-keeping for one proxied connection, for its end record and for live policy changes."""
+    """Book-keeping for one proxied connection: its end record, live policy changes, and the
+    inspector the relay shows its first kilobytes to."""
 
-    def __init__(self, host: str, port: int, via: str, step: int | None,
-                 owner: Callable[[], procinfo.ProcInfo]) -> None:  # fmt: skip
+    def __init__(self, gw: Egress, host: str, port: int, via: str, step: int | None,
+                 owner: Callable[[], procinfo.ProcInfo],
+                 host_header: str | None = None) -> None:  # fmt: skip
+        self.gw = gw
         self.host, self.port, self.via, self.step = host, port, via, step
+        self.host_header = host_header
         self._owner = owner
         self._proc: procinfo.ProcInfo | None = None
         self.ip: str | None = None
         self.verdict: Verdict | None = None
         self.relay: Relay | None = None
-        self.sniff: Sniff | None = None
-        self.flagged: dict[str, Any] | None = None
+        self.sniffer = StreamSniffer(host)
+        self.flagged: str | None = None  # the rule that cut it
 
     def proc(self) -> procinfo.ProcInfo:
         """The client process, looked up once while its socket is open (first bytes or refusal)."""
@@ -103,17 +120,42 @@ class _Conn:
                 self._proc = procinfo.ProcInfo()
         return self._proc
 
+    # the relay's Inspector
+    def inspect(self, up: bool, data: bytes) -> str:
+        try:
+            found = self.sniffer.feed(up, data)
+            if found and not self.gw.on_evidence(self, found):
+                return "cut"
+        except Exception:  # noqa: BLE001 - fail closed: what cannot be judged is not forwarded
+            log.exception("egress: judging %s:%s failed; connection cut", self.host, self.port)
+            return "cut"
+        return "hold" if self.sniffer.hold(up) else "forward"
+
+    def wants(self, up: bool) -> bool:
+        return not self.sniffer.done(up)
+
+    def closed(self, up: bool) -> str:
+        try:
+            found = self.sniffer.end(up)
+            return "cut" if found and not self.gw.on_evidence(self, found) else "forward"
+        except Exception:  # noqa: BLE001 - fail closed, as in inspect
+            log.exception("egress: judging %s:%s failed; connection cut", self.host, self.port)
+            return "cut"
+
 
 class Egress:
     """Attach to a Sandbox: `Sandbox(policy, egress=Egress())`; `await sb.egress.update(network)`."""
 
     def __init__(self, policy: NetworkPolicy | None = None, *, resolver: Resolver | None = None,
-                 proxy_port: int = PROXY_PORT, dns: bool = True) -> None:  # fmt: skip
+                 proxy_port: int = PROXY_PORT, dns: bool = True, engine: Any = None,
+                 responder: Responder | None = None) -> None:  # fmt: skip
         self._policy_arg = policy
         self.policy: NetworkPolicy = policy or NetworkPolicy()
         self.resolver = resolver or Resolver()
         self.proxy_port = proxy_port
         self.dns = dns
+        self._engine = engine
+        self.responder = responder or Responder()
         reputation.load()  # parse the data file now, not on the first connection
         raise_fd_limit()
         self.sandbox: Sandbox | None = None
@@ -122,13 +164,13 @@ class Egress:
         self.conns: set[_Conn] = set()
         self.notifier: Notifier | None = None
         self.dns_mode = "none"
+        self.dns_answerer = DnsAnswerer(self)
         self._lock = threading.Lock()
         self._fds: list[int] = []
         self._socks: list[socket.socket] = []
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._responses: set[asyncio.Future[Any]] = set()
         self._handshakes = 0
-        self._overflow_logged = 0.0
+        self._overloaded_logged = 0.0
         self._pipes: tuple[int, ...] | None = None
         self._bytes_flagged = False
         self._verdicts: dict[tuple[str, int], tuple[float, Verdict]] = {}
@@ -136,6 +178,49 @@ class Egress:
         # copies of clients' sockets taken at their connect() to the proxy, with pid and time
         self._pending: collections.deque[tuple[socket.socket, int, float]] = collections.deque()
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.summary = Summariser(self._summarised, burst=SUMMARY_BURST)
+        self._views: dict[tuple[int, tuple[Any, ...]], Any] = {}
+        self._clean: set[tuple[Any, ...]] = set()
+
+    @property
+    def engine(self) -> Any:
+        """The rule engine every observation goes through (the shipped packs unless given)."""
+        if self._engine is None:
+            from corral.rules.engine import RuleEngine
+
+            self._engine = RuleEngine.default()
+        return self._engine
+
+    def _engine_for(self, fact: dict[str, Any]) -> Any:
+        """The engine's event rules that can fire on facts like this one: those whose plain
+        equality tests on the fields below (`source`, `kind`, `outcome`, `via`, `refusal`) hold
+        for it. The same rules and findings, without trying forty predicates per connection;
+        rebuilt if the engine is replaced."""
+        engine = self.engine
+        sig = tuple(fact.get(k) for k in _INDEXED)
+        key = (id(engine), sig)
+        view = self._views.get(key)
+        if view is None:
+            from corral.rules.engine import RuleEngine
+
+            def may_fire(when: dict[str, Any]) -> bool:
+                for k, have in zip(_INDEXED, sig, strict=True):
+                    want = when.get(k, have)
+                    if isinstance(want, dict):
+                        if not isinstance(want.get("in"), list) or set(want) != {"in"}:
+                            continue  # another operator: left to the rule itself
+                        if have not in want["in"]:
+                            return False
+                    elif want != have:
+                        return False
+                return True
+
+            rules = [r for r in engine.rules if r.match == "event" and may_fire(r.when)]
+            if len(self._views) > 256:
+                self._views.clear()
+            reads = sorted({f for r in rules for f in _fields_read(r.when)})
+            view = self._views[key] = (RuleEngine(rules, engine.reputation), tuple(reads))
+        return view
 
     # ------------------------------------------------------------ the Attachment protocol
     def prepare(self, sandbox: Sandbox, spec: BwrapSpec, command: list[str]
@@ -166,6 +251,7 @@ class Egress:
         for fd in (out_w, in_r, *exe):
             os.close(fd)
         self.loop = asyncio.get_running_loop()
+        self.summary.schedule = self.loop.call_later
         try:
             line = await _read_line(out_r, 10.0)
             if not line.startswith("ok "):
@@ -191,6 +277,7 @@ class Egress:
             self._pipes = None
         self.netns_pid = launcher
         self._fds = []
+        await asyncio.to_thread(lambda: self.engine)  # the packs, compiled off the event loop
         if self.dns and "dns_udp" not in taken:
             # Port 53 inside needs privilege over the sandbox's namespace, which the supervisor has
             # from outside: root directly, an ordinary user through the user namespace it owns.
@@ -254,6 +341,7 @@ class Egress:
                 c.relay.cut("sandbox stopped")
         while self._pending:
             self._pending.popleft()[0].close()
+        self.summary.flush()
         if self._pipes is not None:
             for fd in self._pipes:
                 with contextlib.suppress(OSError):
@@ -293,9 +381,10 @@ class Egress:
                             "deny": [r.host for r in policy.deny], "cut": cut})  # fmt: skip
         return cut
 
-    # ------------------------------------------------------------ events and responses
+    # ------------------------------------------------------------ events and judgement
     def emit(self, **fields: Any) -> None:
-        """Record an egress event; callable from any thread."""
+        """Write a plain record (no judgement: a connection's end, an answered lookup); callable
+        from any thread."""
         if self.sandbox is None:
             return
         fields.setdefault("source", "egress")
@@ -312,33 +401,95 @@ class Egress:
         else:
             self.loop.call_soon_threadsafe(lambda: sb.emit(**fields))
 
-    def _response(self, category: str) -> str:
+    def record(self, **fields: Any) -> None:
+        """The DNS answerer's plain records."""
+        self.emit(**fields)
+
+    def observe(self, fact: dict[str, Any], p: procinfo.ProcInfo, *, refused: bool) -> str:
+        """One observation, one path: the fact goes through the rule packs; the strongest finding
+        goes to the responder, which records it, acts (kill, terminate) and charges the penalty.
+        Returns the response applied ("alert": the act may go on). `refused`: the gateway refused
+        the act already, so a finding whose response is only an alert is recorded as blocked.
+        Floods are summarised per rule id (`egress.attempts_summarised`), never dropped unjudged."""
         sb = self.sandbox
-        if sb is None or sb.policy.observe_only:
-            return "alert"
-        return sb.policy.responses.for_category(category)
+        view, reads = self._engine_for(fact)
+        # the rules are pure functions of the fields they read: a fact that agrees with one that
+        # fired nothing on all of them fires nothing either (pip's hundred connections to one host)
+        clean = (id(view), tuple(_frozen(fact.get(f)) for f in reads))
+        findings = [] if clean in self._clean else list(view.match_event(fact))
+        if not findings and len(self._clean) < 4096:
+            self._clean.add(clean)
+        if sb is None or not findings:
+            return "block" if refused else "alert"
+        # the act is what its worst finding says (that one is recorded and charged); the
+        # response is the strongest any of its findings asks for
+        responses = {f.rule: response_for(sb, f) for f in findings}
+        ranked = sorted(findings, key=lambda f: (severity_rank(f.severity),
+                                                 RANK.get(responses[f.rule], 0)), reverse=True)  # fmt: skip
+        top = ranked[0]
+        response = strongest(responses.values())
+        if refused and response == "alert":
+            response = "block"  # what happened: the connection was refused
+        dst = fact.get("dst") or {}
+        sample = f"{dst.get('host') or dst.get('ip')}:{dst.get('port')}"
+        if not self.summary.admit(top.rule, sample):
+            if response == "kill" and p.pid:  # unrecorded one by one, never unanswered
+                kill_pids([p.pid])
+            return response
+        evidence = {k: v for k, v in fact.items() if k not in _NOT_EVIDENCE}
+        evidence.update(fact.get("evidence") or {})  # what the sniffer read, flat (sni, banner)
+        evidence.update(fact.get("dns") or {})
+        if len(ranked) > 1:  # one act, one charge: the others ride along for the record
+            evidence["findings"] = [f.brief() for f in ranked]
+        # the finding's own evidence repeats the event's fields (pid, exe, dst): left out; the
+        # gateway refuses or cuts a connection itself, so only kill and terminate act here
+        finding = top.model_copy(update={"evidence": {}})
+        self.responder.respond(sb, finding, source="egress", loop=self.loop, pid=p.pid,
+                               exe=p.exe, argv=facts.short_argv(p.argv), step=fact.get("step"),
+                               evidence=evidence, kill_tree=lambda: [p.pid] if p.pid else [],
+                               response=response, act=response in ("kill", "terminate"),
+                               dst={k: dst.get(k) for k in ("host", "ip", "port", "proto")})  # fmt: skip
+        return response
 
-    def _enforce(self, response: str, category: str, pid: int | None, why: str) -> str:
-        """Carry out kill/terminate (from any thread); returns the event action."""
-        if response == "alert":
-            return "alerted"
-        if response == "kill" and pid:
-            with contextlib.suppress(OSError):
-                os.kill(pid, 9)
-            return "killed"
-        if response == "terminate" and self.sandbox is not None and self.loop is not None:
-            sb = self.sandbox
+    def _summarised(self, rule: str, count: int, samples: list[str], window: float) -> None:
+        self.emit(rule="egress.attempts_summarised", category="policy", severity="info",
+                  action="blocked", message=f"{count} more {rule} event(s) in {window}s, "
+                  f"summarised (e.g. {', '.join(samples[:3]) or 'no destination'})",
+                  evidence={"for_rule": rule, "count": count, "samples": samples,
+                            "window_s": window})  # fmt: skip
 
-            def _end() -> None:  # its own task: stopped() must not cancel the teardown it runs
-                task = asyncio.ensure_future(
-                    sb.terminate(f"{category}: {why}", rule=f"{category}.terminated")
-                )
-                self._responses.add(task)
-                task.add_done_callback(self._responses.discard)
-
-            self.loop.call_soon_threadsafe(_end)
-            return "terminated"
-        return "blocked"
+    def on_evidence(self, c: _Conn, found: list[Evidence]) -> bool:
+        """What the stream sniffer read on a connection, judged; False: cut it."""
+        p = c.proc()
+        rule = c.verdict.matched if c.verdict else None
+        listed = list(rule.protocols or []) if rule is not None and rule.protocols else []
+        ok = True
+        for ev in found:
+            proto = {"tls": "https"}.get(ev.protocol, ev.protocol)
+            allowed = not listed or "tcp" in listed or proto in listed
+            if ev.finding is None and allowed:
+                continue  # a plain protocol the rule allows: nothing for the packs to judge
+            what = {"ssh": f"SSH ({ev.details.get('banner', '')})",
+                    "stratum": f"stratum ({ev.details.get('method', 'json-rpc')})",
+                    "shell": f"interactive shell output ({ev.details.get('line', '')[:40]})",
+                    "tls_no_sni": "TLS without SNI",
+                    "sni_fronting": f"TLS SNI {ev.details.get('sni')}",
+                    "host_fronting": f"HTTP Host {ev.details.get('host_header')}"}.get(
+                        ev.finding or "", proto)  # fmt: skip
+            message = f"{what} {'from' if ev.direction == 'down' else 'to'} {c.host}:{c.port}"
+            if ev.finding in ("tls_no_sni", "sni_fronting", "host_fronting"):
+                message += f"; the client asked for {c.host}"
+            if ev.websocket:
+                message += " inside WebSocket frames"
+            fact = facts.base("egress_evidence", p,
+                              facts.dst(c.host, c.ip, c.port, ev.protocol), step=c.step,
+                              via=c.via, evidence=ev.facts(), protocol_allowed=allowed,
+                              protocol_listed=proto in listed, message=message)  # fmt: skip
+            response = self.observe(fact, p, refused=False)
+            if response != "alert":
+                c.flagged = c.flagged or response
+                ok = False
+        return ok
 
     def _spawn(self, coro: Any) -> None:
         assert self.loop is not None
@@ -391,47 +542,34 @@ class Egress:
             hit = self._info_cache[key] = procinfo.info(pid)
         return hit
 
-    @staticmethod
-    def _proc_fields(p: procinfo.ProcInfo) -> dict[str, Any]:
-        return {"pid": p.pid, "exe": p.exe, "argv": p.argv}
-
     # ------------------------------------------------------------ raw traffic (seccomp)
     def _on_attempt(self, a: Attempt) -> None:
+        """A connect/sendto that ignored the proxy: refused by the kernel (no route), judged here
+        by the address it names, or the one that address embeds."""
         sb = self.sandbox
         ip = addresses.parse_ip(a.ip)
         cls = addresses.special_class(ip) if ip is not None else None
+        inner = addresses.embedded(ip) if ip is not None else None
         if a.port == 53 and a.ip in ("127.0.0.1", "::1"):
             cls = None  # the sandbox's own resolv.conf: a lookup, not a probe
-        category = addresses.category_for(cls)
         p = a.proc or procinfo.ProcInfo(pid=a.pid)
         qname = _dns_name(a.payload) if a.port == 53 else None
-        rep = reputation.lookup(qname, a.port)
-        if qname:
-            for m in rep:
-                if m.kind == "domain":
-                    category = m.category
-        severity = {"metadata": "high", "probe_internal": "medium"}.get(category, "low")
-        severity = reputation.raise_severity(severity, rep)
-        if a.port == 53 and a.proto == "udp":
-            rule = "egress.dns_blocked"
+        proto = "dns" if a.port == 53 and a.proto == "udp" else a.proto
+        if proto == "dns":
             msg = (f"DNS query for {qname} sent straight to {a.ip}:53 refused" if qname
                    else f"DNS query to {a.ip}:53 outside the gateway refused")  # fmt: skip
         else:
-            rule = "egress.raw_connect" if a.proto == "tcp" else "egress.raw_udp"
             msg = f"{a.proto.upper()} {a.syscall}() to {a.ip}:{a.port} bypassing the proxy refused"
         if cls:
             msg += f" ({cls} address)"
-        action = self._enforce(self._response(category), category, p.pid, msg)
-        if action == "alerted":
-            action = "blocked"  # the namespace has no route: a raw attempt never gets through
-        self.emit(rule=rule, category=category, severity=severity, action=action,
-                  attack="T1552.005" if category == "metadata" else None,
-                  step=sb.step or None if sb else None, **self._proc_fields(p),
-                  dst={"host": qname, "ip": a.ip, "port": a.port,
-                       "proto": "dns" if rule == "egress.dns_blocked" else a.proto},
-                  message=msg,
-                  evidence={"syscall": a.syscall, "parents": p.parents[:2],
-                            "reputation": [m.reason for m in rep]})  # fmt: skip
+        embedded = f"{inner[1]} {inner[0]}" if inner and inner[1] != "ipv4_mapped" else None
+        if embedded:
+            msg += f" (it embeds {inner[0]}, {inner[1]})"  # type: ignore[index]
+        fact = facts.base("egress_attempt", p,
+                          facts.dst(qname, a.ip, a.port, proto, cls=cls, embedded=embedded),
+                          step=sb.step or None if sb else None, via="raw", outcome="refused",
+                          refusal="bypass", syscall=a.syscall, message=msg)  # fmt: skip
+        self.observe(fact, p, refused=True)
 
     # ------------------------------------------------------------ DNS
     def _on_dns(self, usock: socket.socket) -> None:
@@ -441,20 +579,16 @@ class Egress:
             return
         self._spawn(self._answer_dns(usock, data, peer))
 
+    def _step(self) -> int | None:
+        return self.sandbox.step or None if self.sandbox else None
+
     async def _answer_dns(self, usock: socket.socket, data: bytes, peer: tuple[str, int]) -> None:
-        reply = await self._dns_reply(data, lambda: self._owner("udp", peer[1], None), "udp")
+        reply = await self.dns_answerer.reply(data, lambda: self._owner("udp", peer[1], None),
+                                              "udp", self._step())  # fmt: skip
         if reply is None:
             return
-        query = dns.message.from_wire(data)
-        limit = max(512, query.payload) if query.edns >= 0 else 512
-        try:
-            wire = reply.to_wire(max_size=limit)
-        except dns.exception.TooBig:  # the resolver retries over TCP, where it fits
-            reply.answer.clear()
-            reply.flags |= dns.flags.TC
-            wire = reply.to_wire()
         with contextlib.suppress(OSError):
-            usock.sendto(wire, peer)
+            usock.sendto(to_wire(data, reply, "udp"), peer)
 
     async def _dns_tcp(self, conn: socket.socket) -> None:
         """DNS over TCP (RFC 7766): two-byte length, message; several queries per connection."""
@@ -464,7 +598,7 @@ class Egress:
         self._handshakes += 1
         try:
             cport = conn.getpeername()[1]
-            reader = _Reader(loop, conn)
+            reader = Reader(lambda: loop.sock_recv(conn, 65536))
             p: procinfo.ProcInfo | None = None
 
             def owner() -> procinfo.ProcInfo:
@@ -477,9 +611,9 @@ class Egress:
                 try:
                     size = int.from_bytes(await asyncio.wait_for(reader.exactly(2), 10), "big")
                     data = await asyncio.wait_for(reader.exactly(size), 10)
-                except (TimeoutError, ValueError):
+                except (TimeoutError, EOFError):
                     return
-                reply = await self._dns_reply(data, owner, "tcp")
+                reply = await self.dns_answerer.reply(data, owner, "tcp", self._step())
                 if reply is None:
                     return
                 wire = reply.to_wire()
@@ -490,58 +624,11 @@ class Egress:
             self._handshakes -= 1
             conn.close()
 
-    async def _dns_reply(self, data: bytes, owner: Callable[[], procinfo.ProcInfo], transport: str
-                         ) -> dns.message.Message | None:  # fmt: skip
-        """The answer to one query, by the policy, recorded with the name asked (UDP or TCP)."""
-        try:
-            query = dns.message.from_wire(data)
-            q = query.question[0]
-        except (dns.exception.DNSException, IndexError):
-            return None
-        name = q.name.to_text().rstrip(".")
-        qtype = dns.rdatatype.to_text(q.rdtype)
-        p = owner()
-        sb = self.sandbox
-        reply = dns.message.make_response(query)
-        verdict: Verdict | None = None
-        if self.policy.dns != "none" and name_allowed(self.policy, name):
-            verdict = await decide(self.policy, self.resolver, name, None)
-        if verdict is not None and verdict.allowed:
-            want = {"A": 4, "AAAA": 6}.get(qtype)
-            ips = [i for i in verdict.ips if (addresses.parse_ip(i) or 0) and
-                   addresses.parse_ip(i).version == want]  # type: ignore[union-attr]  # fmt: skip
-            if ips:
-                reply.answer.append(dns.rrset.from_text_list(q.name, 60, "IN", qtype, ips))
-            self.emit(rule="egress.dns_query", category="policy", severity="info",
-                      action="allowed", step=sb.step or None if sb else None,
-                      **self._proc_fields(p), dst={"host": name, "port": 53, "proto": "dns"},
-                      message=f"DNS {qtype} {name} answered: {', '.join(ips) or 'no records'}",
-                      evidence={"qtype": qtype, "answer": ips, "transport": transport})  # fmt: skip
-        else:
-            reply.set_rcode(dns.rcode.REFUSED)
-            rep = reputation.lookup(name)
-            category = next((m.category for m in rep if m.kind == "domain"), "policy")
-            reason = verdict.reason if verdict is not None else (
-                "the policy answers no DNS" if self.policy.dns == "none"
-                else f"{name} is not in the allowlist")  # fmt: skip
-            if verdict is not None and not verdict.allowed:
-                category = verdict.category
-            if name in addresses.METADATA_NAMES:
-                category = "metadata"
-            severity = reputation.raise_severity("low", rep)
-            self.emit(rule="egress.dns_blocked", category=category, severity=severity,
-                      action="blocked", step=sb.step or None if sb else None,
-                      **self._proc_fields(p), dst={"host": name, "port": 53, "proto": "dns"},
-                      message=f"DNS {qtype} {name} refused: {reason}",
-                      evidence={"qtype": qtype, "parents": p.parents[:2], "transport": transport,
-                                "reputation": [m.reason for m in rep]})  # fmt: skip
-        return reply
-
     # ------------------------------------------------------------ the proxy
     async def _accept_loop(self, lsock: socket.socket,
                            handler: Callable[[socket.socket], Awaitable[None]], what: str) -> None:  # fmt: skip
-        """Accept for the proxy or DNS over TCP: a flood of idle connections is closed (once a
-        second recorded), never allowed to exhaust the supervisor."""
+        """Accept for the proxy or DNS over TCP: past the cap on pending handshakes a new
+        connection is closed at once, and still judged and recorded (summarised under a flood)."""
         assert self.loop is not None
         while True:
             try:
@@ -551,12 +638,17 @@ class Egress:
                     continue
                 return
             if self._handshakes >= max(64, 2 * self.policy.max_connections):
+                p = procinfo.ProcInfo()
+                with contextlib.suppress(OSError):
+                    cport = conn.getpeername()[1]
+                    p = self._owner("tcp", cport, self.proxy_port if "proxy" in what else 53)
                 conn.close()
-                if time.monotonic() - self._overflow_logged > 1.0:
-                    self._overflow_logged = time.monotonic()
-                    self.emit(rule="egress.max_connections", category="policy",
-                              severity="medium", action="blocked",
-                              message=f"{self._handshakes} {what} pending; new ones closed")  # fmt: skip
+                fact = facts.base("egress_attempt", p, facts.dst(None, None, None, "tcp"),
+                                  step=self._step(), via="accept", outcome="refused",
+                                  refusal="max_connections",
+                                  message=f"{self._handshakes} {what} pending; a new one was "
+                                  "closed unread")  # fmt: skip
+                self.observe(fact, p, refused=True)
                 continue
             self._spawn(handler(conn))
 
@@ -565,8 +657,8 @@ class Egress:
         backlog), and the gateway must not stop serving the sandbox for good because of it."""
         if err.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
             return False
-        if time.monotonic() - self._overflow_logged > 1.0:
-            self._overflow_logged = time.monotonic()
+        if time.monotonic() - self._overloaded_logged > 1.0:
+            self._overloaded_logged = time.monotonic()
             self.emit(rule="egress.gateway_overloaded", category="policy", severity="medium",
                       action="alerted", message=f"the supervisor could not accept a connection "
                       f"({err.strerror}); retrying", evidence={"errno": err.errno})  # fmt: skip
@@ -578,75 +670,88 @@ class Egress:
         loop = self.loop
         client.setblocking(False)
         cport = client.getpeername()[1]
-        owner = functools.partial(self._owner, "tcp", cport, self.proxy_port)
-        step = self.sandbox.step or None if self.sandbox else None
-        reader = _Reader(loop, client)
+        # the client, named now while its socket surely exists (a refused client may be gone by
+        # the time its request has been read)
+        known = self._info_or(functools.partial(self._owner, "tcp", cport, self.proxy_port))
+
+        def owner() -> procinfo.ProcInfo:
+            return known
+
+        step = self._step()
+        reader = Reader(lambda: loop.sock_recv(client, 65536))
         handed_off = False
         self._handshakes += 1
         try:
-            head = await asyncio.wait_for(reader.peek(), 30)
-            if not head:
+            try:
+                req = await asyncio.wait_for(
+                    proxy_protocol.read_request(reader, lambda b: loop.sock_sendall(client, b)), 30
+                )
+            except Malformed as bad:
+                p = self._info_or(owner)
+                fact = facts.base("egress_malformed", p, facts.dst(None, None, None, bad.via),
+                                  step=step, via=bad.via, reason=bad.reason,
+                                  head=bad.head.decode("latin-1")[:200],
+                                  message=f"malformed {bad.via} proxy request: {bad.reason}")  # fmt: skip
+                self.observe(fact, p, refused=True)
+                if bad.reply:
+                    await loop.sock_sendall(client, bad.reply)
                 return
-            if head[0] == 5:
-                req = await asyncio.wait_for(_socks_request(reader, client, loop), 30)
-                if req is None:
-                    return
-                host, port = req
-                via = "socks5"
-            else:
-                raw = await asyncio.wait_for(reader.until(b"\r\n\r\n"), 30)
-                parsed = _http_request(raw)
-                if parsed is None:
-                    await loop.sock_sendall(client, _http_status(400, "bad proxy request"))
-                    return
-                via, host, port, rewritten = parsed
-            conn = _Conn(normalize_host(host), port, via, step, owner)
-            handed_off = await self._open(conn, client, reader, rewritten if via == "http" else b"")
-        except (TimeoutError, OSError, ValueError):
+            if req is None:
+                return
+            conn = _Conn(self, normalize_host(req.host), req.port, req.via, step, owner,
+                         req.host_header)  # fmt: skip
+            handed_off = await self._open(conn, client, reader, req.forward)
+        except (TimeoutError, OSError, EOFError):
             return
         finally:
             self._handshakes -= 1
             if not handed_off:
                 client.close()
 
-    async def _refuse(self, c: _Conn, client: socket.socket, status: int, *, rule: str,
-                      message: str, category: str = "policy", severity: str = "low",
-                      attack: str | None = None, evidence: dict[str, Any] | None = None) -> None:  # fmt: skip
+    @staticmethod
+    def _info_or(owner: Callable[[], procinfo.ProcInfo]) -> procinfo.ProcInfo:
+        try:
+            return owner()
+        except Exception:  # noqa: BLE001 - a vanished process must not break the record
+            return procinfo.ProcInfo()
+
+    async def _refuse(self, c: _Conn, client: socket.socket, status: int, refusal: str,
+                      message: str, v: Verdict | None = None) -> None:  # fmt: skip
+        """A proxied connection refused: judged as a fact, answered as the protocol expects."""
         assert self.loop is not None
         p = c.proc()
-        action = self._enforce(self._response(category), category, p.pid, message)
-        if action == "alerted":
-            action = "blocked"  # a policy refusal is a refusal; the response only adds to it
-        self.emit(rule=rule, category=category, severity=severity, action=action, attack=attack,
-                  step=c.step, **self._proc_fields(p),
-                  dst={"host": c.host, "ip": c.ip, "port": c.port, "proto": c.via},
-                  message=message,
-                  evidence={"via": c.via, "parents": p.parents[:2], **(evidence or {})})  # fmt: skip
+        dst = facts.dst(c.host, c.ip or (v.ip if v else None), c.port, c.via,
+                        cls=v.dst_class if v else None, embedded=v.embedded if v else None)  # fmt: skip
+        fact = facts.base("egress_attempt", p, dst, step=c.step, via=c.via, outcome="refused",
+                          refusal=refusal, message=message)  # fmt: skip
+        self.observe(fact, p, refused=True)
         with contextlib.suppress(OSError):
-            if c.via == "socks5":
-                await self.loop.sock_sendall(
-                    client, bytes([5, _SOCKS_REFUSED, 0, 1, 0, 0, 0, 0, 0, 0])
-                )
-            else:
-                await self.loop.sock_sendall(client, _http_status(status, message))
+            await self.loop.sock_sendall(client, proxy_protocol.refused(c.via, status, message))
 
-    async def _open(self, c: _Conn, client: socket.socket, reader: _Reader, first: bytes) -> bool:
+    async def _open(self, c: _Conn, client: socket.socket, reader: Reader, first: bytes) -> bool:
         assert self.loop is not None
         loop = self.loop
         if len(self.conns) >= self.policy.max_connections:
-            await self._refuse(c, client, 503, rule="egress.max_connections", severity="medium",
-                               message=f"{self.policy.max_connections} connections already open")  # fmt: skip
+            await self._refuse(c, client, 503, "max_connections",
+                               f"{self.policy.max_connections} connections already open")  # fmt: skip
             return False
         if self.policy.max_bytes is not None and self.total_bytes >= self.policy.max_bytes:
-            await self._refuse(c, client, 503, rule="egress.max_bytes", severity="medium",
-                               message=f"byte cap of {self.policy.max_bytes} reached")  # fmt: skip
+            await self._refuse(c, client, 503, "max_bytes",
+                               f"byte cap of {self.policy.max_bytes} reached")  # fmt: skip
             return False
         v = await self._decide(c.host, c.port)
         c.verdict = v
         if not v.allowed:
-            await self._refuse(c, client, 403, rule=v.rule, message=v.reason, category=v.category,
-                               severity=v.severity, attack=v.attack,
-                               evidence={"reputation": [m.reason for m in v.reputation]})  # fmt: skip
+            await self._refuse(c, client, 403, v.refusal or "not_allowed", v.reason, v)
+            return False
+        # an allowed connection is an observation too: a pool's address or port says enough
+        p = c.proc()
+        fact = facts.base("egress_attempt", p, facts.dst(c.host, v.ips[0], c.port, c.via),
+                          step=c.step, via=c.via, outcome="allowed",
+                          message=f"{c.via} {c.host}:{c.port} allowed")  # fmt: skip
+        if self.observe(fact, p, refused=False) != "alert":
+            with contextlib.suppress(OSError):
+                await loop.sock_sendall(client, proxy_protocol.refused(c.via, 403, "refused"))
             return False
         self.conns.add(c)
         upstream: socket.socket | None = None
@@ -664,23 +769,21 @@ class Egress:
                 err = e
         if upstream is None:
             self.conns.discard(c)
-            await self._refuse(c, client, 502, rule="egress.upstream_failed", severity="info",
-                               message=f"{c.host}:{c.port} unreachable: {err}")  # fmt: skip
+            await self._refuse(c, client, 502, "upstream_failed",
+                               f"{c.host}:{c.port} unreachable: {err}")  # fmt: skip
             return False
         for s in (upstream, client):  # forwarded writes are whole messages: no Nagle delay
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if c.via == "connect":
-            await loop.sock_sendall(client, b"HTTP/1.1 200 Connection established\r\n\r\n")
-        elif c.via == "socks5":
-            await loop.sock_sendall(client, bytes([5, 0, 0, 1, 0, 0, 0, 0, 0, 0]))
-        relay = Relay(client, upstream, first=first + reader.rest(),
-                      on_first=lambda data: self._on_first(c, data),
+        reply = proxy_protocol.granted(c.via)
+        if reply:
+            await loop.sock_sendall(client, reply)
+        relay = Relay(client, upstream, first=first + reader.rest(), inspector=c,
                       on_done=lambda r: self._on_done(c, r), on_bytes=self._on_bytes)  # fmt: skip
         c.relay = relay
         relay.start()
         return True
 
-    # ------------------------------------------------------------ relay callbacks (threads)
+    # ------------------------------------------------------------ relay callbacks
     def _on_bytes(self, n: int) -> bool:
         cap = self.policy.max_bytes
         with self._lock:
@@ -690,78 +793,58 @@ class Egress:
             if first:
                 self._bytes_flagged = True
         if first:
-            self.emit(rule="egress.max_bytes", category="policy", severity="medium",
-                      action="blocked", message=f"byte cap of {cap} passed; connections cut",
-                      evidence={"total_bytes": self.total_bytes})  # fmt: skip
+            fact = facts.base("egress_attempt", procinfo.ProcInfo(),
+                              facts.dst(None, None, None, "tcp"), step=self._step(),
+                              via="relay", outcome="refused", refusal="max_bytes",
+                              total_bytes=self.total_bytes, message=f"byte cap of {cap} passed; connections cut")  # fmt: skip
+            self.observe(fact, procinfo.ProcInfo(), refused=True)
             for c in list(self.conns):
                 if c.relay is not None:
                     c.relay.cut("max_bytes")
         return not over
 
-    def _on_first(self, c: _Conn, data: bytes) -> bool:
-        c.proc()  # now, while the client's socket surely exists
-        s = c.sniff = sniff(data)
-        rule_protocols = c.verdict.matched.protocols if c.verdict and c.verdict.matched else None
-        finding: dict[str, Any] | None = None
-        if s.protocol == "stratum":
-            finding = {"rule": "mining.stratum", "category": "mining", "severity": "high",
-                       "attack": "T1496", "message": f"stratum mining protocol to {c.host}:{c.port}"
-                       f" ({s.evidence.get('method', 'json-rpc')})"}  # fmt: skip
-        elif s.protocol == "ssh" and "ssh" not in (rule_protocols or []):
-            finding = {"rule": "tunnel.ssh_via_proxy", "category": "tunnel", "severity": "high",
-                       "attack": "T1572", "message": f"SSH session to {c.host}:{c.port} through "
-                       "the proxy, not allowed by policy"}  # fmt: skip
-        elif (s.protocol == "tls" and s.sni and addresses.parse_ip(c.host) is None
-              and normalize_host(s.sni) != c.host):  # fmt: skip
-            finding = {"rule": "tunnel.domain_fronting", "category": "tunnel", "severity": "high",
-                       "attack": "T1090.004", "message": f"TLS SNI {s.sni} differs from the "
-                       f"requested host {c.host} (domain fronting)"}  # fmt: skip
-        elif rule_protocols and "tcp" not in rule_protocols:
-            proto = {"tls": "https"}.get(s.protocol, s.protocol)
-            if proto not in rule_protocols:
-                finding = {"rule": "egress.protocol_not_allowed", "category": "policy",
-                           "severity": "medium", "message": f"{proto} to {c.host}:{c.port}; "
-                           f"the policy allows {', '.join(rule_protocols)}"}  # fmt: skip
-        if finding is None:
-            return True
-        p = c.proc()
-        cat = finding["category"]
-        response = self._response(cat)
-        if cat == "policy":
-            response = "block"
-        action = self._enforce(response, cat, p.pid, finding["message"])
-        rep = reputation.lookup(c.host, c.port)
-        c.flagged = {**finding, "action": action}
-        self.emit(rule=finding["rule"], category=cat,
-                  severity=reputation.raise_severity(finding["severity"], rep),
-                  action=action, attack=finding.get("attack"), step=c.step,
-                  **self._proc_fields(p),
-                  dst={"host": c.host, "ip": c.ip, "port": c.port, "proto": s.protocol},
-                  message=finding["message"],
-                  evidence={**s.evidence, "sni": s.sni, "via": c.via, "parents": p.parents[:2],
-                            "first_bytes": data[:120].decode("latin-1"),
-                            "reputation": [m.reason for m in rep]})  # fmt: skip
-        if action == "alerted":
-            return True
-        c.relay.cut(finding["rule"]) if c.relay else None  # type: ignore[func-returns-value]
-        return False
-
     def _on_done(self, c: _Conn, r: Relay) -> None:
         self.conns.discard(c)
         p = c.proc()
         cut = r.cut_reason
+        s = c.sniffer
         self.emit(rule="egress.connection", category="policy", severity="info",
-                  action="blocked" if cut else "allowed", step=c.step, **self._proc_fields(p),
+                  action="blocked" if cut else "allowed", step=c.step,
+                  pid=p.pid, exe=p.exe, argv=facts.short_argv(p.argv),
                   dst={"host": c.host, "ip": c.ip, "port": c.port,
-                       "proto": c.sniff.protocol if c.sniff else c.via},
+                       "proto": s.protocol if s.protocol != "tcp" else c.via},
                   message=f"{c.via} {c.host}:{c.port} closed: {r.bytes_up} B up, "
                   f"{r.bytes_down} B down in {r.duration:.3f}s" + (f" (cut: {cut})" if cut else ""),
                   evidence={"via": c.via, "bytes_up": r.bytes_up, "bytes_down": r.bytes_down,
-                            "duration_s": round(r.duration, 6), "cut": cut,
-                            "sni": c.sniff.sni if c.sniff else None})  # fmt: skip
+                            "duration_s": round(r.duration, 6), "cut": cut, "sni": s.sni})  # fmt: skip
 
 
 # ---------------------------------------------------------------- helpers
+def _fields_read(when: Any) -> set[str]:
+    """The fact fields an event condition reads: each path's first part, and the whole path (a
+    fact may hold a dotted key as it is)."""
+    out: set[str] = set()
+    if isinstance(when, dict):
+        for k, v in when.items():
+            if k in ("any", "all"):
+                for sub in v:
+                    out |= _fields_read(sub)
+            elif k == "not":
+                out |= _fields_read(v)
+            else:
+                out |= {k, k.split(".", 1)[0]}
+    return out
+
+
+def _frozen(v: Any) -> Any:
+    """A hashable copy of a fact's value, for remembering facts that fired nothing."""
+    if isinstance(v, dict):
+        return tuple(sorted((k, _frozen(x)) for k, x in v.items()))
+    if isinstance(v, list | tuple):
+        return tuple(_frozen(x) for x in v)
+    return v
+
+
 async def _read_line(fd: int, timeout: float) -> str:
     """The launcher's one-line report, read on the event loop: fifty sandboxes starting at once
     must not each hold one of the default executor's few threads while they wait."""
@@ -809,104 +892,6 @@ def _dns_name(payload: bytes) -> str | None:
         return dns.message.from_wire(payload).question[0].name.to_text().rstrip(".")
     except Exception:  # noqa: BLE001 - anything sent to port 53 may be garbage
         return None
-
-
-def _http_status(code: int, reason: str) -> bytes:
-    text = {400: "Bad Request", 403: "Forbidden", 502: "Bad Gateway", 503: "Service Unavailable"}
-    body = f"corral egress: {reason}\n".encode()
-    return (f"HTTP/1.1 {code} {text.get(code, 'Error')}\r\nContent-Type: text/plain\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body  # fmt: skip
-
-
-def _split_hostport(text: str, default: int) -> tuple[str, int]:
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        return host, int(rest[1:]) if rest.startswith(":") else default
-    if text.count(":") == 1:
-        host, port = text.split(":")
-        return host, int(port)
-    return text, default
-
-
-def _http_request(raw: bytes) -> tuple[str, str, int, bytes] | None:
-    """(via, host, port, request to forward) from a proxy request head."""
-    try:
-        head = raw.decode("latin-1")
-        line, _, rest = head.partition("\r\n")
-        method, target, version = line.split(" ")
-    except ValueError:
-        return None
-    if method == "CONNECT":
-        host, port = _split_hostport(target, 443)
-        return "connect", host, port, b""
-    if not target.lower().startswith("http://"):
-        return None
-    hostport, _, path = target[7:].partition("/")
-    host, port = _split_hostport(hostport, 80)
-    keep = [h for h in rest.split("\r\n") if h and not h.lower().startswith(
-        ("proxy-connection:", "proxy-authorization:", "connection:", "keep-alive:"))]  # fmt: skip
-    out = f"{method} /{path} {version}\r\n" + "".join(f"{h}\r\n" for h in keep)
-    out += "Connection: close\r\n\r\n"
-    return "http", host, port, out.encode("latin-1")
-
-
-class _Reader:
-    """Buffered reads on a non-blocking socket, leaving what follows the head for the relay."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
-        self.loop, self.sock, self.buf = loop, sock, b""
-
-    async def _more(self) -> bool:
-        data = await self.loop.sock_recv(self.sock, 65536)
-        self.buf += data
-        return bool(data)
-
-    async def peek(self) -> bytes:
-        if not self.buf:
-            await self._more()
-        return self.buf
-
-    async def exactly(self, n: int) -> bytes:
-        while len(self.buf) < n:
-            if not await self._more():
-                raise ValueError("client closed")
-        out, self.buf = self.buf[:n], self.buf[n:]
-        return out
-
-    async def until(self, sep: bytes) -> bytes:
-        while sep not in self.buf:
-            if len(self.buf) > _HEAD_MAX or not await self._more():
-                raise ValueError("no request head")
-        out, _, self.buf = self.buf.partition(sep)
-        return out + sep
-
-    def rest(self) -> bytes:
-        out, self.buf = self.buf, b""
-        return out
-
-
-async def _socks_request(r: _Reader, client: socket.socket, loop: asyncio.AbstractEventLoop
-                         ) -> tuple[str, int] | None:  # fmt: skip
-    ver, n = await r.exactly(2)
-    methods = await r.exactly(n)
-    if ver != 5 or 0 not in methods:
-        await loop.sock_sendall(client, b"\x05\xff")
-        return None
-    await loop.sock_sendall(client, b"\x05\x00")
-    ver, cmd, _, atyp = await r.exactly(4)
-    if atyp == 1:
-        host = socket.inet_ntop(socket.AF_INET, await r.exactly(4))
-    elif atyp == 4:
-        host = socket.inet_ntop(socket.AF_INET6, await r.exactly(16))
-    elif atyp == 3:
-        host = (await r.exactly((await r.exactly(1))[0])).decode("idna")
-    else:
-        return None
-    port = int.from_bytes(await r.exactly(2), "big")
-    if cmd != 1:  # CONNECT only: no BIND (an inbound port) and no UDP ASSOCIATE
-        await loop.sock_sendall(client, bytes([5, 7, 0, 1, 0, 0, 0, 0, 0, 0]))
-        return None
-    return host, port
 
 
 def default_private_dir(sandbox_id: str) -> Path:

@@ -2,8 +2,9 @@
 
 The kernel copies the payload; Python only counts it and reacts to readiness, so one loop thread
 carries every sandbox's connections without a thread per connection or a GIL hand-off per packet.
-The client's first bytes are read normally and shown to the sniffer before anything is forwarded,
-so a cut connection never delivers them.
+While an inspector wants them (the first kilobytes of each direction), chunks are read normally and
+shown to it before they are forwarded, so the chunk that completes a piece of evidence is never
+delivered; after that the pumps switch to splice().
 """
 
 from __future__ import annotations
@@ -15,14 +16,27 @@ import os
 import socket
 import time
 from collections.abc import Callable
+from typing import Literal, Protocol
 
-from corral.egress.sniff import needs_more
+Verdict = Literal["forward", "hold", "cut"]
 
 F_SETPIPE_SZ = 1031
 CHUNK = 1 << 20
 _FLAGS = os.SPLICE_F_NONBLOCK | os.SPLICE_F_MOVE
-_FIRST_MAX = 64 * 1024
 _BURST = 4
+
+
+class Inspector(Protocol):
+    """Sees each direction's chunks before they are forwarded (`up`: client to upstream)."""
+
+    def inspect(self, up: bool, data: bytes) -> Verdict:
+        """forward the chunk (and anything held), hold it unsent, or cut the connection."""
+
+    def wants(self, up: bool) -> bool:
+        """Whether later chunks of this direction are still to be shown."""
+
+    def closed(self, up: bool) -> Verdict:
+        """The direction ended: whether what is held may go (forward) or not (cut)."""
 
 
 class _Pump:
@@ -34,8 +48,9 @@ class _Pump:
         with contextlib.suppress(OSError):
             fcntl.fcntl(self.pw, F_SETPIPE_SZ, CHUNK)
         self.in_pipe = 0
-        self.head = b""  # bytes to send before the pipe (the sniffed first bytes)
-        self.sniffing = up and relay.on_first is not None
+        self.head = b""  # bytes to send before the pipe (inspected chunks)
+        self.held = b""  # bytes the inspector holds back for now
+        self.inspecting = relay.inspector is not None and relay.inspector.wants(up)
         self.done = False
         self.reading = self.writing = False
 
@@ -55,43 +70,50 @@ class _Pump:
         self.writing = on
 
     def start(self, first: bytes) -> None:
-        if self.sniffing:
-            self.head = first
-            if first and not needs_more(first):
-                self._sniff()
-                if self.done:
-                    return
-        elif first:
-            self.head = first
-        if self.head and not self.sniffing:
+        if first:
+            self._take(first)
+            if self.relay.cut_reason:
+                return
+        if self.head:
             self.flush()
         else:
             self._want_read(True)
 
-    def _sniff(self) -> None:
-        self.sniffing = False
-        assert self.relay.on_first is not None
-        if not self.relay.on_first(self.head):
-            self.relay.cut(self.relay.cut_reason or "sniffed")
+    def _take(self, data: bytes) -> bool:
+        """Show a chunk to the inspector; False when the connection was cut or the chunk held."""
+        if not self.inspecting:
+            self.head += data
+            return True
+        inspector = self.relay.inspector
+        assert inspector is not None
+        verdict = inspector.inspect(self.up, data)
+        if verdict == "cut" or self.relay.cut_reason:
+            self.relay.cut(self.relay.cut_reason or "inspected")
+            return False
+        self.held += data
+        if verdict == "hold":
+            return False
+        self.head += self.held
+        self.held = b""
+        self.inspecting = inspector.wants(self.up)
+        return True
 
     def on_readable(self) -> None:
         try:
-            if self.sniffing:
+            if self.inspecting:
                 data = self.src.recv(65536)
-                if data:
-                    self.head += data
-                    if needs_more(self.head) and len(self.head) < _FIRST_MAX:
-                        return
-                    self._want_read(False)
-                    self._sniff()
-                    if not self.relay.cut_reason:
-                        self.flush()
+                if not data:
+                    if self.held:
+                        assert self.relay.inspector is not None
+                        if self.relay.inspector.closed(self.up) == "cut":
+                            self.relay.cut(self.relay.cut_reason or "inspected")
+                            return
+                        self.head += self.held
+                        self.held = b""
+                    self._eof()
                     return
-                if self.head:
-                    self._sniff()
-                    if self.relay.cut_reason:
-                        return
-                self._eof()
+                if self._take(data):
+                    self.flush()  # reading goes on unless the other side pushes back
                 return
             for _ in range(_BURST):  # a few chunks per wake-up, then let other connections run
                 n = os.splice(self.src.fileno(), self.pw, CHUNK, flags=_FLAGS)
@@ -144,6 +166,8 @@ class _Pump:
         self._want_read(False)
         if not self.head and not self.in_pipe:
             self._finish()
+        else:
+            self.flush()
 
     def _finish(self) -> None:
         if self.done:
@@ -165,16 +189,16 @@ class _Pump:
 
 
 class Relay:
-    """One client<->upstream pair; `on_first(bytes) -> bool` (False: cut), `on_done(relay)`."""
+    """One client<->upstream pair; an `inspector` sees the first chunks, `on_done(relay)` the end."""
 
     def __init__(self, client: socket.socket, upstream: socket.socket, *,
-                 first: bytes = b"", on_first: Callable[[bytes], bool] | None = None,
+                 first: bytes = b"", inspector: Inspector | None = None,
                  on_done: Callable[[Relay], None] | None = None,
                  on_bytes: Callable[[int], bool] | None = None) -> None:  # fmt: skip
         self.loop = asyncio.get_running_loop()
         self.client, self.upstream = client, upstream
         self.first = first
-        self.on_first = on_first
+        self.inspector = inspector
         self.on_done = on_done
         self.on_bytes = on_bytes  # returns False when a byte cap is hit
         self.bytes_up = 0

@@ -79,6 +79,7 @@ class Responder:
         response: str | None = None,
         act: bool = True,
         origin_step: int | None = None,
+        dst: dict[str, Any] | None = None,
     ) -> list[Event]:
         """Record the finding, act on it (unless `act` is False: another finding on the same
         process already did), charge the penalty to the step that started the process
@@ -105,6 +106,7 @@ class Responder:
                 origin_step=origin_step,
                 message=_attr(finding, "message") or rule,
                 evidence=ev,
+                **({"dst": dst} if dst is not None else {}),  # the destination of a network act
             )
         ]
         if act and response in ("block", "kill", "terminate"):
