@@ -170,6 +170,17 @@ def test_another_tenant_gets_403_on_every_route(tenants: dict[str, object]) -> N
         assert adm.get(f"{ROCK}/get_status", params=sb).status_code == 200
         assert adm.post(f"{ENV}/close", json={"episode_id": ep}).status_code == 200
         assert adm.post(f"{ROCK}/stop", json=sb).status_code == 200
+        # restarted by the admin, the sandbox is still alice's
+        r = adm.post(f"{ROCK}/restart", json=sb)
+        assert r.status_code == 200 and r.json()["status"] == "Success", r.text
+        assert a.get(f"{ROCK}/get_status", params=sb).json()["result"]["is_alive"] is True
+        assert b.get(f"{ROCK}/get_status", params=sb).status_code == 403
+        assert b.post(f"{ROCK}/delete", json=sb).status_code == 403
+        assert a.post(f"{ROCK}/stop", json=sb).status_code == 200
+        # stopped, it is still not bob's to delete; alice may
+        assert b.post(f"{ROCK}/delete", json=sb).status_code == 403
+        r = a.post(f"{ROCK}/delete", json=sb)
+        assert r.status_code == 200 and r.json()["status"] == "Success", r.text
 
 
 def test_tenants_own_what_they_start(tenants: dict[str, object]) -> None:

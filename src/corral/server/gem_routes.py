@@ -7,7 +7,8 @@ The bodies are ROCK's (`rock/actions/envs`): make `{env_id}` -> `{sandbox_id}`, 
 reward, terminated, truncated, info}`, close `{sandbox_id}` -> `{sandbox_id}`, answered without an
 envelope as ROCK does. `info["safety"]` carries the step's findings; a policy end sets
 `terminated`. `env_id` is `corral/shell`, optionally with a task (`{"env_id": "corral/shell",
-"task": {...}}`, a `corral.rl.TaskSpec`). Errors are HTTP 4xx with `detail` naming the field.
+"task": {...}}`, a `corral.rl.TaskSpec`). Errors are HTTP 4xx (not ROCK's 200 `Failed`: RockEnv
+raises on the status and shows the body) with `message` naming the field.
 An env belongs to the tenant whose token made it: another tenant gets 403 on reset, step, close.
 """
 
