@@ -29,17 +29,17 @@ THIRDPARTY = next(
 )  # fmt: skip
 
 
-def open_serve(home: Path) -> object:
-    """`corral serve` that asks no token (see HAS_AUTH)."""
+def open_serve(home: Path, *args: str) -> object:
+    """`corral serve ARGS...` that asks no token (see HAS_AUTH)."""
     if not HAS_AUTH:
-        return serve(home)
+        return serve(home, *args)
     kwargs = {}
     params = inspect.signature(serve).parameters
     if "token" in params:
         kwargs["token"] = None
     if "ready_token" in params:
         kwargs["ready_token"] = None
-    return serve(home, "--no-auth", **kwargs)
+    return serve(home, "--no-auth", *args, **kwargs)
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,7 @@ from rock.sdk.sandbox.client import Sandbox  # noqa: E402
 from rock.sdk.sandbox.config import SandboxConfig  # noqa: E402
 
 from corral.server.manager import MAX_SESSIONS  # noqa: E402
+from tests.clients.conftest import open_serve  # noqa: E402
 
 ROCK = "/apis/envs/sandbox/v1"
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -115,6 +116,21 @@ async def test_per_call_sessions_do_not_exhaust_the_sandbox(url: str) -> None:
         await sb.run_in_session(Action(command=f"kill -0 {pid}", session="bash-1"))
     ).exit_code == 0
     await sb.stop()
+
+
+async def test_a_file_over_the_limit_is_failed_with_the_reason(tmp_path: Path) -> None:
+    """ROCK's envelope for corral's file limit: the SDK reports the reason (not a bare 413)."""
+    (tmp_path / "home").mkdir()
+    with open_serve(tmp_path / "home", "--max-file-bytes", "4096") as s:  # type: ignore[attr-defined]
+        sb = await _sandbox(str(s["url"]))
+        res = await sb.write_file_by_path("x" * 4097, "/tmp/big")
+        assert not res.success and "--max-file-bytes" in res.message, res
+        local = tmp_path / "big"
+        local.write_bytes(b"x" * 4097)
+        up = await sb.upload_by_path(str(local), "/tmp/big")
+        assert not up.success and "--max-file-bytes" in up.message, up
+        assert (await sb.write_file_by_path("x" * 4096, "/tmp/big")).success
+        await sb.stop()
 
 
 def test_is_alive_of_an_unknown_sandbox_is_false(url: str) -> None:

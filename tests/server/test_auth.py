@@ -25,6 +25,8 @@ from tests.server.conftest import AUTH, TOKEN, serve
 ROCK = "/apis/envs/sandbox/v1"
 APPROVALS = "/apis/corral/v1/approvals"
 ENV = "/apis/corral/v1/env"
+GEM = "/apis/v1/envs/gem"
+SWEREX = "/apis/corral/v1/swerex"
 ASKED = "echo 'def test_ok(): pass' > test_x.py && echo wrote"
 ALICE = "alice-" + secrets.token_urlsafe(20)
 BOB = "bob-" + secrets.token_urlsafe(20)
@@ -96,7 +98,10 @@ def test_another_tenant_gets_403_on_every_route(tenants: dict[str, object]) -> N
                                                       "session": "s1"}).status_code == 200  # fmt: skip
         ap = _pending(a, sid)
         ep = a.post(f"{ENV}/reset", json={"task": {}}).json()["result"]["episode_id"]
+        env = a.post(f"{GEM}/make", json={"env_id": "corral/shell"}).json()["sandbox_id"]
+        assert a.post(f"{GEM}/reset", json={"sandbox_id": env}).status_code == 200
         sb = {"sandbox_id": sid}
+        gem = {"sandbox_id": env}
         tried = {
             ("GET", f"{ROCK}/is_alive"): lambda: b.get(f"{ROCK}/is_alive", params=sb),
             ("GET", f"{ROCK}/get_status"): lambda: b.get(f"{ROCK}/get_status", params=sb),
@@ -124,6 +129,14 @@ def test_another_tenant_gets_403_on_every_route(tenants: dict[str, object]) -> N
                                                     json={"episode_id": ep, "action": "ls"}),
             ("POST", f"{ENV}/close"): lambda: b.post(f"{ENV}/close", json={"episode_id": ep}),
             ("POST", f"{ENV}/reset"): lambda: b.post(f"{ENV}/reset", json={"episode_id": ep}),
+            # a running sandbox of another tenant: 403, not ROCK's "stop it first"
+            ("POST", f"{ROCK}/delete"): lambda: b.post(f"{ROCK}/delete", json=sb),
+            ("POST", f"{ROCK}/restart"): lambda: b.post(f"{ROCK}/restart", json=sb),
+            ("POST", f"{ROCK}/sandboxes/{{sandbox_id}}/restart"): lambda: b.post(
+                f"{ROCK}/sandboxes/{sid}/restart"),
+            ("POST", f"{GEM}/reset"): lambda: b.post(f"{GEM}/reset", json={**gem, "seed": 1}),
+            ("POST", f"{GEM}/step"): lambda: b.post(f"{GEM}/step", json={**gem, "action": "ls"}),
+            ("POST", f"{GEM}/close"): lambda: b.post(f"{GEM}/close", json=gem),
         }  # fmt: skip
         for (method, path), call in tried.items():
             r = call()
@@ -133,6 +146,8 @@ def test_another_tenant_gets_403_on_every_route(tenants: dict[str, object]) -> N
         # added here (and be refused) before this passes
         global_routes = {("GET", "/apis/corral/v1/health"), ("POST", f"{ROCK}/start"),
                          ("POST", f"{ROCK}/start_async"), ("POST", "/run_code"),
+                         ("POST", "/run_jupyter"), ("GET", f"{ROCK}/get_token"),
+                         ("POST", f"{SWEREX}/start"), ("POST", f"{GEM}/make"),
                          ("GET", APPROVALS)}  # fmt: skip
         untried = set(_routes(tenants)) - set(tried) - global_routes
         assert not untried, f"routes with no tenant test: {sorted(untried)}"
@@ -147,10 +162,25 @@ def test_another_tenant_gets_403_on_every_route(tenants: dict[str, object]) -> N
         got = a.post(f"{ROCK}/read_file", json={**sb, "path": "secret.txt"}).json()["result"]
         assert got["content"] == "alice's"
         assert a.post(f"{ENV}/step", json={"episode_id": ep, "action": "true"}).status_code == 200
+        step = a.post(f"{GEM}/step", json={**gem, "action": "cat secret.txt"})
+        assert step.status_code == 200 and step.json()["terminated"] is False, step.text
+        assert a.get(f"{ROCK}/get_status", params=sb).json()["result"]["is_alive"] is True
+        assert adm.post(f"{GEM}/close", json=gem).status_code == 200
         # the admin sees and stops everything
         assert adm.get(f"{ROCK}/get_status", params=sb).status_code == 200
         assert adm.post(f"{ENV}/close", json={"episode_id": ep}).status_code == 200
         assert adm.post(f"{ROCK}/stop", json=sb).status_code == 200
+        # restarted by the admin, the sandbox is still alice's
+        r = adm.post(f"{ROCK}/restart", json=sb)
+        assert r.status_code == 200 and r.json()["status"] == "Success", r.text
+        assert a.get(f"{ROCK}/get_status", params=sb).json()["result"]["is_alive"] is True
+        assert b.get(f"{ROCK}/get_status", params=sb).status_code == 403
+        assert b.post(f"{ROCK}/delete", json=sb).status_code == 403
+        assert a.post(f"{ROCK}/stop", json=sb).status_code == 200
+        # stopped, it is still not bob's to delete; alice may
+        assert b.post(f"{ROCK}/delete", json=sb).status_code == 403
+        r = a.post(f"{ROCK}/delete", json=sb)
+        assert r.status_code == 200 and r.json()["status"] == "Success", r.text
 
 
 def test_tenants_own_what_they_start(tenants: dict[str, object]) -> None:
@@ -165,6 +195,21 @@ def test_tenants_own_what_they_start(tenants: dict[str, object]) -> None:
             alice.execute(sid, "echo theirs")
         assert err.value.status_code == 403
         bob.stop(sid)
+
+
+def test_a_swerex_sandbox_is_its_tenants_and_its_key_is_needed(tenants: dict[str, object]) -> None:
+    with _client(tenants, ALICE) as a, _client(tenants, BOB) as b:
+        started = a.post(f"{SWEREX}/start").json()
+        sb = {"sandbox_id": started["sandbox_id"]}
+        r = b.get(f"{ROCK}/get_status", params=sb)
+        assert r.status_code == 403 and "another tenant" in r.json()["message"], r.text
+        # the per-sandbox routes take its own key, not a tenant's bearer token
+        r = b.post(started["url"] + "/execute", json={"command": "id"})
+        assert r.status_code == 401, r.text
+        key = {"X-API-Key": started["auth_token"]}
+        r = a.post(started["url"] + "/execute", json={"command": "echo mine"}, headers=key)
+        assert r.status_code == 200 and r.json()["stdout"] == "mine\n", r.text
+        assert a.post(f"{ROCK}/stop", json=sb).status_code == 200
 
 
 def test_token_made_at_first_start_0600_and_printed_once(

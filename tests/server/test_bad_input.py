@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import base64
 import http.client
+import io
 import json
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -16,7 +18,7 @@ import pytest
 from corral.policy.loader import load_policy
 from corral.server.fusion import lowered
 from corral.store.sqlite import EventStore
-from tests.server.conftest import AUTH, serve
+from tests.server.conftest import AUTH, code, serve
 
 ROCK = "/apis/envs/sandbox/v1"
 FILE_LIMIT = 64 * 1024
@@ -59,26 +61,88 @@ def test_bodies_over_the_limit_are_413(small: dict[str, object]) -> None:
             "result"]["stdout"] == "ok\n"  # fmt: skip
 
 
+def _rock_413(r: httpx.Response) -> str:
+    """ROCK's routes answer a file over the limit as ROCK answers failures: 200 `Failed`, with
+    corral's 413 in X-Corral-Status (see tests/server/conftest.py `code`)."""
+    assert r.status_code == 200 and r.json()["status"] == "Failed", r.text
+    assert code(r) == 413 and "--max-file-bytes" in r.json()["message"], r.text
+    return r.json()["message"]
+
+
 def test_file_transfers_over_the_limit_are_413(small: dict[str, object]) -> None:
     with _client(small) as c:
         sid = _start(c)
         r = c.post(f"{ROCK}/write_file", json={"sandbox_id": sid, "path": "f",
                                                "content": "x" * (FILE_LIMIT + 1)})  # fmt: skip
-        assert r.status_code == 413 and "content" in r.json()["message"]
-        r = c.post(f"{ROCK}/upload", data={"sandbox_id": sid, "target_path": "u"},
-                   files={"file": ("u", b"x" * (FILE_LIMIT + 1))})  # fmt: skip
-        assert r.status_code == 413
-        c.post(f"{ROCK}/execute", json={"sandbox_id": sid,
-                                        "command": f"head -c {FILE_LIMIT + 1} /dev/zero > big"})  # fmt: skip
-        r = c.post(f"{ROCK}/read_file", json={"sandbox_id": sid, "path": "big"})
-        assert r.status_code == 413 and "'big'" in r.json()["message"]
+        assert "content" in _rock_413(r)
+        # the limit is in bytes, not characters
+        r = c.post(f"{ROCK}/write_file", json={"sandbox_id": sid, "path": "f",
+                                               "content": "é" * (FILE_LIMIT // 2 + 1)})  # fmt: skip
+        assert "content" in _rock_413(r)
+        for target in ("u", "/tmp/u"):  # the workspace and the sandbox's private /tmp
+            r = c.post(f"{ROCK}/upload", data={"sandbox_id": sid, "target_path": target},
+                       files={"file": ("u", b"x" * (FILE_LIMIT + 1))})  # fmt: skip
+            assert "file" in _rock_413(r)
+        for path in ("big", "/tmp/big"):
+            c.post(f"{ROCK}/execute", json={"sandbox_id": sid,
+                                            "command": f"head -c {FILE_LIMIT + 1} /dev/zero > {path}"})  # fmt: skip
+            r = c.post(f"{ROCK}/read_file", json={"sandbox_id": sid, "path": path})
+            assert repr(path) in _rock_413(r)
         r = c.post("/run_code", json={"code": "print(1)", "language": "python",
                                       "files": {"d": base64.b64encode(b"x" * FILE_LIMIT).decode()}})  # fmt: skip
         assert r.status_code == 413
+        r = c.post("/run_jupyter", json={"cells": ["print(1)"],
+                                         "files": {"d": base64.b64encode(b"x" * FILE_LIMIT).decode()}})  # fmt: skip
+        assert r.status_code == 413 and "files" in r.json()["message"]
+        # what a run leaves is fetched up to the limit; past it, it is named, not sent
+        r = c.post("/run_code", json={"code": f"open('/tmp/o', 'w').write('x' * {FILE_LIMIT + 1})",
+                                      "language": "python", "fetch_files": ["/tmp/o"]})  # fmt: skip
+        body = r.json()
+        assert r.status_code == 200 and body["files"] == {}, body
+        assert "/tmp/o" in body["message"] and "--max-file-bytes" in body["message"]
         # at the limit is fine
         r = c.post(f"{ROCK}/write_file", json={"sandbox_id": sid, "path": "f",
                                                "content": "x" * FILE_LIMIT})  # fmt: skip
-        assert r.status_code == 200
+        assert r.status_code == 200 and code(r) == 200 and r.json()["status"] == "Success"
+
+
+def _zip(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+    return buf.getvalue()
+
+
+def test_swerex_file_transfers_over_the_limit_are_413(small: dict[str, object]) -> None:
+    with _client(small) as c:
+        started = c.post("/apis/corral/v1/swerex/start").json()
+        url, key = started["url"], {"X-API-Key": started["auth_token"]}
+        r = c.post(f"{url}/write_file", json={"path": "f", "content": "x" * (FILE_LIMIT + 1)},
+                   headers=key)  # fmt: skip
+        assert r.status_code == 413 and "content" in r.json()["detail"], r.text
+        r = c.post(f"{url}/upload", data={"target_path": "u"}, headers=key,
+                   files={"file": ("u", b"x" * (FILE_LIMIT + 1))})  # fmt: skip
+        assert r.status_code == 413 and "file" in r.json()["detail"], r.text
+        # a small zip that unpacks past the limit (one member, or many together)
+        for members in ({"big": b"\0" * (FILE_LIMIT + 1)},
+                        {f"m{i}": b"\0" * FILE_LIMIT for i in range(BODY_LIMIT // FILE_LIMIT + 1)}):  # fmt: skip
+            data = _zip(members)
+            assert len(data) < FILE_LIMIT
+            r = c.post(f"{url}/upload", data={"target_path": "z", "unzip": "true"}, headers=key,
+                       files={"file": ("z.zip", data)})  # fmt: skip
+            assert r.status_code == 413 and "zip" in r.json()["detail"], r.text
+        c.post(f"{url}/execute", headers=key,
+               json={"command": f"head -c {FILE_LIMIT + 1} /dev/zero > big", "shell": True})  # fmt: skip
+        r = c.post(f"{url}/read_file", json={"path": "big"}, headers=key)
+        assert r.status_code == 413 and "'big'" in r.json()["detail"], r.text
+        # nothing of the refused zips was written; at the limit is fine
+        r = c.post(f"{url}/execute", headers=key, json={"command": "ls z 2>&1; echo end"})
+        assert "No such file" in r.json()["stdout"], r.text
+        r = c.post(f"{url}/write_file", json={"path": "f", "content": "x" * FILE_LIMIT},
+                   headers=key)  # fmt: skip
+        assert r.status_code == 200, r.text
+        c.post(f"{url}/close", headers=key)
 
 
 BAD = [
@@ -106,6 +170,15 @@ BAD = [
     ("GET", f"{ROCK}/get_status?sandbox_id=" + "q" * 5000, None, "sandbox_id"),
     ("GET", f"{ROCK}/is_alive?sandbox_id=%00", None, "sandbox_id"),
     ("POST", "/apis/corral/v1/env/step", {"episode_id": "\x00", "action": "ls"}, "episode_id"),
+    ("POST", f"{ROCK}/write_file", {"path": "f", "content": "\ud800"}, "content"),
+    ("POST", f"{ROCK}/read_file", {"path": "/tmp/" + "p" * 300}, "path"),
+    ("POST", f"{ROCK}/delete", {"sandbox_id": "d\x00"}, "sandbox_id"),
+    ("POST", f"{ROCK}/restart", {"sandbox_id": "r" * 5000}, "sandbox_id"),
+    ("POST", f"{ROCK}/restart", {"sandbox_id": "no-such-sandbox"}, "no-such-sandbox"),
+    ("POST", "/apis/v1/envs/gem/make", {"env_id": "nope/\x00"}, "env_id"),
+    ("POST", "/apis/v1/envs/gem/step", {"sandbox_id": "\x00", "action": "ls"}, "sandbox_id"),
+    ("POST", "/apis/v1/envs/gem/reset", {"seed": 1}, "sandbox_id"),
+    ("POST", "/run_jupyter", {"cells": "print(1)"}, "cells"),
 ]  # fmt: skip
 
 
@@ -130,7 +203,11 @@ def test_bad_input_is_a_4xx_naming_it_and_the_connection_survives(
             if field is None:  # /run_code runs and reports what it could not fetch
                 assert resp.status == 200 and "could not fetch" in data["message"], data
             else:
-                assert 400 <= resp.status < 500, (path, body, resp.status, data)
+                # ROCK's routes answer 200 `Failed` with corral's status in X-Corral-Status
+                status = int(resp.getheader("X-Corral-Status") or resp.status)
+                if path.startswith(ROCK):
+                    assert resp.status == 200 and data["status"] == "Failed", (path, data)
+                assert 400 <= status < 500, (path, body, status, data)
                 assert field in data["message"], (field, data["message"])
             # the same connection answers the next request
             conn.request("GET", f"{ROCK}/is_alive?sandbox_id={sid}", headers=AUTH)
@@ -199,6 +276,7 @@ def test_bodies_that_are_not_json_objects_get_the_envelope(
 ) -> None:
     with _client(small) as c:
         r = c.post(f"{ROCK}/execute", content=raw, headers={"content-type": "application/json"})
-    assert r.status_code == status, r.text
+    # ROCK's route: 200 `Failed`, corral's status in X-Corral-Status
+    assert r.status_code == 200 and code(r) == status, r.text
     body = r.json()
     assert body["status"] == "Failed" and "body" in body["message"] and "safety" in body

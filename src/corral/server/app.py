@@ -9,7 +9,6 @@ for a decision at `/apis/corral/v1/approvals/{id}` (see `corral.server.approvals
 
 from __future__ import annotations
 
-import errno
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -27,29 +26,16 @@ from corral.rl.reward import EMPTY_SAFETY
 from corral.sandbox.errors import PathOutsideWorkspace, SandboxClosed, SandboxRefused
 from corral.server import approval_routes, env_routes, fusion, gem_routes, rock, swerex
 from corral.server.auth import AuthError, Tokens, dependency, may_use
-from corral.server.limits import BodyTooLarge, Limits, body_limit, too_large_body
+from corral.server.errors import http_error_message, invalid_request, os_error_status
+from corral.server.limits import (
+    BodyTooLarge,
+    Limits,
+    RequestTooLarge,
+    body_limit,
+    too_large_body,
+)
 from corral.server.manager import ApiError, SandboxManager
 from corral.store.sqlite import EventStore, StoreWriteError
-
-
-def os_error_status(err: OSError) -> tuple[int, str]:
-    """An OS error of a request (a path too long, a full disk) as an HTTP status and a message."""
-    what = f"{err.strerror or err}" + (f": {str(err.filename)[:120]!r}" if err.filename else "")
-    if err.errno in (errno.ENAMETOOLONG, errno.ELOOP, errno.ENOTDIR, errno.EISDIR, errno.EINVAL,
-                     errno.EEXIST):  # fmt: skip
-        return 400, f"path: {what}"
-    if err.errno in (errno.ENOSPC, errno.EDQUOT):
-        return 507, f"the server is out of disk space ({what}); free some and retry"
-    if err.errno == errno.EFBIG:
-        return 413, f"file too large for the sandbox's limit ({what})"
-    return 500, f"the server could not do it: {what}"
-
-
-def _field(loc: tuple[Any, ...]) -> str:
-    if len(loc) == 2 and loc[0] == "body" and isinstance(loc[1], int):  # a JSON syntax error
-        return f"body (character {loc[1]})"
-    parts = [str(p) for p in loc if p not in ("body", "query", "form")]
-    return ".".join(parts) or "body"
 
 
 def create_app(policy: Policy | str | None = None, store: EventStore | None = None,
@@ -94,24 +80,21 @@ def create_app(policy: Policy | str | None = None, store: EventStore | None = No
 
     @app.exception_handler(BodyTooLarge)
     async def _too_large(request: Request, err: BodyTooLarge) -> JSONResponse:
-        return JSONResponse(status_code=413, content=too_large_body(err))
+        # the rest of a request body over the limit is unread: the connection cannot be reused
+        headers = {"Connection": "close"} if isinstance(err, RequestTooLarge) else None
+        return JSONResponse(status_code=413, content=too_large_body(err), headers=headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, err: StarletteHTTPException) -> JSONResponse:
         """Starlette's own errors (an unknown path, a body that is not UTF-8) in the envelope."""
-        msg = str(err.detail)
-        if err.status_code == 400 and "parsing the body" in msg:
-            msg = "body: cannot be read as JSON (not UTF-8 text, or not JSON)"
+        msg = http_error_message(err)
         return JSONResponse(status_code=err.status_code, headers=err.headers, content={
             "status": "Failed", "message": msg, "error": msg, "result": None,
             "safety": dict(EMPTY_SAFETY)})  # fmt: skip
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, err: RequestValidationError) -> JSONResponse:
-        problems = [f"{_field(tuple(e.get('loc', ())))}: {e.get('msg')}" for e in err.errors()]
-        msg = "invalid request: " + "; ".join(problems)
-        detail = [{"field": _field(tuple(e.get("loc", ()))), "message": e.get("msg"),
-                   "type": e.get("type")} for e in err.errors()]  # fmt: skip
+        msg, detail = invalid_request(err)
         return JSONResponse(status_code=422, content={
             "status": "Failed", "message": msg, "error": msg, "result": None, "detail": detail,
             "safety": dict(EMPTY_SAFETY)})  # fmt: skip

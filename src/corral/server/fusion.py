@@ -215,13 +215,23 @@ class _Run:
         return res, elapsed
 
     async def fetch(self, wanted: list[str]) -> tuple[dict[str, str], list[str]]:
+        """The files asked for, all together at most the server's file limit; what could not be
+        fetched (absent, outside, or past the limit, which is said) is listed, not fatal."""
         got: dict[str, str] = {}
         missing: list[str] = []
+        budget = self.m.limits.max_file_bytes
         for path in wanted:
             try:
-                got[path] = base64.b64encode(await paths.read(self.sb, path)).decode()
-            except (FileNotFoundError, PathOutsideWorkspace, SandboxClosed, OSError):
+                data = await paths.read(self.sb, path, max_bytes=budget + 1)
+            except (FileNotFoundError, PathOutsideWorkspace, SandboxClosed, OSError, ValueError):
                 missing.append(path)
+                continue
+            if len(data) > budget:
+                missing.append(f"{path} (over the --max-file-bytes limit of "
+                               f"{self.m.limits.max_file_bytes} bytes for all fetched files)")  # fmt: skip
+                continue
+            budget -= len(data)
+            got[path] = base64.b64encode(data).decode()
         return got, missing
 
     def ended(self) -> str | None:
@@ -299,6 +309,8 @@ def router(m: SandboxManager) -> APIRouter:
     @r.post("/run_jupyter", response_model=RunJupyterResponse)
     async def run_jupyter(req: RunJupyterRequest) -> RunJupyterResponse:
         files = _decode(req.files)
+        if sum(map(len, files.values())) + sum(map(len, req.cells)) > m.limits.max_file_bytes:
+            raise BodyTooLarge(m.limits.max_file_bytes, "files and cells")
         try:
             async with _Run(m, -1) as run:
                 if await run.missing(("python3",)):

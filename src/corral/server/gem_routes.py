@@ -7,7 +7,9 @@ The bodies are ROCK's (`rock/actions/envs`): make `{env_id}` -> `{sandbox_id}`, 
 reward, terminated, truncated, info}`, close `{sandbox_id}` -> `{sandbox_id}`, answered without an
 envelope as ROCK does. `info["safety"]` carries the step's findings; a policy end sets
 `terminated`. `env_id` is `corral/shell`, optionally with a task (`{"env_id": "corral/shell",
-"task": {...}}`, a `corral.rl.TaskSpec`). Errors are HTTP 4xx with `detail` naming the field.
+"task": {...}}`, a `corral.rl.TaskSpec`). Errors are HTTP 4xx (not ROCK's 200 `Failed`: RockEnv
+raises on the status and shows the body) with `message` naming the field.
+An env belongs to the tenant whose token made it: another tenant gets 403 on reset, step, close.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from corral.rl.episode import Episode, EpisodeOver
 from corral.rl.task import TaskSpec
+from corral.server import auth
 from corral.server.manager import SandboxManager
 
 PREFIX = "/apis/v1/envs/gem"
@@ -53,11 +56,13 @@ def router(m: SandboxManager) -> APIRouter:
     r = APIRouter()
     tasks: dict[str, TaskSpec] = {}
     live: dict[str, Episode] = {}
+    owners: dict[str, str | None] = {}  # env id -> the tenant whose token made it
 
     def known(sandbox_id: str) -> TaskSpec:
         task = tasks.get(sandbox_id)
         if task is None:
             raise HTTPException(404, f"sandbox_id: no env {sandbox_id!r}: call make first")
+        auth.check_owner(owners.get(sandbox_id), f"env {sandbox_id!r}")
         return task
 
     @r.post("/make")
@@ -72,6 +77,7 @@ def router(m: SandboxManager) -> APIRouter:
             raise HTTPException(422, f"task.{'.'.join(map(str, e['loc']))}: {e['msg']}") from None
         env_id = "env-" + uuid.uuid4().hex[:12]
         tasks[env_id] = task
+        owners[env_id] = auth.owner_name()
         return {"sandbox_id": env_id}
 
     @r.post("/reset")
@@ -100,7 +106,10 @@ def router(m: SandboxManager) -> APIRouter:
 
     @r.post("/close")
     async def close(req: CloseRequest) -> dict:
+        if req.sandbox_id in tasks:  # closing an unknown env is a no-op, as in ROCK
+            known(req.sandbox_id)
         tasks.pop(req.sandbox_id, None)
+        owners.pop(req.sandbox_id, None)
         ep = live.pop(req.sandbox_id, None)
         if ep is not None:
             await ep.close()

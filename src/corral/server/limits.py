@@ -35,9 +35,23 @@ class BodyTooLarge(HTTPException):
 
     def __init__(self, limit: int, what: str = "request body") -> None:
         self.limit = limit
-        self.message = (f"{what}: larger than the server's limit of {limit} bytes "
-                        "(corral serve --max-request-bytes / --max-file-bytes)")  # fmt: skip
+        self.message = too_big(what, limit)
         super().__init__(413, self.message)
+
+
+def too_big(what: str, limit: int) -> str:
+    """The one-line 413 message: what was too large, the limit, and the options that set it."""
+    return (f"{what}: larger than the server's limit of {limit} bytes "
+            "(corral serve --max-request-bytes / --max-file-bytes)")  # fmt: skip
+
+
+class RequestTooLarge(BodyTooLarge):
+    """The whole request body is over `max_request_bytes` (the middleware's refusal): always a real
+    HTTP 413 that closes the connection, on ROCK's routes too, because the unread rest of the body
+    cannot be skipped on a kept-alive connection."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(limit, "request body")
 
 
 def too_large_body(err: BodyTooLarge) -> dict[str, Any]:
@@ -64,7 +78,7 @@ class body_limit:  # noqa: N801 - named like the other middleware factories Star
                 except ValueError:
                     size = -1
                 if size > self.max_bytes:
-                    await _refuse(send, BodyTooLarge(self.max_bytes))
+                    await _refuse(send, RequestTooLarge(self.max_bytes))
                     return
         seen = 0
         started = False
@@ -75,7 +89,7 @@ class body_limit:  # noqa: N801 - named like the other middleware factories Star
             if msg["type"] == "http.request":
                 seen += len(msg.get("body", b""))
                 if seen > self.max_bytes:
-                    raise BodyTooLarge(self.max_bytes)
+                    raise RequestTooLarge(self.max_bytes)
             return msg
 
         async def watched(msg: dict[str, Any]) -> None:

@@ -2,7 +2,10 @@
 
 Kept as ROCK answers them, because the rl-rock SDK and ROLL's sandbox managers read only ROCK's
 envelope: every failure is HTTP 200 with `status: Failed` and the reason in `message` and `error`
-(`X-Corral-Status` carries the HTTP status corral would have used); `run_in_session` honours `check`
+(`X-Corral-Status` carries the HTTP status corral would have used: 4xx naming the field for bad
+input, 413 for a file over `--max-file-bytes`), except what is not the route's to answer: 401/403
+(no token, another tenant's sandbox), 413 for a request body over `--max-request-bytes`, and 5xx
+server faults (see `as_failure`); `run_in_session` honours `check`
 (`raise`: a non-zero exit is Failed with rocklet's message; `silent`: Success with the exit code;
 `ignore`: no exit code) and a command timeout is Failed; a command that ends `&` at top level prints
 `[N] PID` as ROCK's interactive bash does (ROLL reads the PID from it); `/tmp`, `/tests` and `/app`
@@ -41,6 +44,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException
 from tree_sitter import Language, Parser
 
 from corral.policy.model import Policy
@@ -49,8 +53,10 @@ from corral.sandbox import paths
 from corral.sandbox.errors import PathOutsideWorkspace, SandboxClosed, SandboxRefused
 from corral.sandbox.sandbox import ExecResult
 from corral.sandbox.session import SessionEnded, _control
+from corral.server import auth
 from corral.server.approvals import Approval
-from corral.server.limits import BodyTooLarge
+from corral.server.errors import http_error_message, invalid_request, os_error_status
+from corral.server.limits import BodyTooLarge, RequestTooLarge, too_big
 from corral.server.manager import ApiError, Entry, SandboxManager
 from corral.server.models import (
     BashActionRequest,
@@ -75,7 +81,6 @@ from corral.server.models import (
     WriteFileResult,
 )
 
-MAX_UPLOAD = 256 * 1024 * 1024
 # private writable directories of a ROCK sandbox besides /tmp: ROCK images let harnesses create
 # them (ROLL's run_tests does `mkdir -p /tests`); on corral they are empty tmpfs mounts
 ROCK_SCRATCH = ["/tests", "/app"]
@@ -97,22 +102,32 @@ def failed(status: int, message: str, *, result: Any = None,
 
 
 def as_failure(err: Exception) -> JSONResponse | None:
-    """corral's errors as ROCK answers them; None for anything else (an auth 401 stays a 401)."""
+    """corral's errors as ROCK answers them: HTTP 200 `Failed` with the reason, corral's status in
+    `X-Corral-Status`. None (the app's handlers answer with the status itself) for what is not the
+    route's to answer: 401/403 of authentication, as ROCK's gateway answers them; a request body
+    over the server's limit (a 413 that must close the connection); and the server's own faults,
+    a full disk or a store that cannot record (507) or an unexpected OS error (500), so a client's
+    retry logic sees a server error (the reason is in the body all the same)."""
     if isinstance(err, ApiError):
         return failed(err.status, err.message, result=err.result, safety=err.safety)
     if isinstance(err, RequestValidationError):
-        problems = []
-        for e in err.errors():
-            loc = ".".join(str(p) for p in e.get("loc", ()) if p not in ("body", "query", "form"))
-            problems.append(f"{loc or 'body'}: {e.get('msg')}")
-        return failed(422, "invalid request: " + "; ".join(problems))
+        return failed(422, invalid_request(err)[0])
+    if isinstance(err, RequestTooLarge):
+        return None
+    if isinstance(err, BodyTooLarge):  # a file over --max-file-bytes
+        return failed(413, err.message)
+    if isinstance(err, HTTPException) and 400 <= err.status_code < 500:  # a body not JSON
+        return failed(err.status_code, http_error_message(err))
     if isinstance(err, SandboxClosed):
         return failed(410, f"the sandbox is gone ({err.reason}); start a new one")
     if isinstance(err, SandboxRefused):
         return failed(503, str(err))
     if isinstance(err, PathOutsideWorkspace):
         return failed(400, f"path: {err}")
-    return None
+    if isinstance(err, OSError):  # a path too long, a directory: the request's fault
+        status, message = os_error_status(err)
+        return failed(status, message) if status < 500 else None
+    return None  # a server fault (a full disk, events that cannot be recorded): its 5xx status
 
 
 class RockRoute(APIRoute):
@@ -226,6 +241,7 @@ def router(m: SandboxManager) -> APIRouter:
         m.forget(sandbox_id)
         args = dict(entry.start_args)
         new = await m.start(sandbox_id=sandbox_id, **args)
+        new.owner = entry.owner  # still its tenant's, whoever (the admin) restarted it
         return ok(new, start_result(new), "restarted with a fresh workspace")
 
     @r.post("/restart", response_model=Envelope[StartResult])
@@ -242,6 +258,9 @@ def router(m: SandboxManager) -> APIRouter:
     async def delete(sandbox_id: Annotated[NonBlank, Body(embed=True)]) -> dict:
         """Forget a stopped sandbox (ROCK: Failed while it runs, Success when unknown)."""
         entry = m.live.get(sandbox_id)
+        known = entry or m.gone.get(sandbox_id)
+        if known is not None:  # another tenant's: 403 before saying whether it runs
+            auth.check_owner(known.owner, f"sandbox {sandbox_id!r}")
         if entry is not None and not entry.sandbox.closed_reason:
             raise ApiError(409, f"sandbox {sandbox_id!r} is running: stop it before deleting it",
                            safety=m.safety(entry))  # fmt: skip
@@ -447,9 +466,14 @@ def router(m: SandboxManager) -> APIRouter:
     @r.post("/write_file", response_model=Envelope[WriteFileResult])
     async def write_file(req: WriteFileRequest) -> dict:
         entry = m.get(req.sandbox_id)
-        if len(req.content) > m.limits.max_file_bytes:
+        try:
+            data = req.content.encode()
+        except UnicodeEncodeError as err:
+            msg = f"content: not valid Unicode text ({err.reason} at character {err.start})"
+            raise ApiError(422, msg, safety=m.safety(entry)) from None
+        if len(data) > m.limits.max_file_bytes:
             raise BodyTooLarge(m.limits.max_file_bytes, "content")
-        where = await paths.write(entry.sandbox, req.path, req.content)
+        where = await paths.write(entry.sandbox, req.path, data)
         return ok(entry, WriteFileResult(success=True, message=f"wrote {where}"))
 
     @r.post("/upload", response_model=Envelope[UploadResult])
@@ -459,10 +483,10 @@ def router(m: SandboxManager) -> APIRouter:
         sandbox_id: Annotated[NonBlank, Form()],
     ) -> dict:
         entry = m.get(sandbox_id)
-        limit = min(MAX_UPLOAD, m.limits.max_file_bytes)
+        limit = m.limits.max_file_bytes
         data = await file.read(limit + 1)
         if len(data) > limit:
-            raise ApiError(413, f"file: larger than {limit} bytes", safety=m.safety(entry))
+            raise ApiError(413, too_big("file", limit), safety=m.safety(entry))
         where = await paths.write(entry.sandbox, target_path, data)
         name = os.path.basename(file.filename or target_path)
         return ok(entry, UploadResult(success=True, message=f"uploaded to {where}", file_name=name))

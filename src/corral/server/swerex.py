@@ -15,7 +15,12 @@ starts a sandbox for SWE-ReX and returns its URL and an `auth_token`. `RemoteRun
 `X-API-Key`, so the per-sandbox routes are a sub-application mounted at the prefix, outside the
 app's bearer-token dependency, and require that per-sandbox token in `X-API-Key` (as a swerex
 server's `--auth-token` does): without it, or for a sandbox not started here, the answer is 401.
-SWE-ReX sessions are bash sessions of their own in the sandbox (`swerex:<name>`).
+SWE-ReX sessions are bash sessions of their own in the sandbox (`swerex:<name>`). A file over
+`--max-file-bytes` (read, written, uploaded, or a member of an uploaded zip) is HTTP 413 with
+`detail` naming it, as is a request body over `--max-request-bytes`; bad input (a NUL byte or
+more than 4,096 characters in a name or path, a timeout that is not a positive finite number, an
+invalid variable name) is 422 with `detail` naming the field, as FastAPI answers (RemoteRuntime
+logs it and raises); what SWE-ReX raises itself (no such session, a file error) stays its 511.
 """
 
 from __future__ import annotations
@@ -31,17 +36,18 @@ from fastapi import APIRouter, FastAPI, File, Form, Header, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from corral.sandbox import paths
 from corral.sandbox.errors import PathOutsideWorkspace, SandboxClosed, SandboxRefused
 from corral.sandbox.sandbox import ExecResult
 from corral.sandbox.session import SessionEnded
 from corral.server.approvals import Approval
+from corral.server.errors import field_name
+from corral.server.limits import too_big
 from corral.server.manager import ApiError, Entry, SandboxManager
 
 PREFIX = "/apis/corral/v1/swerex"
-MAX_UPLOAD = 256 * 1024 * 1024
 EXC = "swerex.exceptions."
 Key = Annotated[str | None, Header(alias="X-API-Key")]
 
@@ -73,7 +79,7 @@ class SwerexRoute(APIRoute):
             except SwerexError as err:
                 return _transfer(err.class_path, err.message)
             except ApiError as err:
-                if err.status in (401, 403, 404):
+                if err.status in (401, 403, 404, 413, 422):
                     return JSONResponse(status_code=err.status, content={"detail": err.message})
                 return _transfer(EXC + "SwerexException", err.message)
             except SandboxClosed as err:
@@ -82,8 +88,11 @@ class SwerexRoute(APIRoute):
                 return _transfer(EXC + "DeploymentStartupError", str(err))
             except PathOutsideWorkspace as err:
                 return _transfer("builtins.PermissionError", str(err))
-            except RequestValidationError as err:
-                return JSONResponse(status_code=422, content={"detail": err.errors()})
+            except RequestValidationError as err:  # FastAPI's shape, less the input (a NaN...)
+                detail = [{"loc": [str(p) for p in e.get("loc", ())], "msg": e.get("msg"),
+                           "type": e.get("type"), "field": field_name(tuple(e.get("loc", ())))}
+                          for e in err.errors()]  # fmt: skip
+                return JSONResponse(status_code=422, content={"detail": detail})
             except (OSError, ValueError) as err:  # FileNotFoundError, IsADirectoryError...
                 return _transfer(f"builtins.{type(err).__name__}", str(err))
 
@@ -95,17 +104,24 @@ class _In(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
+# names and paths as the service takes them everywhere (corral.server.models): no NUL byte, at most
+# 4,096 characters, so bad input is a 422 naming the field instead of an error deep in a syscall
+Text = Annotated[str, StringConstraints(max_length=4096, pattern=r"^[^\x00]*$")]
+Name = Annotated[str, StringConstraints(min_length=1, max_length=4096, pattern=r"^[^\x00]*$")]
+Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
+
 class CreateBashSessionRequest(_In):
-    startup_source: list[str] = []
-    session: str = "default"
+    startup_source: list[Text] = []
+    session: Name = "default"
     session_type: Literal["bash"] = "bash"
-    startup_timeout: float = 1.0
+    startup_timeout: Seconds = 1.0
 
 
 class BashAction(_In):
     command: str
-    session: str = "default"
-    timeout: float | None = None
+    session: Name = "default"
+    timeout: Seconds | None = None
     is_interactive_command: bool = False
     is_interactive_quit: bool = False
     check: Literal["silent", "raise", "ignore"] = "raise"
@@ -115,30 +131,30 @@ class BashAction(_In):
 
 
 class CloseBashSessionRequest(_In):
-    session: str = "default"
+    session: Name = "default"
     session_type: Literal["bash"] = "bash"
 
 
 class Command(_In):
     command: str | list[str]
-    timeout: float | None = None
+    timeout: Seconds | None = None
     shell: bool = False
     check: bool = False
     error_msg: str = ""
-    env: dict[str, str] | None = None
-    cwd: str | None = None
+    env: dict[str, Text] | None = None
+    cwd: Text | None = None
     merge_output_streams: bool = False
 
 
 class ReadFileRequest(_In):
-    path: str
+    path: Name
     encoding: str | None = None
     errors: str | None = None
 
 
 class WriteFileRequest(_In):
     content: str
-    path: str
+    path: Name
 
 
 class SwerexStart(BaseModel):
@@ -313,27 +329,38 @@ def _runtime_router(m: SandboxManager, tokens: dict[str, str]) -> APIRouter:
     @r.post("/{sandbox_id}/read_file")
     async def read_file(sandbox_id: str, req: ReadFileRequest, x_api_key: Key = None) -> dict:
         entry = entry_for(sandbox_id, x_api_key)
-        data = await paths.read(entry.sandbox, req.path)
+        limit = m.limits.max_file_bytes
+        data = await paths.read(entry.sandbox, req.path, max_bytes=limit + 1)
+        if len(data) > limit:
+            raise ApiError(413, too_big(f"path: {req.path!r}", limit))
         return {"content": data.decode(req.encoding or "utf-8", req.errors or "strict")}
 
     @r.post("/{sandbox_id}/write_file")
     async def write_file(sandbox_id: str, req: WriteFileRequest, x_api_key: Key = None) -> dict:
         entry = entry_for(sandbox_id, x_api_key)
-        await paths.write(entry.sandbox, req.path, req.content)
+        try:
+            data = req.content.encode()
+        except UnicodeEncodeError as err:
+            msg = f"content: not valid Unicode text ({err.reason} at character {err.start})"
+            raise ApiError(422, msg) from None
+        if len(data) > m.limits.max_file_bytes:
+            raise ApiError(413, too_big("content", m.limits.max_file_bytes))
+        await paths.write(entry.sandbox, req.path, data)
         return {}
 
     @r.post("/{sandbox_id}/upload")
     async def upload(
         sandbox_id: str,
         file: Annotated[UploadFile, File()],
-        target_path: Annotated[str, Form()],
+        target_path: Annotated[Name, Form()],
         unzip: Annotated[bool, Form()] = False,
         x_api_key: Key = None,
     ) -> dict:
         entry = entry_for(sandbox_id, x_api_key)
-        data = await file.read(MAX_UPLOAD + 1)
-        if len(data) > MAX_UPLOAD:
-            raise SwerexError("builtins.ValueError", f"file: larger than {MAX_UPLOAD} bytes")
+        limit = m.limits.max_file_bytes
+        data = await file.read(limit + 1)
+        if len(data) > limit:
+            raise ApiError(413, too_big("file", limit))
         if not unzip:
             await paths.write(entry.sandbox, target_path, data)
             return {}
@@ -341,11 +368,19 @@ def _runtime_router(m: SandboxManager, tokens: dict[str, str]) -> APIRouter:
             archive = zipfile.ZipFile(io.BytesIO(data))
         except zipfile.BadZipFile as err:
             raise SwerexError("zipfile.BadZipFile", str(err)) from None
-        for info in archive.infolist():  # each member through the same O_NOFOLLOW walk
-            if not info.is_dir():
-                dest = f"{target_path.rstrip('/')}/{info.filename}"
-                await paths.write(entry.sandbox, dest, archive.read(info),
-                                  (info.external_attr >> 16) & 0o777 or 0o644)  # fmt: skip
+        members = [i for i in archive.infolist() if not i.is_dir()]
+        # a small zip can hold gigabytes: each member is a file into the sandbox (the file limit),
+        # and all of them together at most what one request may carry
+        for info in members:
+            if info.file_size > limit:
+                raise ApiError(413, too_big(f"file: zip member {info.filename[:200]!r}", limit))
+        if sum(i.file_size for i in members) > m.limits.max_request_bytes:
+            raise ApiError(413, too_big("file: the zip's members together",
+                                        m.limits.max_request_bytes))  # fmt: skip
+        for info in members:  # each member through the same O_NOFOLLOW walk
+            dest = f"{target_path.rstrip('/')}/{info.filename}"
+            await paths.write(entry.sandbox, dest, archive.read(info),
+                              (info.external_attr >> 16) & 0o777 or 0o644)  # fmt: skip
         return {}
 
     @r.post("/{sandbox_id}/close")
