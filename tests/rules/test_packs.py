@@ -22,8 +22,11 @@ def test_all_packs_ship_as_package_data() -> None:
 
 @pytest.mark.parametrize("pack", [p for p in PACKS if p != "records"])
 def test_each_pack_has_positive_and_negative_fixtures(pack: str) -> None:
-    rules = [r for r in ENGINE.rules
-             if (r.category == pack or r.id.startswith(pack + ".")) and r.match != "record"]
+    rules = [
+        r
+        for r in ENGINE.rules
+        if (r.category == pack or r.id.startswith(pack + ".")) and r.match != "record"
+    ]
     assert rules, pack
     assert all(r.examples for r in rules), [r.id for r in rules if not r.examples]
     assert any(r.counter_examples for r in rules)
