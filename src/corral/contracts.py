@@ -33,8 +33,10 @@ fanout, cpu_sustained, gpu_use, ...), `source` and the kind's own fields (see `r
 # (a typo would otherwise make a rule that can never fire). A sensor that adds a kind or a field
 # adds it here.
 FACT_KINDS: frozenset[str] = frozenset(
-    {"exec", "stdio_socket", "relay", "connections", "fanout", "cpu_sustained", "gpu_use"}
-)
+    {"exec", "stdio_socket", "relay", "connections", "fanout", "cpu_sustained", "gpu_use",
+     # the egress gateway's (egress/facts.py)
+     "egress_attempt", "egress_evidence", "egress_malformed", "egress_record", "dns_query"}
+)  # fmt: skip
 EVENT_FIELDS: frozenset[str] = frozenset(
     {"ts", "sandbox_id", "episode_id", "step", "origin_step", "source", "rule", "category",
      "severity", "action", "attack", "pid", "exe", "argv", "dst", "path", "message", "evidence"}
@@ -43,7 +45,10 @@ FACT_FIELDS: dict[str, frozenset[str] | None] = {
     **{f: None for f in EVENT_FIELDS},  # None: any sub-field (evidence is free-form)
     "kind": None, "comm": None, "cmdline": None, "cwd": None, "parents": None, "stdio": None,
     "gpu_granted": None,
-    "dst": frozenset({"host", "ip", "port", "proto"}),
+    "dst": frozenset({"host", "ip", "port", "proto", "class"}),
+    # the egress gateway's facts (egress/facts.py)
+    "via": None, "record": None, "protocol_allowed": None, "dns": None, "refusal": None,
+    "protocol_listed": None, "chain": None, "outcome": None,
     "config": frozenset({"paths", "text"}),
     "sockets": frozenset({"stdio_fds", "remote", "listen_ports", "outbound", "remote_ports",
                           "remote_ips", "distinct_remotes"}),

@@ -324,6 +324,7 @@ async def test_ssh_forward_from_a_script_is_judged_as_the_plain_command(store, t
     episode the same way, judged here from what the process did: connect for ssh -R."""
     policy = load_policy("rl-strict").model_copy(deep=True)
     policy.gate.enabled = False  # the gateway's judgement alone (the gate would stop the plain one)
+    policy.monitor.enabled = False  # (and the exec sensor would stop it before it connects)
     policy.limits.enforcement = "best_effort"  # an ordinary user has no cgroup to enforce cpus
     sb = Sandbox(policy, egress=Egress(resolver=Resolver(TEST_NAMES, use_dns=False)), store=store)
     await sb.start()
