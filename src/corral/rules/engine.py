@@ -12,7 +12,6 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -82,9 +81,13 @@ def _format_error(err: ValidationError, origin: str, rule_id: str | None) -> str
     return f"invalid rule pack {origin}{who}:\n" + "\n".join(lines)
 
 
+# libyaml's parser where PyYAML was built with it: ten times the pure-Python one
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def parse_pack(text: str, origin: str) -> list[Rule]:
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_YAML_LOADER)  # noqa: S506 - a safe loader
     except yaml.YAMLError as err:
         raise RulePackError(f"invalid rule pack {origin}: not valid YAML: {err}") from None
     if not isinstance(data, dict):
@@ -389,13 +392,18 @@ class RuleEngine:
 
 
 def pack_files() -> list[Path]:
-    root = resources.files("corral.rules").joinpath("packs")
-    return sorted(Path(str(root)).glob("*.yaml"))
+    from corral.rules.cache import pack_files
+
+    return pack_files()
 
 
 @lru_cache(maxsize=1)
 def _default_engine() -> RuleEngine:
-    return RuleEngine.load(pack_files())
+    """Built from the parsed packs kept on disk by content hash (`corral.rules.cache`)."""
+    from corral.rules.cache import load_default
+
+    rules, sources, rep = load_default()
+    return RuleEngine(rules, rep, sources)
 
 
 def commands_of(analysis: Analysis) -> list[Command]:
