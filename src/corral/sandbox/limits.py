@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from corral.policy.model import LimitsPolicy
+from corral.sandbox import reap
 from corral.sandbox.probe import CGROUP_ROOT, Capabilities
 
 
@@ -182,36 +183,50 @@ class Cgroup:
         return False
 
     def kill_all(self, deadline: float = 5.0) -> None:
-        """SIGKILL every task until the cgroup is empty. Frozen first, so a fork bomb cannot race
-        us; thawed after, so the kills land (and a later process may join)."""
-        end = time.monotonic() + deadline
-        if self.version == 2 and self._write("unified", "cgroup.kill", "1"):
-            while self.pids() and time.monotonic() < end:
-                time.sleep(0.005)
+        """SIGKILL every task until the cgroup is empty; returns at once when it already is (the
+        usual case: the sandbox's init was killed first and took its pid namespace with it).
+        v2 kills in one write (`cgroup.kill`). v1 freezes first, so a fork bomb cannot race the
+        kills, and thaws after, so they land. Exits are waited for on pidfds, not slept for."""
+        pids = self.pids()
+        if not pids:
             return
-        while time.monotonic() < end:
-            frozen = self.freeze(True)
-            pids = self.pids()
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(pid, signal.SIGKILL)
+        end = time.monotonic() + deadline
+        killed_v2 = self.version == 2 and self._write("unified", "cgroup.kill", "1")
+        while pids and time.monotonic() < end:
+            frozen = not killed_v2 and self.freeze(True)
             if frozen:
-                self.freeze(False)
-            if not pids:
-                break
-            time.sleep(0.005)
+                pids = self.pids()  # as they are now that none can fork
+            fds = [fd for fd in map(reap.pidfd_open, pids) if fd is not None]
+            try:
+                if not killed_v2:
+                    for pid in pids:
+                        with contextlib.suppress(ProcessLookupError, PermissionError):
+                            os.kill(pid, signal.SIGKILL)
+                if frozen:
+                    self.freeze(False)
+                if fds:
+                    reap.wait_pidfds(fds, min(1.0, max(0.0, end - time.monotonic())))
+                else:  # no pidfd support here: give the kills a moment to land
+                    time.sleep(0.001)
+            finally:
+                for fd in fds:
+                    os.close(fd)
+            pids = self.pids()
 
     def destroy(self) -> None:
-        self.kill_all()
+        """Remove the cgroup's directories; a cgroup that still holds tasks is emptied first."""
         for d in self.dirs.values():
-            for _ in range(50):
+            for attempt in range(50):
                 try:
                     d.rmdir()
                     break
                 except FileNotFoundError:
                     break
                 except OSError:
-                    time.sleep(0.01)
+                    if attempt == 0:
+                        self.kill_all()
+                    else:
+                        time.sleep(0.01)
 
 
 def cgroup_name(sandbox_id: str) -> str:

@@ -41,6 +41,7 @@ from corral.sandbox.limits import (
 )
 from corral.sandbox.probe import Capabilities, probe
 from corral.sandbox.procs import children_of
+from corral.sandbox.reap import finish, kill_init
 from corral.sandbox.session import ShellSession, open_session
 from corral.sandbox.shell import Capture, OutputCallback, ShellChannel, bootstrap, frame
 from corral.store.paths import corral_home
@@ -809,22 +810,19 @@ class Sandbox:
         await self._teardown()
 
     async def _teardown(self) -> None:
-        for session in self.sessions.values():  # their processes go with the cgroup and init
+        # the init first: its pid namespace goes with it, the outer bwrap reaps it and is reaped in
+        # turn, so no process is left to the host's PID 1 (`corral.sandbox.reap`); the channel
+        # and the gateway are closed while the kernel tears the namespaces down
+        init_fd = kill_init(self._proc, self._init_pid)
+        for session in self.sessions.values():  # their processes went with the pid namespace
             session._close_channel(self.closed_reason or "the sandbox's shell ended")
-        if self.cgroup is not None:
-            await asyncio.to_thread(self.cgroup.kill_all)
-        if self._init_pid:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(self._init_pid, signal.SIGKILL)
-        if self._proc is not None:
-            with contextlib.suppress(ProcessLookupError):
-                self._proc.kill()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                await asyncio.to_thread(self._proc.wait, 5)
         if self._chan is not None:
             self._chan.close()
         if self.egress is not None:
             await self.egress.stopped(self)
+        await finish(self._proc, init_fd, self._init_pid)
+        if self.cgroup is not None and self.cgroup.pids():  # what the namespace did not take
+            await asyncio.to_thread(self.cgroup.kill_all)
         self._proc = None
         self._chan = None
         self._init_pid = None
@@ -839,7 +837,10 @@ class Sandbox:
         await self._teardown()
         if self.cgroup is not None:
             self._check_counters(self.step or None)
-            await asyncio.to_thread(self.cgroup.destroy)
+            if self.cgroup.pids():  # emptying it may take a while: off the event loop
+                await asyncio.to_thread(self.cgroup.destroy)
+            else:  # a few rmdirs
+                self.cgroup.destroy()
             self.cgroup = None
         self.emit(
             source="sandbox",
@@ -850,6 +851,9 @@ class Sandbox:
             evidence={"steps": self.step, "terminated": self.terminated},
         )
         if self._own_workspace and self.workspace is not None:
-            await asyncio.to_thread(shutil.rmtree, self.workspace, True)
+            try:
+                self.workspace.rmdir()  # left empty (most runs): no thread needed
+            except OSError:
+                await asyncio.to_thread(shutil.rmtree, self.workspace, True)
         self.workspace = None
         self.closed_reason = self.closed_reason or "closed"
