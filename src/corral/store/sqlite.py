@@ -7,9 +7,13 @@ writes; many supervisors on one host may share the file.
 
 from __future__ import annotations
 
+import atexit
 import json
 import sqlite3
+import sys
 import threading
+import time
+import weakref
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -100,8 +104,33 @@ _COLUMNS = [
 ]
 
 
+# An event waits at most this long for the transaction of the command it belongs to.
+FLUSH_AFTER_S = 0.05
+# Written at once, with whatever waits before them: the end of a command or of a sandbox (so a
+# command's events land in one transaction), and every event that is not plain information.
+FLUSH_RULES = frozenset({"sandbox.command_ended", "sandbox.stopped", "sandbox.terminated"})
+FLUSH_MAX = 512
+
+_open_stores: weakref.WeakSet[EventStore] = weakref.WeakSet()
+
+
+@atexit.register
+def _flush_open_stores() -> None:
+    for store in list(_open_stores):
+        try:
+            store.flush()
+        except Exception as err:  # noqa: BLE001 - exiting: say so, on one line
+            print(f"corral: events not written to {store.path}: {err}", file=sys.stderr)
+
+
 class EventStore:
-    """A thread-safe handle on the events database."""
+    """A thread-safe handle on the events database.
+
+    `add` batches: a command's events are written in one transaction when it ends (or a sandbox
+    stops, or an event above `info` arrives), and nothing waits longer than `FLUSH_AFTER_S`; one
+    commit per event cost more than the rest of a warm step. Reads through this handle, `close()`
+    and interpreter exit write what waits first, so a reader in this process never misses one.
+    """
 
     def __init__(self, path: str | Path | None = None) -> None:
         self.path = Path(path) if path else default_db_path()
@@ -112,6 +141,11 @@ class EventStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        self._pending: list[Event] = []
+        self._flush_lock = threading.Lock()  # one flush at a time, so batches land in order
+        self._wake = threading.Condition(threading.Lock())
+        self._flusher: threading.Thread | None = None
+        _open_stores.add(self)
 
     _shared: dict[Path, EventStore] = {}
     _shared_lock = threading.Lock()
@@ -127,7 +161,62 @@ class EventStore:
             return store
 
     def add(self, event: Event) -> None:
-        self.add_many([event])
+        """Record one event: at once if it ends a command or matters, else with its command."""
+        with self._lock:
+            if self._closed:
+                raise sqlite3.ProgrammingError("Cannot operate on a closed database.")
+            self._pending.append(event)
+            now = (event.rule in FLUSH_RULES or event.severity != "info"
+                   or len(self._pending) >= FLUSH_MAX)  # fmt: skip
+        if now:
+            self.flush()
+        else:
+            self._schedule()
+
+    def flush(self) -> None:
+        """Write every waiting event in one transaction; on failure they stay queued (in order)
+        and the error is raised."""
+        with self._flush_lock:
+            with self._lock:
+                batch, self._pending = self._pending, []
+            if not batch:
+                return
+            try:
+                self.add_many(batch)
+            except BaseException:
+                with self._lock:
+                    self._pending[:0] = batch
+                raise
+
+    def _schedule(self) -> None:
+        """Make sure a flush comes within FLUSH_AFTER_S (one daemon thread per store)."""
+        with self._wake:
+            if self._flusher is None:
+                self._flusher = threading.Thread(target=self._flush_loop, name="corral-store",
+                                                 daemon=True)  # fmt: skip
+                self._flusher.start()
+            self._wake.notify()
+
+    def _flush_loop(self) -> None:
+        """Flush what waits, FLUSH_AFTER_S after it began to wait; ends after a second idle."""
+        warned = False
+        while True:
+            with self._wake:
+                if not self._pending and not self._closed:
+                    self._wake.wait(1.0)
+                if self._closed or not self._pending:
+                    self._flusher = None
+                    return
+            time.sleep(FLUSH_AFTER_S)
+            try:
+                self.flush()
+                warned = False
+            except sqlite3.ProgrammingError:  # closed meanwhile: close() wrote what it could
+                return
+            except Exception as err:  # noqa: BLE001 - kept queued; said once, retried later
+                if not warned:
+                    print(f"corral: events not yet written to {self.path}: {err}", file=sys.stderr)
+                    warned = True
 
     def add_many(self, events: Iterable[Event]) -> None:
         rows = [self._row(e) for e in events]
@@ -206,6 +295,7 @@ class EventStore:
         if since is not None:
             where.append("ts >= ?")
             args.append(since)
+        self.flush()
         sql = f"SELECT {','.join(_COLUMNS)} FROM events"
         if where:
             sql += " WHERE " + " AND ".join(where)
@@ -224,6 +314,7 @@ class EventStore:
 
     # ---------------------------------------------------------------- steps (RL episodes)
     def add_step(self, record: StepRecord) -> None:
+        self.flush()  # the step's events first
         d = record.model_dump(mode="json")
         d["terminated"] = int(d["terminated"])
         d["truncated"] = int(d["truncated"])
@@ -236,6 +327,7 @@ class EventStore:
             )
 
     def steps(self, episode_id: str) -> list[StepRecord]:
+        self.flush()
         sql = f"SELECT {','.join(_STEP_COLUMNS)} FROM steps WHERE episode_id = ? ORDER BY step, id"
         with self._lock:
             rows = self._db.execute(sql, (episode_id,)).fetchall()
@@ -250,6 +342,7 @@ class EventStore:
 
     def episodes(self, limit: int | None = None) -> list[str]:
         """Episodes that recorded steps, newest first."""
+        self.flush()
         sql = "SELECT episode_id FROM steps GROUP BY episode_id ORDER BY MAX(id) DESC"
         if limit:
             sql += f" LIMIT {int(limit)}"
@@ -257,6 +350,11 @@ class EventStore:
             return [r[0] for r in self._db.execute(sql).fetchall()]
 
     def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            self._db.close()
+        try:
+            self.flush()
+        finally:
+            with self._lock:
+                self._closed = True
+                self._db.close()
+            with self._wake:
+                self._wake.notify()
