@@ -22,7 +22,17 @@ _LAZY = {
     "SyncSandbox": "corral.sandbox",
     "load_policy": "corral.policy",
 }
-__all__ = sorted(_LAZY)
+__all__ = [
+    "Event",
+    "ExecResult",
+    "Policy",
+    "PolicyError",
+    "Sandbox",
+    "SandboxClosed",
+    "SandboxRefused",
+    "SyncSandbox",
+    "load_policy",
+]
 
 if TYPE_CHECKING:
     from corral.events.model import Event

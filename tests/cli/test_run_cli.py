@@ -32,6 +32,7 @@ def policy_file(tmp_path):
 @pytest.mark.unprivileged
 def test_run_streams_output_and_keeps_exit_status(tmp_path, policy_file) -> None:
     ws = tmp_path / "ws"
+    ws.mkdir()
     ev = tmp_path / "ev.jsonl"
     r = corral("run", "--policy", policy_file(), "--workspace", str(ws), "--events", str(ev),
                "--episode", "ep-cli", "--", "sh", "-c", "echo hello > out.txt; cat out.txt; exit 3")  # fmt: skip

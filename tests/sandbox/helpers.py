@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from corral.policy.loader import load_policy
 from corral.policy.model import Policy
@@ -31,3 +32,9 @@ INSIDE_CHECK = (
 
 def is_root() -> bool:
     return os.geteuid() == 0
+
+
+def new_dir(path: Path) -> Path:
+    """A fresh directory for a workspace (corral refuses a missing one rather than make it)."""
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from corral import Sandbox
-from tests.sandbox.helpers import INSIDE_CHECK, sandbox_policy
+from tests.sandbox.helpers import INSIDE_CHECK, new_dir, sandbox_policy
 
 pytestmark = pytest.mark.unprivileged
 
@@ -24,7 +24,7 @@ async def test_really_inside_a_sandbox() -> None:
 
 
 async def test_cannot_write_outside_workspace(tmp_path) -> None:
-    async with Sandbox(sandbox_policy(), workspace=tmp_path / "ws") as sb:
+    async with Sandbox(sandbox_policy(), workspace=new_dir(tmp_path / "ws")) as sb:
         for target in ("/etc/corral-test", "/usr/corral-test", "/corral-test", "/bin/corral-test"):
             r = await sb.exec(f"echo x > {target}")
             assert r.exit_code != 0, target

@@ -48,6 +48,16 @@ class WorkspacePolicy(_Strict):
         return v
 
 
+# Host secrets hidden in every sandbox whatever the policy says (a policy's `hidden` adds to these).
+DEFAULT_HIDDEN = (
+    "/etc/shadow", "/etc/shadow-", "/etc/gshadow", "/etc/gshadow-", "/etc/security/opasswd",
+    "/etc/sudoers", "/etc/sudoers.d", "/etc/ssh", "/etc/ssl/private", "/etc/boto.cfg",
+    "/etc/docker", "/etc/kubernetes", "/etc/rancher", "/etc/corral", "/root", "/home",
+    "/var/lib/docker", "/var/lib/cloud", "/var/lib/kubelet", "/var/log", "/run", "/var/run",
+    "/etc/machine-id", "/var/lib/dbus/machine-id", "/etc/credstore", "/etc/credstore.encrypted",
+)  # fmt: skip
+
+
 class FilesystemPolicy(_Strict):
     workspace: WorkspacePolicy = WorkspacePolicy()
     read_only: list[str] = []
@@ -99,6 +109,13 @@ class LimitsPolicy(_Strict):
     pids: int | None = Field(512, ge=1)
     open_files: int | None = Field(1024, ge=16)
     file_size: Size | None = 1024**3
+    disk: Size | None = Field(
+        4 * 1024**3, description="bytes the agent may add to /tmp and to the workspace each (a "
+        "size-capped tmpfs for /tmp; the workspace's growth is measured and answered as a limit)",
+    )  # fmt: skip
+    inodes: int | None = Field(
+        200_000, ge=16, description="files the agent may add to the workspace (measured)"
+    )
     enforcement: Literal["strict", "best_effort"] = Field(
         "strict", description="strict: refuse to run when a limit cannot be enforced"
     )

@@ -8,10 +8,11 @@ there is no route off the host: the egress gateway is the only way out.
 from __future__ import annotations
 
 import os
+import resource
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from corral.policy.model import Policy
+from corral.policy.model import DEFAULT_HIDDEN, Policy
 
 SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/opt")
 SANDBOX_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -29,6 +30,73 @@ class BwrapSpec:
     extra_env: dict[str, str] = field(default_factory=dict)
     extra_args: list[str] = field(default_factory=list)
     gpu_devices: list[str] = field(default_factory=list)
+    host_uid: int | None = None  # root supervisor: the unprivileged host id bwrap runs as
+    seccomp_fd: int | None = None
+    tmp_size: int | None = None
+    protected_abs: list[str] = field(default_factory=list)
+    # fds holding bind data; the caller passes them to bwrap and closes them
+    fds: list[int] = field(default_factory=list)
+    staged: dict[str, str] = field(default_factory=dict)  # unreachable dir -> its staged mount
+    # (resource, soft, hard): set by `prlimit` before bwrap starts when it runs as host_uid (a
+    # supervisor may lack CAP_SYS_RESOURCE over another id's processes, as in some containers)
+    rlimits: list[tuple[int, int, int]] = field(default_factory=list)
+
+
+# Kernel files no agent needs to write or read: covered read-only (dirs) or by /dev/null (files).
+PROC_RO_DIRS = ("/proc/sys", "/proc/irq", "/proc/bus", "/proc/fs")
+PROC_MASKED = ("/proc/sysrq-trigger", "/proc/kcore", "/proc/kmsg", "/proc/keys",
+               "/proc/timer_list", "/proc/sched_debug", "/proc/kallsyms")  # fmt: skip
+BIND_OPTS = ("--bind", "--ro-bind")
+
+
+def _bind(spec: BwrapSpec, opt: str, src: str, dest: str) -> list[str]:
+    """One bind. As an unprivileged host id bwrap resolves sources itself, so a directory it could
+    not reach is bound from the staged copy of its mount (`spec.staged`) and a read-only file is
+    handed over as data through an fd the supervisor opened."""
+    if spec.host_uid is None:
+        return [opt, src, dest]
+    staged = _staged(spec, src)
+    if staged is not None:
+        return [opt, staged, dest]
+    if opt == "--ro-bind" and os.path.isfile(src) and not reachable(src):
+        fd = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
+        spec.fds.append(fd)
+        return ["--ro-bind-data", str(fd), dest]
+    return [opt, src, dest]
+
+
+def _staged(spec: BwrapSpec, src: str) -> str | None:
+    for root, stage in spec.staged.items():
+        if src == root or src.startswith(root.rstrip("/") + "/"):
+            return stage + src[len(root):]
+    return None
+
+
+def reachable(path: str) -> bool:
+    """Can any host id walk down to `path` (every parent directory searchable by others)?"""
+    p = os.path.dirname(os.path.abspath(path))
+    while True:
+        try:
+            if not os.stat(p).st_mode & 0o001:
+                return False
+        except OSError:
+            return False
+        if p == "/":
+            return True
+        p = os.path.dirname(p)
+
+
+def _fd_binds(spec: BwrapSpec, args: list[str]) -> list[str]:
+    out: list[str] = []
+    i = 0
+    while i < len(args):
+        if args[i] in BIND_OPTS and i + 2 < len(args):
+            out += _bind(spec, args[i], args[i + 1], args[i + 2])
+            i += 3
+            continue
+        out.append(args[i])
+        i += 1
+    return out
 
 
 def _under(path: str, roots: list[str]) -> bool:
@@ -55,8 +123,13 @@ def build_argv(bwrap: str, spec: BwrapSpec, command: list[str]) -> list[str]:
         "--info-fd",
         str(spec.info_fd),
     ]
-    if os.geteuid() == 0:
+    if spec.host_uid is not None:
+        # bwrap runs as the sandbox's own unprivileged host id (see identity.py); root inside
+        argv += ["--uid", "0", "--gid", "0"]
+    elif os.geteuid() == 0:
         argv += ["--cap-drop", "ALL"]
+    if spec.seccomp_fd is not None:
+        argv += ["--seccomp", str(spec.seccomp_fd)]
     bound: list[str] = []
     for d in SYSTEM_DIRS:
         p = Path(d)
@@ -65,23 +138,34 @@ def build_argv(bwrap: str, spec: BwrapSpec, command: list[str]) -> list[str]:
         elif p.is_dir():
             argv += ["--ro-bind", d, d]
             bound.append(d)
-    argv += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--dir", SANDBOX_HOME]
+    argv += ["--proc", "/proc"]
+    for d in PROC_RO_DIRS:
+        if os.path.isdir(d):
+            argv += ["--ro-bind", d, d]
+    for f in PROC_MASKED:
+        if os.path.exists(f):
+            argv += ["--ro-bind", "/dev/null", f]
+    argv += ["--dev", "/dev"]
+    if spec.tmp_size:
+        argv += ["--size", str(spec.tmp_size)]
+    argv += ["--tmpfs", "/tmp", "--dir", SANDBOX_HOME]
     for p in fs.read_only:
         if Path(p).exists():
-            argv += ["--ro-bind", p, p]
+            argv += _bind(spec, "--ro-bind", p, p)
             bound.append(p)
     for p in fs.read_write:
         if Path(p).exists():
-            argv += ["--bind", p, p]
+            argv += _bind(spec, "--bind", p, p)
             bound.append(p)
     mode = "--bind" if fs.workspace.mode == "rw" else "--ro-bind"
-    argv += [mode, str(spec.workspace), ws_in]
+    argv += _bind(spec, mode, str(spec.workspace), ws_in)
+    bound.append(str(spec.workspace))
     for rel in fs.protected:
         host = spec.workspace / rel
-        if host.exists():
-            argv += ["--ro-bind", str(host), f"{ws_in.rstrip('/')}/{rel}"]
+        if host.exists() and not host.is_symlink():
+            argv += _bind(spec, "--ro-bind", str(host), f"{ws_in.rstrip('/')}/{rel}")
     # Hide what lies under a bound tree: secrets by name, and anything of the supervisor's.
-    for p in [*fs.hidden, *spec.supervisor_paths]:
+    for p in dict.fromkeys([*DEFAULT_HIDDEN, *fs.hidden, *spec.supervisor_paths]):
         if not _under(p, bound) or not os.path.lexists(p):
             continue
         if os.path.isdir(p) and not os.path.islink(p):
@@ -104,5 +188,26 @@ def build_argv(bwrap: str, spec: BwrapSpec, command: list[str]) -> list[str]:
     argv += ["--clearenv"]
     for k, v in env.items():
         argv += ["--setenv", k, v]
-    argv += ["--chdir", ws_in, *spec.extra_args, "--", *command]
+    argv += ["--chdir", ws_in, *_fd_binds(spec, spec.extra_args), "--", *command]
+    if spec.host_uid is not None:
+        argv = [*prlimit_prefix(spec.rlimits), *setpriv_prefix(spec.host_uid), *argv]
     return argv
+
+
+_PRLIMIT_FLAGS = {resource.RLIMIT_AS: "as", resource.RLIMIT_NPROC: "nproc",
+                  resource.RLIMIT_NOFILE: "nofile", resource.RLIMIT_FSIZE: "fsize",
+                  resource.RLIMIT_CPU: "cpu", resource.RLIMIT_CORE: "core",
+                  resource.RLIMIT_DATA: "data", resource.RLIMIT_STACK: "stack",
+                  resource.RLIMIT_MEMLOCK: "memlock"}  # fmt: skip
+
+
+def prlimit_prefix(rlimits: list[tuple[int, int, int]]) -> list[str]:
+    if not rlimits:
+        return []
+    return ["prlimit", *(f"--{_PRLIMIT_FLAGS[w]}={soft}:{hard}" for w, soft, hard in rlimits), "--"]
+
+
+def setpriv_prefix(uid: int) -> list[str]:
+    """Run bwrap as `uid` with no supplementary groups and no way to regain privilege."""
+    return ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
+            "--inh-caps=-all", "--no-new-privs", "--"]  # fmt: skip

@@ -28,7 +28,7 @@ from corral.events.model import Event, severity_rank
 from corral.events.sink import EventSink
 from corral.policy.loader import load_policy
 from corral.policy.model import Policy
-from corral.sandbox import files
+from corral.sandbox import files, identity, stage, syscalls
 from corral.sandbox.bwrap import BwrapSpec, build_argv
 from corral.sandbox.errors import SandboxClosed, SandboxRefused
 from corral.sandbox.limits import (
@@ -44,6 +44,7 @@ from corral.sandbox.procs import children_of
 from corral.sandbox.reap import finish, kill_init
 from corral.sandbox.session import ShellSession, open_session
 from corral.sandbox.shell import Capture, OutputCallback, ShellChannel, bootstrap, frame
+from corral.sandbox.workspace import check_workspace
 from corral.store.paths import corral_home
 from corral.store.sqlite import EventStore
 
@@ -74,6 +75,23 @@ def _sweep_workspaces(root: Path) -> None:
             shutil.rmtree(d, ignore_errors=True)
         except PermissionError:
             continue
+
+
+def rlimit_triples(rlimits: list[tuple[int, int]]) -> list[tuple[int, int, int]]:
+    """(resource, soft, hard) for each limit, as the sandbox's processes get them."""
+    import resource
+
+    out = []
+    for which, value in rlimits:
+        # CPU: SIGXCPU at the limit (visible as such), SIGKILL a second later
+        hard = value + 1 if which == resource.RLIMIT_CPU else value
+        own = resource.getrlimit(which)[1]
+        if own != resource.RLIM_INFINITY and hard > own:
+            # the kernel refuses to raise a hard limit past the supervisor's own (even for
+            # root, across the sandbox's user namespace): hold the stricter one instead
+            value, hard = min(value, own), own
+        out.append((which, value, hard))
+    return out
 
 
 class Attachment(Protocol):
@@ -136,8 +154,12 @@ class Sandbox:
         self.id = sandbox_id or "sb-" + uuid.uuid4().hex[:12]
         self.episode_id = episode_id or "ep-" + uuid.uuid4().hex[:12]
         self._own_workspace = workspace is None
-        self._workspace_arg = Path(workspace).resolve() if workspace else None
+        self._workspace_arg = Path(workspace) if workspace else None
         self.workspace: Path | None = None
+        self.identity: identity.HostIdentity | None = None
+        self._owners: identity.Owners = {}
+        self._placeholders: list[Path] = []
+        self._stages: dict[str, str] = {}
         if sink is None:
             if store is True:
                 store = EventStore.shared()
@@ -248,6 +270,10 @@ class Sandbox:
         report.mechanisms = {k: None for k in report.values}
         report.mechanisms["wall_time"] = "timer"
         report.mechanisms["command_timeout"] = "timer"
+        report.values["disk"] = lim.disk
+        report.values["inodes"] = lim.inodes
+        report.mechanisms["disk"] = "tmpfs size (/tmp) + workspace scan"
+        report.mechanisms["inodes"] = "workspace scan"
         if caps.cgroup_version and caps.cgroup_writable:
             cg = Cgroup(cgroup_name(self.id), caps)
             try:
@@ -296,18 +322,22 @@ class Sandbox:
             _swept = True
             with contextlib.suppress(OSError):
                 sweep_stale_cgroups(caps)
+            if caps.root:
+                with contextlib.suppress(OSError):
+                    stage.sweep()
         if self.workspace is None:
             if self._workspace_arg is not None:
-                self._workspace_arg.mkdir(parents=True, exist_ok=True)
-                self.workspace = self._workspace_arg
+                self.workspace = check_workspace(self._workspace_arg, [str(corral_home())])
             else:
-                root = corral_home() / "sandboxes"
-                root.mkdir(parents=True, exist_ok=True)
+                root = stage.sandboxes_root(corral_home() / "sandboxes")
                 if not _swept_workspaces:
                     await asyncio.to_thread(_sweep_workspaces, root)
                 self.workspace = Path(
                     tempfile.mkdtemp(prefix=f"{os.getpid()}-{self.id}-", dir=root)
                 )
+        self._make_protected_placeholders()
+        if caps.root and self.identity is None:
+            await self._take_identity()
         rlimits = self._setup_limits(caps)
         await self._spawn(caps, rlimits)
         self._started_at = time.monotonic()
@@ -327,6 +357,93 @@ class Sandbox:
                 "root": caps.root,
             },
         )
+
+    def _make_protected_placeholders(self) -> None:
+        """A protected path that does not exist yet is made (empty) before the sandbox starts, so
+        that it is bound read-only from the first command: files the harness writes there later
+        are protected too. Names with a suffix (`conftest.py`) become files, the rest directories;
+        the ones still empty at close are removed again."""
+        assert self.workspace is not None
+        for rel in self.policy.filesystem.protected:
+            host = self.workspace / rel
+            if os.path.lexists(host):
+                continue
+            try:
+                host.parent.mkdir(parents=True, exist_ok=True)
+                if "." in rel.rsplit("/", 1)[-1].lstrip("."):
+                    host.touch(0o644)
+                else:
+                    host.mkdir(0o755)
+            except OSError:
+                continue
+            self._placeholders.append(host)
+
+    def _drop_placeholders(self) -> None:
+        for host in reversed(self._placeholders):
+            with contextlib.suppress(OSError):
+                if host.is_dir() and not host.is_symlink():
+                    host.rmdir()
+                elif host.is_file() and host.stat().st_size == 0:
+                    host.unlink()
+        self._placeholders = []
+
+    async def _take_identity(self) -> None:
+        """Root supervisor: the sandbox runs as its own unprivileged host id (identity.py)."""
+        assert self.workspace is not None
+        if shutil.which("setpriv") is None:
+            raise SandboxRefused(
+                "setpriv (util-linux) is missing: a root supervisor must start each sandbox as an"
+                " unprivileged host id", "sudo apt-get install -y util-linux (or `make install`)",
+            )  # fmt: skip
+        try:
+            self.identity = identity.allocate()
+        except identity.IdentityUnavailable as err:
+            raise SandboxRefused(str(err), "close idle sandboxes, or give corral a larger range"
+                                 " with a `corral:START:COUNT` line in /etc/subuid") from None  # fmt: skip
+        protected = [str(self.workspace / rel) for rel in self.policy.filesystem.protected]
+        self._owners = await asyncio.to_thread(
+            identity.hand_over, self.workspace, self.identity.uid, self.identity.gid, protected
+        )
+
+    def _give_back_workspace(self) -> None:
+        if self.identity is None:
+            return
+        if self.workspace is not None and self.workspace.exists():
+            cleared = identity.take_back(self.workspace, self._owners, self.identity.uid)
+            if cleared:
+                self.emit(source="file", rule="file.setuid_cleared", category="escape",
+                          severity="high", action="blocked", step=self.step or None,
+                          message=f"{cleared} setuid/setgid file(s) left in the workspace were "
+                          "made ordinary before it was handed back")  # fmt: skip
+        self.identity.release()
+        self.identity = None
+
+    def _stage_sources(self) -> dict[str, str]:
+        """Directories the sandbox's host id could not reach, bound where it can (stage.py)."""
+        if self.identity is None:
+            return {}
+        from corral.sandbox.bwrap import reachable
+
+        fs = self.policy.filesystem
+        for src in [str(self.workspace), *fs.read_only, *fs.read_write]:
+            if src in self._stages or not os.path.isdir(src) or reachable(src):
+                continue
+            try:
+                self._stages[src] = stage.stage(src, self.id)
+            except OSError as err:
+                raise SandboxRefused(f"cannot make {src} reachable by the sandbox: {err}",
+                                     "use a workspace whose parent directories others may "
+                                     "search (chmod o+x)") from None  # fmt: skip
+        return dict(self._stages)
+
+    def _unstage(self) -> None:
+        for target in self._stages.values():
+            stage.unstage(target)
+        self._stages = {}
+
+    def file_owner(self) -> tuple[int, int] | None:
+        """Host uid/gid that files the supervisor writes for the agent should carry."""
+        return (self.identity.uid, self.identity.gid) if self.identity else None
 
     async def _spawn(self, caps: Capabilities, rlimits: list[tuple[int, int]]) -> None:
         """Start bwrap held at --block-fd, put both its processes in the cgroup and under the
@@ -351,19 +468,30 @@ class Sandbox:
             extra_env=self.extra_env,
             extra_args=["--block-fd", str(block_r), *self.extra_bwrap_args],
             gpu_devices=self._gpu_devices(caps),
+            host_uid=self.identity.uid if self.identity else None,
+            tmp_size=self.policy.limits.disk,
+            staged=self._stage_sources(),
+            rlimits=rlimit_triples(rlimits) if self.identity else [],
         )
+        try:
+            spec.seccomp_fd = syscalls.program_fd()
+        except syscalls.SeccompUnavailable as err:
+            for fd in (ctl_r, ctl_w, info_r, info_w, block_r, block_w, in_r, in_w, out_r, out_w,
+                       err_r, err_w):  # fmt: skip
+                os.close(fd)
+            raise SandboxRefused(str(err), "sudo apt-get install -y python3-seccomp") from None
         command = ["/bin/bash", "--noprofile", "--norc"]
         extra_fds: tuple[int, ...] = ()
         if self.egress is not None:
             command, extra_fds = self.egress.prepare(self, spec, command)
-        argv = build_argv(caps.bwrap, spec, command)
         try:
+            argv = build_argv(caps.bwrap, spec, command)
             self._proc = subprocess.Popen(
                 argv,
                 stdin=in_r,
                 stdout=out_w,
                 stderr=err_w,
-                pass_fds=(ctl_w, info_w, block_r, *extra_fds),
+                pass_fds=(ctl_w, info_w, block_r, spec.seccomp_fd, *spec.fds, *extra_fds),
                 close_fds=True,
             )
         except OSError as err:
@@ -374,6 +502,10 @@ class Sandbox:
             raise SandboxRefused(
                 f"could not start bubblewrap: {err}", "run `corral doctor`"
             ) from err
+        finally:
+            for fd in (spec.seccomp_fd, *spec.fds):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
         for fd in child_ends:
             os.close(fd)
         self._ctl_fd_inside = ctl_w
@@ -446,14 +578,9 @@ class Sandbox:
                 self.cgroup.create()
                 self.cgroup.apply(self.policy.limits, LimitReport())
                 self.cgroup.join(outer, init)
-        for which, value in rlimits:
-            # CPU: SIGXCPU at the limit (visible as such), SIGKILL a second later
-            hard = value + 1 if which == resource.RLIMIT_CPU else value
-            own = resource.getrlimit(which)[1]
-            if own != resource.RLIM_INFINITY and hard > own:
-                # the kernel refuses to raise a hard limit past the supervisor's own (even for
-                # root, across the sandbox's user namespace): hold the stricter one instead
-                value, hard = min(value, own), own
+        if self.identity is not None:
+            return  # set by `prlimit` before bwrap started (see rlimit_triples)
+        for which, value, hard in rlimit_triples(rlimits):
             for pid in (outer, init):
                 resource.prlimit(pid, which, (value, hard))
 
@@ -850,10 +977,15 @@ class Sandbox:
             + (f" ({self.closed_reason})" if self.closed_reason else ""),
             evidence={"steps": self.step, "terminated": self.terminated},
         )
+        if self._stages:
+            await asyncio.to_thread(self._unstage)
         if self._own_workspace and self.workspace is not None:
-            try:
-                self.workspace.rmdir()  # left empty (most runs): no thread needed
-            except OSError:
-                await asyncio.to_thread(shutil.rmtree, self.workspace, True)
+            await asyncio.to_thread(shutil.rmtree, self.workspace, True)
+        else:
+            await asyncio.to_thread(self._drop_placeholders)
+            await asyncio.to_thread(self._give_back_workspace)
+        if self.identity is not None:
+            self.identity.release()
+            self.identity = None
         self.workspace = None
         self.closed_reason = self.closed_reason or "closed"

@@ -1,0 +1,142 @@
+"""Who the agent is on the host: never uid 0, one unprivileged id per sandbox.
+
+A root supervisor that started bubblewrap directly would give the agent the host's uid 0 (the
+sandbox's user namespace maps 0 to 0): a writable `/proc/sys/kernel/core_pattern` plus one crash then
+runs the agent's script as full root on the host, and a setuid-root file left in the workspace works
+for every host user afterwards. So a root supervisor starts bubblewrap as an ordinary host id taken
+from a range no account uses (one id per live sandbox, so sandboxes cannot touch each other's files
+even through a shared path); inside, the id is mapped to 0 and the agent still looks like root.
+
+The range is `corral`'s entry in /etc/subuid when there is one, else a fixed high range. An id is held
+by an flock on a file under /run/corral/ids, so two supervisors on one host never hand out the same
+id, and a crashed supervisor's ids come free with its locks.
+
+An ordinary-user supervisor needs none of this: bubblewrap runs as that user, who holds no host
+privilege; every sandbox of it shares that id (LIMITATION: they are kept apart by their mount
+namespaces only, not by ids).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import random
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_BASE = 1_500_000_000
+DEFAULT_COUNT = 65536
+LOCK_DIR = Path("/run/corral/ids")
+
+
+class IdentityUnavailable(RuntimeError):
+    """No unprivileged host id could be taken for a sandbox."""
+
+
+def id_range() -> tuple[int, int]:
+    """(first id, how many): `corral:START:COUNT` in /etc/subuid, else the fixed high range."""
+    with contextlib.suppress(OSError):
+        for line in Path("/etc/subuid").read_text().splitlines():
+            name, _, rest = line.partition(":")
+            if name == "corral":
+                start, _, count = rest.partition(":")
+                if start.isdigit() and count.isdigit() and int(count) > 0 and int(start) > 65535:
+                    return int(start), int(count)
+    return DEFAULT_BASE, DEFAULT_COUNT
+
+
+@dataclass
+class HostIdentity:
+    """An unprivileged host uid/gid held for one sandbox; `release()` gives it back."""
+
+    uid: int
+    lock_fd: int = field(repr=False)
+
+    @property
+    def gid(self) -> int:
+        return self.uid
+
+    def release(self) -> None:
+        if self.lock_fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.lock_fd)
+            self.lock_fd = -1
+
+
+def allocate() -> HostIdentity:
+    """Take a free id from the range (random start, so concurrent supervisors rarely collide)."""
+    base, count = id_range()
+    LOCK_DIR.mkdir(parents=True, exist_ok=True, mode=0o700)
+    start = random.randrange(count)
+    for i in range(min(count, 4096)):
+        uid = base + (start + i) % count
+        path = LOCK_DIR / str(uid)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        except OSError as err:
+            raise IdentityUnavailable(f"cannot hold a sandbox id under {LOCK_DIR}: {err}") from err
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        return HostIdentity(uid=uid, lock_fd=fd)
+    raise IdentityUnavailable(f"every sandbox id in {base}..{base + count - 1} is in use")
+
+
+# ------------------------------------------------------------------ workspace ownership
+Owners = dict[str, tuple[int, int]]
+
+
+def _walk(root: Path):  # noqa: ANN202 - a plain generator of paths
+    """Every path under root, never following a symlink (agent-made links lead nowhere)."""
+    yield str(root)
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        for name in dirnames + filenames:
+            yield os.path.join(dirpath, name)
+
+
+def hand_over(workspace: Path, uid: int, gid: int, keep: list[str] | None = None) -> Owners:
+    """Give the workspace to the sandbox's id; returns the original owners to restore at close.
+    Paths under `keep` (protected ones) stay with their owners: read-only to the agent twice over."""
+    owners: Owners = {}
+    kept = tuple(k.rstrip("/") for k in keep or [])
+    for path in _walk(workspace):
+        if any(path == k or path.startswith(k + "/") for k in kept):
+            continue
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue
+        owners[path] = (st.st_uid, st.st_gid)
+        if (st.st_uid, st.st_gid) != (uid, gid):
+            with contextlib.suppress(OSError):
+                os.lchown(path, uid, gid)
+    return owners
+
+
+def take_back(workspace: Path, owners: Owners, sandbox_uid: int) -> int:
+    """Return the workspace to its owners: files that existed get their old owner, files the agent
+    made get the workspace's owner; setuid/setgid bits the agent set are cleared (a setuid file must
+    never outlive the sandbox). Returns how many setuid/setgid bits were cleared."""
+    default = owners.get(str(workspace), (os.geteuid(), os.getegid()))
+    cleared = 0
+    for path in _walk(workspace):
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode) and st.st_mode & (stat.S_ISUID | stat.S_ISGID):
+            with contextlib.suppress(OSError):
+                os.chmod(path, stat.S_IMODE(st.st_mode) & ~(stat.S_ISUID | stat.S_ISGID))
+                cleared += 1
+        want = owners.get(path, default)
+        if st.st_uid == sandbox_uid or (st.st_uid, st.st_gid) != want and path in owners:
+            with contextlib.suppress(OSError):
+                os.lchown(path, *want)
+    return cleared
+
+
+__all__ = ["HostIdentity", "IdentityUnavailable", "allocate", "hand_over", "id_range", "take_back"]
