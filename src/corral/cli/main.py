@@ -56,7 +56,10 @@ def build_app(commands: list[str] | None = None) -> typer.Typer:
     @app.callback()
     def _root(
         version: bool = typer.Option(
-            False, "--version", help="print the version and exit", is_eager=True,
+            False,
+            "--version",
+            help="print the version and exit",
+            is_eager=True,
             callback=_show_version,
         ),  # fmt: skip
     ) -> None:
