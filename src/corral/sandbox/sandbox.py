@@ -486,14 +486,16 @@ class Sandbox:
             command, extra_fds = self.egress.prepare(self, spec, command)
         try:
             argv = build_argv(caps.bwrap, spec, command)
-            self._proc = subprocess.Popen(
-                argv,
-                stdin=in_r,
-                stdout=out_w,
-                stderr=err_w,
-                pass_fds=(ctl_w, info_w, block_r, spec.seccomp_fd, *spec.fds, *extra_fds),
-                close_fds=True,
-            )
+            # born in its cgroup (v1): no move later, so no wait for the kernel's global lock
+            with self.cgroup.spawning() if self.cgroup else contextlib.nullcontext():
+                self._proc = subprocess.Popen(
+                    argv,
+                    stdin=in_r,
+                    stdout=out_w,
+                    stderr=err_w,
+                    pass_fds=(ctl_w, info_w, block_r, spec.seccomp_fd, *spec.fds, *extra_fds),
+                    close_fds=True,
+                )
         except OSError as err:
             for fd in (*child_ends, in_w, out_r, err_r, ctl_r, info_r, block_w):
                 os.close(fd)
