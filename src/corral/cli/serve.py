@@ -14,6 +14,9 @@ def serve(
     port: int = typer.Option(8000, "--port", help="TCP port"),
     policy: str = typer.Option("rl-strict", "--policy", help="preset name or YAML file"),
     log_level: str = typer.Option("warning", "--log-level", help="uvicorn log level"),
+    warm: int = typer.Option(
+        0, "--warm", min=0, help="sandboxes kept started per image, ready to hand out (0: none)"
+    ),
     approval_timeout: float = typer.Option(
         300.0,
         "--approval-timeout",
@@ -40,7 +43,7 @@ def serve(
     typer.echo(f"corral serve: policy {pol.name} on http://{host}:{port} (OpenAPI: /openapi.json)",
                err=True)  # fmt: skip
     uvicorn.run(
-        create_app(pol, approval_timeout=approval_timeout),
+        create_app(pol, approval_timeout=approval_timeout, warm=warm),
         host=host,
         port=port,
         log_level=log_level,

@@ -33,13 +33,17 @@ def _field(loc: tuple[Any, ...]) -> str:
 
 
 def create_app(policy: Policy | str | None = None, store: EventStore | None = None,
-               approval_timeout: float = 300.0) -> FastAPI:  # fmt: skip
+               approval_timeout: float = 300.0, warm: int = 0) -> FastAPI:  # fmt: skip
     """`approval_timeout`: seconds a command the gate asked about waits for a decision (policy
-    `gate.ask: callback`) before it is refused as expired."""
-    manager = SandboxManager(load_policy(policy), store, approval_timeout=approval_timeout)
+    `gate.ask: callback`) before it is refused as expired. `warm`: sandboxes kept started per
+    image, ready to hand out (`corral.sandbox.warm`)."""
+    manager = SandboxManager(load_policy(policy), store, approval_timeout=approval_timeout,
+                             warm=warm)  # fmt: skip
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if manager.warm is not None:
+            manager.warm.start()
         yield
         await manager.shutdown()
 

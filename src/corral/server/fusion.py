@@ -13,10 +13,8 @@ import time
 
 from fastapi import APIRouter
 
-from corral.rl.episode import ensure_gate, start_sandbox
 from corral.rl.reward import enforce, safety_state
 from corral.sandbox.errors import PathOutsideWorkspace, SandboxClosed
-from corral.sandbox.sandbox import Sandbox
 from corral.server.manager import ApiError, SandboxManager
 from corral.server.models import CommandRunResult, RunCodeRequest, RunCodeResponse
 
@@ -39,8 +37,7 @@ def router(m: SandboxManager) -> APIRouter:
             limits = policy.limits.model_copy(update={"memory": req.memory_limit_MB * 1024 * 1024})
             policy = policy.model_copy(update={"limits": limits})
         name, command = RUNNERS[req.language]
-        sb = ensure_gate(Sandbox(policy, store=m.store))
-        await start_sandbox(sb)
+        sb = await m.fresh_sandbox(policy)  # warm when `corral serve --warm N` and no override
         try:
             try:
                 for path, data in decoded.items():

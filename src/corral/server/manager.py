@@ -23,6 +23,7 @@ from corral.rl.reward import EMPTY_SAFETY, RewardShaper, enforce, safety_state
 from corral.rules.gate import make_gate
 from corral.sandbox.sandbox import ExecResult, Sandbox
 from corral.sandbox.session import SessionEnded, ShellSession
+from corral.sandbox.warm import WarmPool
 from corral.server.approvals import CURRENT, Approval, ApprovalBook, Ticket, shell_of
 from corral.store.sqlite import EventStore
 from corral.store.steps import StepRecord
@@ -56,7 +57,7 @@ class Entry:
 
 class SandboxManager:
     def __init__(self, policy: Policy, store: EventStore | None = None,
-                 approval_timeout: float = 300.0) -> None:  # fmt: skip
+                 approval_timeout: float = 300.0, warm: int = 0) -> None:  # fmt: skip
         self.policy = policy
         self.approvals = ApprovalBook(approval_timeout)
         self.asks_people = (policy.gate.enabled and policy.gate.ask == "callback"
@@ -68,18 +69,34 @@ class SandboxManager:
         self.episodes: dict[str, Episode] = {}
         self.host_name = socket.gethostname()
         self._reaper: asyncio.Task[None] | None = None
+        # `corral serve --warm N`: N sandboxes per image kept started, handed out once each
+        self.warm = WarmPool(self._pooled, warm) if warm > 0 else None
 
     # ---------------------------------------------------------------- lifecycle
     def safety(self, entry: Entry) -> dict[str, Any]:
         return safety_state(entry.sandbox, self.shaper)
 
+    def _pooled(self, image: object, episode_id: str) -> Sandbox:
+        return Sandbox(self.policy, episode_id=episode_id, store=self.store)
+
+    async def fresh_sandbox(self, policy: Policy | None = None, *, episode_id: str | None = None,
+                            image: str | None = None) -> Sandbox:  # fmt: skip
+        """A started sandbox no command has run in: from the warm pool when one is ready for this
+        policy and image, else started now."""
+        if self.warm is not None and (policy is None or policy is self.policy):
+            sandbox = await self.warm.take(image, episode_id=episode_id)
+            if sandbox is not None:
+                return ensure_gate(sandbox)
+        sandbox = ensure_gate(Sandbox(policy or self.policy, episode_id=episode_id,
+                                      store=self.store))  # fmt: skip
+        await start_sandbox(sandbox)
+        return sandbox
+
     async def start(self, *, episode_id: str | None = None, image: str | None = None,
                     idle_minutes: float | None = None) -> Entry:  # fmt: skip
-        sandbox = Sandbox(self.policy, episode_id=episode_id, store=self.store)
+        sandbox = await self.fresh_sandbox(episode_id=episode_id, image=image)
         if self.asks_people:  # ask becomes a pending approval instead of a refusal
             sandbox.gate = make_gate(self.policy, approve=self.approvals.approver(sandbox))
-        ensure_gate(sandbox)
-        await start_sandbox(sandbox)
         entry = Entry(sandbox, image=image, idle_limit=idle_minutes * 60 if idle_minutes else None)
         entry.seen = len(sandbox.events)
         self.live[sandbox.id] = entry
@@ -123,6 +140,8 @@ class SandboxManager:
     async def shutdown(self) -> None:
         if self._reaper is not None:
             self._reaper.cancel()
+        if self.warm is not None:
+            await self.warm.close()
         for ep in list(self.episodes.values()):
             with contextlib.suppress(Exception):
                 await ep.close()
