@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -397,9 +398,23 @@ def pack_files() -> list[Path]:
     return pack_files()
 
 
-@lru_cache(maxsize=1)
+_default_lock = threading.Lock()
+
+
 def _default_engine() -> RuleEngine:
-    """Built from the parsed packs kept on disk by content hash (`corral.rules.cache`)."""
+    """Built once per process (threads asking at once wait for the one build) from the parsed
+    packs kept on disk by content hash (`corral.rules.cache`)."""
+    with _default_lock:
+        return _build_default()
+
+
+def default_built() -> bool:
+    """Whether `RuleEngine.default()` would answer without building."""
+    return _build_default.cache_info().currsize > 0
+
+
+@lru_cache(maxsize=1)
+def _build_default() -> RuleEngine:
     from corral.rules.cache import load_default
 
     rules, sources, rep = load_default()

@@ -7,16 +7,19 @@ decides (sync or async); without a person in the loop the policy's `gate.ask` sa
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import sys
+import threading
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from corral.policy.model import Policy
-from corral.rules.engine import RuleEngine
 from corral.rules.finding import Finding, severity_rank
 from corral.rules.verdict import effective_severity, verdict
 
 if TYPE_CHECKING:
+    from corral.rules.engine import RuleEngine
     from corral.sandbox.sandbox import GateDecision, Sandbox
 
 Approve = Callable[[str, list[Finding]], "bool | Awaitable[bool]"]
@@ -35,13 +38,17 @@ def make_gate(policy: Policy, approve: Approve | None = None,
               engine: RuleEngine | None = None) -> Callable[[str, Sandbox, int], Any]:  # fmt: skip
     """A hook for `Sandbox(gate=...)`: (command, sandbox, step) -> GateDecision (awaitable when the
     approve callback is async). `approve(command, findings) -> bool` is asked on `ask` verdicts."""
-    eng = engine or RuleEngine.default()
+    if engine is None and not _default_ready():
+        # import and build the shipped engine on a thread while the caller starts its sandbox
+        # (tens of ms spent waiting on bubblewrap and the shell), not before: the first command
+        # waits for it if need be
+        threading.Thread(target=_prefetch, name="corral-rules", daemon=True).start()
     mode = policy.gate.ask
 
     def decide(command: str, sandbox: Sandbox, step: int) -> GateDecision | Awaitable[GateDecision]:
         from corral.sandbox.sandbox import GateDecision
 
-        findings = eng.check_command(command)
+        findings = (engine or _default_engine()).check_command(command)
         v = verdict(findings, policy)
         briefs = [_brief(f, policy) for f in findings]
         top = max(
@@ -75,6 +82,23 @@ def make_gate(policy: Policy, approve: Approve | None = None,
         return _asked(bool(answer), briefs, why)
 
     return decide
+
+
+def _default_engine() -> RuleEngine:
+    from corral.rules.engine import RuleEngine
+
+    return RuleEngine.default()
+
+
+def _prefetch() -> None:
+    """A failed build here is raised again, by the first command that needs the engine."""
+    with contextlib.suppress(Exception):
+        _default_engine()
+
+
+def _default_ready() -> bool:
+    mod = sys.modules.get("corral.rules.engine")
+    return mod is not None and mod.default_built()
 
 
 def _asked(ok: bool, briefs: list[dict[str, Any]], why: str) -> GateDecision:
