@@ -14,17 +14,15 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+# `verdict` is both a submodule and a function: bound here, eagerly, so that importing the
+# submodule elsewhere never leaves `corral.rules.verdict` naming the module instead
+from corral.rules.finding import Finding, severity_rank, worst
+from corral.rules.verdict import Verdict, effective_severity, host_allowed, verdict
+
 _LAZY = {
-    "Finding": "corral.rules.finding",
     "Reputation": "corral.rules.reputation",
     "RuleEngine": "corral.rules.engine",
     "RulePackError": "corral.rules.engine",
-    "Verdict": "corral.rules.verdict",
-    "effective_severity": "corral.rules.verdict",
-    "host_allowed": "corral.rules.verdict",
-    "severity_rank": "corral.rules.finding",
-    "verdict": "corral.rules.verdict",
-    "worst": "corral.rules.finding",
 }
 
 __all__ = [
@@ -42,9 +40,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from corral.rules.engine import RuleEngine, RulePackError
-    from corral.rules.finding import Finding, severity_rank, worst
     from corral.rules.reputation import Reputation
-    from corral.rules.verdict import Verdict, effective_severity, host_allowed, verdict
 
 
 def __getattr__(name: str) -> Any:
