@@ -18,9 +18,11 @@ import asyncio
 import contextlib
 import os
 import select
+import shutil
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 
 def pidfd_open(pid: int) -> int | None:
@@ -144,3 +146,15 @@ async def stop_bwrap(proc: subprocess.Popen[bytes] | None, init_pid: int | None,
                      timeout: float = 5.0) -> None:  # fmt: skip
     """`kill_init` then `finish`: every process of the sandbox dead and bwrap reaped."""
     await finish(proc, kill_init(proc, init_pid), init_pid, timeout)
+
+
+_removals: set[asyncio.Future[None]] = set()
+
+
+def remove_later(path: Path) -> None:
+    """Delete a closed sandbox's own workspace on the loop's default executor, without waiting.
+    `asyncio.run` (the CLI) waits for that executor before the process exits; a supervisor killed
+    meanwhile leaves the directory (`<pid>-<sandbox>-*`) to the next supervisor's sweep."""
+    fut = asyncio.get_running_loop().run_in_executor(None, shutil.rmtree, path, True)
+    _removals.add(fut)
+    fut.add_done_callback(_removals.discard)

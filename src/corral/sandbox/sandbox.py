@@ -41,7 +41,7 @@ from corral.sandbox.limits import (
 )
 from corral.sandbox.probe import Capabilities, probe
 from corral.sandbox.procs import children_of
-from corral.sandbox.reap import finish, kill_init
+from corral.sandbox.reap import finish, kill_init, remove_later
 from corral.sandbox.session import ShellSession, open_session
 from corral.sandbox.shell import Capture, OutputCallback, ShellChannel, bootstrap, frame
 from corral.sandbox.workspace import check_workspace
@@ -982,7 +982,8 @@ class Sandbox:
         if self._stages:
             await asyncio.to_thread(self._unstage)
         if self._own_workspace and self.workspace is not None:
-            await asyncio.to_thread(shutil.rmtree, self.workspace, True)
+            # off the close path: nothing uses it any more (see `reap.remove_later`)
+            remove_later(self.workspace)
         else:
             await asyncio.to_thread(self._drop_placeholders)
             await asyncio.to_thread(self._give_back_workspace)
