@@ -151,7 +151,8 @@ async def _corral(progress: Progress, store: EventStore) -> dict[str, Any]:
 
 
 async def _pool(progress: Progress, store: EventStore) -> dict[str, Any]:
-    """Hand-out to first command's result; the pool refills between rounds (not timed)."""
+    """Hand-out to first command's result, from a pool that keeps up (full again before the
+    next hand-out; its refill, not timed, waits for the first command rather than compete)."""
     pol = _policy()
 
     def factory(key: Hashable, episode_id: str) -> Sandbox:
@@ -162,7 +163,7 @@ async def _pool(progress: Progress, store: EventStore) -> dict[str, Any]:
     task = progress.add_task("warm pool hand-out", total=GAP_RUNS)
     try:
         for i in range(GAP_RUNS):
-            if not await pool.wait_ready(count=1, timeout=60):
+            if not await pool.wait_ready(timeout=60):
                 return {"error": f"pool not filled: {pool.last_error}"}
             t0 = time.perf_counter()
             sb = await pool.take(episode_id=f"ep-bench-{i}")

@@ -30,6 +30,7 @@ from typing import Any
 from corral.sandbox.sandbox import Sandbox
 
 Factory = Callable[[Hashable, str], Sandbox]
+REFILL_DELAY_S = 0.05
 
 
 class WarmPool:
@@ -98,6 +99,9 @@ class WarmPool:
             if key is _FULL:
                 self._wake.clear()
                 await self._wake.wait()
+                # a hand-out woke us: let its first command run before a start (mostly CPU on
+                # this same loop) competes with it
+                await asyncio.sleep(REFILL_DELAY_S)
                 continue
             sb = self.factory(key, "pool-" + uuid.uuid4().hex[:12])
             try:
