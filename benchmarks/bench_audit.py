@@ -1,4 +1,6 @@
-"""`corral audit` throughput in trajectories/s with 1 and 2 local workers.
+"""`corral audit` throughput in trajectories/s with 1 and 2 local workers, on a generated corpus
+and on the real published trajectories (trajectories/s and steps/s), and the peak memory of
+`corral audit` on a generated 150 MB `.jsonl.gz`.
 
 The corpus is generated into a temporary directory (never committed): 24,000 trajectories in mixed
 formats (OpenAI chat JSONL, Anthropic JSONL in gzip, ATIF and SWE-agent JSON files, Claude Code
@@ -16,6 +18,8 @@ import gzip
 import json
 import os
 import random
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -132,8 +136,69 @@ def _measure(root: Path, workers: int) -> dict[str, Any]:
             "seconds": round(elapsed, 3), "trajectories_per_s": round(trajectories / elapsed, 1)}  # fmt: skip
 
 
+REAL = [Path(__file__).resolve().parents[1].parent / "shared" / "corpora" / "trajectories",
+        Path("/work/shared/corpora/trajectories")]  # fmt: skip
+BIG_GZ_BYTES = 150 * 1024 * 1024
+
+
+def _measure_real(root: Path, workers: int) -> dict[str, Any]:
+    """Throughput on real runs: files as published (gzip JSON documents and JSONL)."""
+    checker.reset()
+    options = AuditOptions(load_policy("rl-strict"))
+    start = time.perf_counter()
+    start_workers(workers)
+    chunks = plan(discover([root]))
+    trajectories = steps = commands = 0
+    for result in run_chunks(chunks, options, workers=workers):
+        trajectories += len(result["results"])
+        steps += sum(r["steps"] for r in result["results"])
+        commands += sum(r["commands"] for r in result["results"])
+    elapsed = time.perf_counter() - start
+    return {"trajectories": trajectories, "steps": steps, "commands": commands,
+            "seconds": round(elapsed, 3), "trajectories_per_s": round(trajectories / elapsed, 1),
+            "steps_per_s": round(steps / elapsed, 1)}  # fmt: skip
+
+
+def big_gzip(path: Path, target: int = BIG_GZ_BYTES, seed: int = 11) -> dict[str, int]:
+    """A `.jsonl.gz` of about `target` compressed bytes: chat trajectories whose tool outputs are
+    random hex (so gzip cannot shrink them much, as real logs of builds and tests barely shrink)."""
+    rng = random.Random(seed)
+    pool = _commands()
+    n = raw = 0
+    with gzip.open(path, "wb", compresslevel=1) as out:
+        while path.stat().st_size < target:
+            batch = []
+            for _ in range(200):
+                cmds = [rng.choice(pool) for _ in range(STEPS)]
+                doc = _chat(cmds, f"big-{n}")
+                for m in doc["messages"]:
+                    if m["role"] == "tool":
+                        m["content"] = rng.randbytes(1500).hex()
+                batch.append(json.dumps(doc))
+                n += 1
+            data = ("\n".join(batch) + "\n").encode()
+            raw += len(data)
+            out.write(data)
+            out.flush()
+    return {"trajectories": n, "compressed_bytes": path.stat().st_size, "bytes": raw}
+
+
+def _peak_memory(path: Path, workers: int) -> dict[str, Any]:
+    """`corral audit FILE` in a child process; its own peak RSS from wait4 (workers=1 keeps the
+    whole audit in that one process)."""
+    cmd = [sys.executable, "-c", "from corral.cli.main import main; main()", "audit", str(path),
+           "--workers", str(workers)]  # fmt: skip
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return {"exit_status": proc.returncode, "seconds": round(time.perf_counter() - start, 1),
+            "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}  # fmt: skip
+
+
 def run(progress: Progress) -> dict[str, Any]:
-    task = progress.add_task("audit: generate + 1 and 2 workers", total=3)
+    real = next((p for p in REAL if p.is_dir()), None)
+    task = progress.add_task("audit: generated corpus, real runs, 150 MB gzip", total=6)
     with tempfile.TemporaryDirectory(prefix="corral-bench-audit-") as tmp:
         root = Path(tmp)
         n = generate(root)
@@ -142,7 +207,18 @@ def run(progress: Progress) -> dict[str, Any]:
         progress.advance(task)
         two = _measure(root, 2)
         progress.advance(task)
+    real_runs: dict[str, Any] = {"skipped": "the shared trajectories are not beside the checkout"}
+    if real is not None:
+        real_runs = {"workers_1": _measure_real(real, 1), "workers_2": _measure_real(real, 2)}
+    progress.advance(task, 2)
+    with tempfile.TemporaryDirectory(prefix="corral-bench-audit-big-") as tmp:
+        big = Path(tmp) / "big.jsonl.gz"
+        made = big_gzip(big)
+        memory = {"file": made, "workers_1": _peak_memory(big, 1)}
+        progress.advance(task)
     return {
+        "real_trajectories": real_runs,
+        "big_gzip_peak_memory": memory,
         "corpus": {"trajectories": n, "steps_per_trajectory": STEPS,
                    "formats": ["openai_chat", "anthropic(gz)", "atif", "swe_agent", "claude_code"]},
         "workers_1": one,

@@ -39,6 +39,20 @@ def test_heredoc_body_is_stdin_of_the_shell() -> None:
     assert any(r.op == "<<" and "uname" in r.target for r in a.commands[0].redirects)
 
 
+@pytest.mark.parametrize(
+    "command",
+    ["cat <<'EOF' > tests/conftest.py\nimport os\nEOF\n",
+     "cat > tests/conftest.py <<'EOF'\nimport os\nEOF\n",
+     "cat <<EOF >tests/conftest.py 2>/dev/null\nimport os\nEOF\n"],
+)  # fmt: skip
+def test_heredoc_output_redirect_either_side(command: str) -> None:
+    """`cat <<'EOF' > f` nests `> f` inside the heredoc node; it is the same write as `cat > f <<EOF`."""
+    cat = analyse(command).commands[0]
+    writes = [(r.op, r.target) for r in cat.redirects if r.writes]
+    assert (">", "tests/conftest.py") in writes
+    assert any(r.op == "<<" and r.target == "import os\n" for r in cat.redirects)
+
+
 def test_command_and_process_substitution_are_walked() -> None:
     progs = [c.program for c in analyse('echo "$(id -u)" `hostname` <(date)').commands]
     assert {"id", "hostname", "date", "echo"} <= set(progs)

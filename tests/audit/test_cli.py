@@ -39,7 +39,7 @@ def test_json_fields(cli, tmp_path: Path) -> None:
     assert cli(str(FIXTURES / "trajectory.json"), "--json", str(out)).exit_code == 0
     (r,) = read_jsonl(out)
     assert set(r) == {"kind", "file", "line", "item", "format", "id", "steps", "commands",
-                      "verdict", "passed", "worst", "findings"}  # fmt: skip
+                      "actions", "verdict", "passed", "worst", "findings"}  # fmt: skip
     assert set(r["worst"]) == {"rule", "category", "severity", "attack", "message", "steps"}
     assert set(r["findings"][0]) == {"step", "ref", "rule", "category", "severity", "attack",
                                      "message", "command", "synthetic"}  # fmt: skip

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import gzip
 import shutil
+import zlib
 from pathlib import Path
 
 import pytest
 
 from corral.audit.auditor import AuditOptions, audit_chunk
+from corral.audit.runner import run_chunks
 from corral.audit.sources import PartReader, discover, plan
 from corral.policy import load_policy
 
@@ -131,7 +133,6 @@ def test_forced_format_applies_and_mismatch_is_reported_not_fatal() -> None:
 
 
 def test_large_gzip_jsonl_is_split_into_parts_with_true_line_numbers(tmp_path: Path) -> None:
-    from corral.audit.runner import run_chunks
 
     lines = (FIXTURES / "openai_chat.jsonl").read_text().splitlines()
     body = lines * 30
@@ -161,5 +162,15 @@ def test_truncated_gzip_parts_are_reported_not_fatal(tmp_path: Path) -> None:
     text = (FIXTURES / "openai_chat.jsonl").read_text() * 30
     big = tmp_path / "cut.jsonl.gz"
     big.write_bytes(gzip.compress(text.encode())[:-40])
+    dec = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    intact = dec.decompress(big.read_bytes()).count(b"\n")  # complete lines before the cut
+    assert 0 < intact < text.count("\n")
     out = audit_paths(big, chunk_bytes=2000)
-    assert out["malformed"] and all("cannot read" in m["error"] for m in out["malformed"])
+    assert [r["line"] for r in out["results"]] == list(range(1, intact + 1))
+    (bad,) = out["malformed"]  # one error for the cut, not one per part
+    assert bad["line"] == intact + 1 and "compressed stream broken" in bad["error"]
+    options = AuditOptions(load_policy("rl-strict"), None, keep_raw=True)
+    for workers in (1, 2):  # the driver's one-pass reader gives up at the cut; same answer
+        got = list(run_chunks(plan([big], chunk_bytes=2000), options, workers=workers))
+        assert [r["line"] for o in got for r in o["results"]] == list(range(1, intact + 1))
+        assert [m["error"] for o in got for m in o["malformed"]] == [bad["error"]]

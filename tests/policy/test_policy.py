@@ -39,7 +39,7 @@ def test_file_extends_a_preset(tmp_path) -> None:
         ("limits: {memory: lots}", "limits.memory", "not a size"),
         ("limits: {pids: 0}", "limits.pids", "greater than or equal to 1"),
         ("network: {egres: deny}", "network.egres", "unknown field"),
-        ("filesystem: {protected: [/abs]}", "filesystem.protected", "relative to the workspace"),
+        ("filesystem: {protected: [a/../../up]}", "filesystem.protected", "without '..'"),
         ("responses: {mining: explode}", "responses.mining", "'alert', 'block', 'kill' or"),
         ("network: {allow: [{host: x, ports: [70000]}]}", "network.allow.0.ports.0", "less than"),
         ("gpu: yes", "gpu", "valid dictionary"),

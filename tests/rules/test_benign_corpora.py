@@ -1,5 +1,5 @@
 """False positives on the benign dev corpora (shared/corpora beside the repository): under rl-strict,
-fewer than 0.5 % of the plain lines may be denied or raise a high/critical finding. Nothing runs."""
+at most 0.1 % of the plain lines may be denied, fewer than 0.5 % raise a high/critical finding. Nothing runs."""
 
 from __future__ import annotations
 
@@ -30,5 +30,5 @@ def test_plain_corpus_false_positive_rate(path: Path) -> None:
         denied += verdict(findings, policy) == "deny"
         high += any(severity_rank(f.severity) >= severity_rank("high") for f in findings)
     assert len(lines) > 1000
-    assert denied / len(lines) < 0.005, f"{denied}/{len(lines)} denied"
+    assert denied / len(lines) <= 0.001, f"{denied}/{len(lines)} denied"
     assert high / len(lines) < 0.005, f"{high}/{len(lines)} high or critical"

@@ -349,6 +349,13 @@ def _stmt_inner(node: Node, ctx: _Ctx, stdin: bytes | None,
             var = node.child_by_field_name("variable")
             if var is not None:
                 ctx.vars.pop(_text(var, ctx), None)
+                # `for h in 10.0.0.{1..254}`: the variable stands for the whole address range, so
+                # `curl http://$h:8080` in the body reads as the sweep it is
+                items = " ".join(_text(c, ctx) for c in node.named_children
+                                 if c.type not in ("do_group", "compound_statement", "variable_name",
+                                                   "comment"))  # fmt: skip
+                if _ADDRESS_RANGE.fullmatch(items.strip()):
+                    ctx.vars[_text(var, ctx)] = items.strip()
         for c in node.named_children:
             if c.type in ("do_group", "compound_statement"):
                 ctx.in_loop = True
@@ -502,6 +509,8 @@ def _redirected(node: Node, ctx: _Ctx, stdin: bytes | None,
             for h in c.named_children:
                 if h.type == "heredoc_body":
                     body_text = _text(h, ctx)
+                elif h.type == "file_redirect":  # `cat <<'EOF' > f`: the grammar nests `> f` here
+                    reds.append(_file_redirect(h, ctx, extra))
                 elif h.type not in ("heredoc_start", "heredoc_end"):
                     tails.append(h)
             stdin = body_text.encode("utf-8", "surrogateescape")
@@ -784,6 +793,9 @@ def _emit(cmd: Command, ctx: _Ctx, stdin: bytes | None,
         return None
     if cmd.pipe_from and any(p in DOWNLOADERS for p in cmd.pipe_from):
         cmd.facts.add("stdin_download")
+    if prog in _EMBEDDING or (cmd.env and _EMBED_ENV.intersection(cmd.env)):
+        for script in _embedded(cmd):
+            _sub_script(script, ctx, f"{prog} option")
     plain = _PLAIN.get(prog)
     if plain is None:
         plain = _plain(prog)
@@ -827,13 +839,37 @@ def _emit(cmd: Command, ctx: _Ctx, stdin: bytes | None,
 
 
 _PLAIN: dict[str, bool] = {}
+_ADDRESS_RANGE = re.compile(r"(?:\d{1,3}\.){2,3}\{\d+\.\.\d+\}(?:\.\{\d+\.\.\d+\})?")
+# Options and variables whose value is a command the program runs (`git -c core.sshCommand=...`,
+# `rsync -e ...`, `ssh -o ProxyCommand=...`, `GIT_SSH_COMMAND=...`): the value is analysed too.
+_EMBEDDING = frozenset({"git", "rsync", "ssh", "scp", "sftp", "autossh"})
+_EMBED_ENV = frozenset({"GIT_SSH_COMMAND", "RSYNC_RSH", "GIT_PROXY_COMMAND", "GIT_SSH"})
+_EMBED_OPT = re.compile(r"^(?:core\.sshcommand|core\.gitproxy|proxycommand|localcommand)[= ]",
+                        re.IGNORECASE)  # fmt: skip
+
+
+def _embedded(cmd: Command) -> list[str]:
+    out = [cmd.env[k] for k in _EMBED_ENV.intersection(cmd.env or {})]
+    args = cmd.argv[1:]
+    for i, a in enumerate(args):
+        nxt = args[i + 1] if i + 1 < len(args) else ""
+        if a in ("-c", "-o") and _EMBED_OPT.match(nxt):
+            out.append(re.split(r"[= ]", nxt, maxsplit=1)[1])
+        elif a.startswith(("-c", "-o")) and _EMBED_OPT.match(a[2:]):
+            out.append(re.split(r"[= ]", a[2:], maxsplit=1)[1])
+        elif cmd.program == "rsync" and a in ("-e", "--rsh") and nxt:
+            out.append(nxt)
+        elif cmd.program == "rsync" and a.startswith("--rsh="):
+            out.append(a.split("=", 1)[1])
+    return [s for s in out if s.strip()]
 
 
 def _plain(prog: str) -> bool:
     """Whether `_emit` has nothing to do for `prog` beyond recording it: not a shell, eval, script
     interpreter, wrapper or a program whose output `produce` knows. Memoised per name."""
     plain = not (prog in SHELLS or prog in ("source", ".", "eval") or _PYTHON_RE.match(prog)
-                 or prog in _SCRIPT_LANGS or may_wrap(prog) or prog in PRODUCERS)  # fmt: skip
+                 or prog in _SCRIPT_LANGS or may_wrap(prog) or prog in PRODUCERS
+                 or prog in _EMBEDDING)  # fmt: skip
     if len(_PLAIN) < 50_000:
         _PLAIN[prog] = plain
     return plain
@@ -918,6 +954,9 @@ def _lang_command(cmd: Command, lang: str, ctx: _Ctx, stdin: bytes | None) -> No
         for i, a in enumerate(args):
             if a in flags and i + 1 < len(args):
                 code = args[i + 1]
+                break
+            if lang in ("perl", "ruby", "node") and a.startswith("-e") and len(a) > 2:
+                code = a[2:]  # `ruby -e'code'`: the code joined to its flag
                 break
             if (
                 a.startswith("-")

@@ -67,6 +67,8 @@ SPECS: dict[str, _Spec] = {
     "systemd-run": _spec("-u -p -E --unit --property --setenv --description --slice -M"),
     "daemonize": _spec("-a -c -e -o -p -l -u -E"),
     "start-stop-daemon": _spec(),
+    "sshpass": _spec("-p -f -d -P"),  # hands a password to the ssh (or scp, rsync) it runs
+    "ssh-agent": _spec("-a -E -t -P"),
 }
 _STRING_WRAPPERS = {"watch", "su", "script", "tmux", "flock", "ssh"}
 _SSH_VALUE_FLAGS = frozenset("BbcDEeFIiJLlmOopQRSWw")

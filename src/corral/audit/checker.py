@@ -82,6 +82,9 @@ def warm() -> None:
 
 def reset() -> None:
     """Forget every cached verdict (ours and the engine's own), so a benchmark starts cold."""
+    from corral.audit import context  # the per-command file effects are a cache too
+
     _known.clear()
+    context._EFFECTS.clear()
     share(False)
     engine()._cache.clear()

@@ -25,6 +25,7 @@ class Command:
     command: str
     tool: str
     synthetic: bool = False
+    mode: str = ""  # synthetic file writes: create, insert or replace (an edit of what was there)
 
 
 @dataclass(slots=True)
@@ -35,6 +36,8 @@ class Step:
     commands: list[Command] = field(default_factory=list)
     observation: str = ""
     ref: str | None = None
+    calls: int = 0  # tool calls / actions the reader saw (recognised as commands or not)
+    recorded: list[dict[str, Any]] = field(default_factory=list)  # events a live run recorded
 
 
 @dataclass(slots=True)
@@ -48,6 +51,11 @@ class Trajectory:
     item: int | None
     steps: list[Step]
     raw: list[str] = field(default_factory=list)
+    cwd: str | None = None  # where the agent's commands ran, when the format records it
+
+
+# `Trajectory.cwd` of an episode corral recorded: it ran in the policy's workspace, whatever its path
+IN_WORKSPACE = "<workspace>"
 
 
 @dataclass(slots=True)

@@ -119,12 +119,56 @@ def _trajectory_html(r: dict[str, Any]) -> str:
     return "".join(out)
 
 
+PAGE = 100
+
+
+def _flagged_html(flagged: list[dict[str, Any]], total: int) -> str:
+    """Every flagged trajectory in brief, 100 rows a page, paged without scripts: one radio input
+    per page (before the table), a label per page as its button, and a CSS rule per page showing
+    its <tbody> while its input is checked."""
+    if not flagged:
+        return '<p class="empty">Nothing flagged.</p>'
+    pages = [flagged[i : i + PAGE] for i in range(0, len(flagged), PAGE)]
+    radios = "".join(
+        f'<input type="radio" name="pg" id="pg{n}" class="pg"{" checked" if n == 0 else ""}>'
+        for n in range(len(pages))
+    )
+    css = (
+        "tbody.page{display:none}input.pg{display:none}div.pager label{cursor:pointer;"
+        "padding:0 .35em;text-decoration:underline}"
+    ) + "".join(
+        f"#pg{n}:checked~table tbody.p{n}{{display:table-row-group}}"
+        f"#pg{n}:checked~div.pager label[for=pg{n}]{{font-weight:bold}}"
+        for n in range(len(pages))
+    )
+    labels = " ".join(f'<label for="pg{n}">{n + 1}</label>' for n in range(len(pages)))
+    body = []
+    for n, rows in enumerate(pages):
+        cells = "".join(
+            f"<tr><td>{_badge(r['verdict'], VERDICT_COLOR.get(r['verdict'], '#607d8b'))}</td>"
+            f"<td>{escape(str(r['id']))}</td><td>{escape(_where(r))}</td><td>{escape(r['format'])}</td>"
+            f"<td>{escape(r['severity'])} {escape(r['rule'])}</td>"
+            f"<td>{escape(', '.join(map(str, r['steps'])))}</td><td>{r['findings']}</td></tr>"
+            for r in rows
+        )
+        body.append(f'<tbody class="page p{n}">{cells}</tbody>')
+    more = (f'<p class="meta">{total - len(flagged):,} more flagged trajectories are in --json.</p>'
+            if total > len(flagged) else "")  # fmt: skip
+    return (f"<style>{css}</style><div class=\"flagged\">{radios}"
+            f'<div class="pager">page {labels}</div>'
+            "<table><thead><tr><th>verdict</th><th>trajectory</th><th>where</th>"
+            "<th>format</th><th>worst finding</th><th>steps</th><th>findings</th></tr></thead>"
+            + "".join(body) + "</table></div>" + more)  # fmt: skip
+
+
 def render(summary: dict[str, Any], worst: list[dict[str, Any]], malformed: list[dict[str, Any]],
-           *, policy: str, inputs: list[str]) -> str:  # fmt: skip
+           *, policy: str, inputs: list[str],
+           flagged: list[dict[str, Any]] | None = None) -> str:  # fmt: skip
     v = summary["verdicts"]
     cards = [
         ("trajectories", summary["trajectories"]), ("deny", v["deny"]), ("ask", v["ask"]),
-        ("allow", v["allow"]), ("kept", summary["kept"]), ("dropped", summary["dropped"]),
+        ("allow", v["allow"]), ("unreadable", v.get("unreadable", 0)), ("kept", summary["kept"]),
+        ("dropped", summary["dropped"]),
         ("malformed", summary["malformed"]), ("files", summary["files"]),
         ("commands", summary["commands"]),
     ]  # fmt: skip
@@ -132,8 +176,22 @@ def render(summary: dict[str, Any], worst: list[dict[str, Any]], malformed: list
         f"<tr><td>{escape(c)}</td><td>{n['trajectories']}</td><td>{n['findings']}</td></tr>"
         for c, n in summary["categories"].items()
     )
+    fv = summary.get("format_verdicts", {})
     fmt_rows = "".join(
-        f"<tr><td>{escape(f)}</td><td>{n}</td></tr>" for f, n in summary["formats"].items()
+        f"<tr><td>{escape(f)}</td><td>{n}</td>"
+        + "".join(
+            f"<td>{fv.get(f, {}).get(c, 0)}</td>" for c in ("allow", "ask", "deny", "unreadable")
+        )
+        + "</tr>"
+        for f, n in summary["formats"].items()
+    )
+    rule_rows = "".join(
+        f"<tr><td>{escape(r)}</td><td>{n}</td></tr>" for r, n in summary.get("rules", {}).items()
+    )
+    unread_rows = "".join(
+        f"<tr><td>{escape(_where(u))}</td><td>{escape(str(u['id']))}</td><td>{escape(u['format'])}"
+        f"</td><td>{escape(u['unreadable'])}</td></tr>"
+        for u in summary.get("unreadable", [])
     )
     bad_rows = "".join(
         f"<tr><td>{escape(_where(m))}</td><td>{escape(m['error'])}</td></tr>" for m in malformed
@@ -153,8 +211,18 @@ def render(summary: dict[str, Any], worst: list[dict[str, Any]], malformed: list
         (f"<table><tr><th>category</th><th>trajectories flagged</th><th>findings</th></tr>{cat_rows}</table>"
          if cat_rows else ""),
         "<h2>Formats</h2>",
-        f"<table><tr><th>format</th><th>trajectories</th></tr>{fmt_rows}</table>" if fmt_rows
+        ("<table><tr><th>format</th><th>trajectories</th><th>allow</th><th>ask</th><th>deny</th>"
+         f"<th>unreadable</th></tr>{fmt_rows}</table>") if fmt_rows
         else '<p class="empty">No trajectories read.</p>',
+        "<h2>Findings per rule</h2>",
+        f"<table><tr><th>rule</th><th>findings</th></tr>{rule_rows}</table>" if rule_rows
+        else '<p class="empty">No findings.</p>',
+        f"<h2>Unreadable trajectories ({v.get('unreadable', 0)})</h2>",
+        ("<table><tr><th>where</th><th>id</th><th>format</th><th>why</th></tr>"
+         f"{unread_rows}</table>") if unread_rows
+        else '<p class="empty">None: every trajectory had commands read.</p>',
+        f"<h2>All flagged trajectories ({summary.get('flagged', len(flagged or [])):,})</h2>",
+        _flagged_html(flagged or [], summary.get("flagged", len(flagged or []))),
         f"<h2>Worst trajectories ({len(worst)} shown)</h2>",
         "".join(_trajectory_html(r) for r in worst) or '<p class="empty">Nothing flagged.</p>',
         f"<h2>Malformed records ({summary['malformed']})</h2>",

@@ -84,7 +84,10 @@ def _submit(
 def _shipped(parts: PartReader, batch: list[Chunk]) -> tuple[list[Chunk], list[bytes]]:
     """For Ray: every chunk's bytes travel with it (decompressed lines for gzip parts)."""
     chunks, data = _resolved(parts, batch)
-    return chunks, [d if d is not None else load(c) for c, d in zip(chunks, data, strict=True)]
+    return chunks, [
+        d if d is not None else (b"" if c.oversize else load(c))
+        for c, d in zip(chunks, data, strict=True)
+    ]
 
 
 def _context() -> Any:

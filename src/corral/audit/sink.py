@@ -15,6 +15,8 @@ from corral.audit.model import SEVERITY_RANK
 
 WORST_KEPT = 50
 MALFORMED_KEPT = 500
+UNREADABLE_KEPT = 500
+FLAGGED_KEPT = 200_000  # every flagged trajectory, in brief, for the report's paged list
 
 
 def _public(result: dict[str, Any]) -> dict[str, Any]:
@@ -25,7 +27,7 @@ class AuditSink:
     def __init__(self, json_path: Path | None = None, keep_path: Path | None = None,
                  drop_path: Path | None = None) -> None:  # fmt: skip
         self._files: list[IO[str]] = []
-        self.json_out = self._open(json_path)
+        self.json_out = self._open(json_path, "backslashreplace")
         self.keep_out = self._open(keep_path)
         self.drop_out = self._open(drop_path)
         self.trajectories = 0
@@ -41,14 +43,20 @@ class AuditSink:
         self.dropped = 0
         self.malformed_count = 0
         self.malformed: list[dict[str, Any]] = []
+        self.unreadable: list[dict[str, Any]] = []  # the first ones, with why (see summary)
+        self.flagged: list[dict[str, Any]] = []  # every trajectory with findings, in brief
+        self.flagged_count = 0
+        self.format_verdicts: dict[str, Counter[str]] = {}
         self._worst: list[tuple[tuple[int, int, int], int, dict[str, Any]]] = []
         self._seq = 0
 
-    def _open(self, path: Path | None) -> IO[str] | None:
+    def _open(self, path: Path | None, errors: str = "surrogateescape") -> IO[str] | None:
+        """--keep/--drop write records back byte for byte (non-UTF-8 bytes were read as surrogate
+        escapes); --json escapes such bytes (`\\udcXX`) so it stays valid UTF-8."""
         if path is None:
             return None
         path.parent.mkdir(parents=True, exist_ok=True)
-        fh = path.open("w", encoding="utf-8")
+        fh = path.open("w", encoding="utf-8", errors=errors)
         self._files.append(fh)
         return fh
 
@@ -71,6 +79,10 @@ class AuditSink:
         self.files.add(r["file"])
         self.verdicts[r["verdict"]] += 1
         self.formats[r["format"]] += 1
+        self.format_verdicts.setdefault(r["format"], Counter())[r["verdict"]] += 1
+        if r["verdict"] == "unreadable" and len(self.unreadable) < UNREADABLE_KEPT:
+            self.unreadable.append({k: r.get(k) for k in ("file", "line", "item", "format", "id",
+                                                          "steps", "unreadable")})  # fmt: skip
         for cat in {f["category"] for f in r["findings"]}:
             self.category_trajectories[cat] += 1
         for f in r["findings"]:
@@ -88,6 +100,14 @@ class AuditSink:
             for line in r.get("_raw", []):
                 out.write(line + "\n")
         if r["findings"]:
+            self.flagged_count += 1
+            if len(self.flagged) < FLAGGED_KEPT:
+                w = r["worst"]
+                self.flagged.append({
+                    "file": r["file"], "line": r["line"], "item": r["item"], "id": r["id"],
+                    "format": r["format"], "verdict": r["verdict"], "findings": len(r["findings"]),
+                    "rule": w["rule"], "severity": w["severity"], "steps": w["steps"][:20],
+                })  # fmt: skip
             sev = SEVERITY_RANK.get(r["worst"]["severity"], 0)
             verdict_rank = {"deny": 2, "ask": 1}.get(r["verdict"], 0)
             key = (verdict_rank, sev, len(r["findings"]))
@@ -109,7 +129,9 @@ class AuditSink:
             "trajectories": self.trajectories,
             "steps": self.steps,
             "commands": self.commands,
-            "verdicts": {v: self.verdicts.get(v, 0) for v in ("allow", "ask", "deny")},
+            "verdicts": {
+                v: self.verdicts.get(v, 0) for v in ("allow", "ask", "deny", "unreadable")
+            },
             "kept": self.kept,
             "dropped": self.dropped,
             "malformed": self.malformed_count,
@@ -119,6 +141,9 @@ class AuditSink:
                 for c, n in self.category_trajectories.most_common()
             },
             "rules": dict(self.rules.most_common()),
+            "format_verdicts": {f: dict(c) for f, c in sorted(self.format_verdicts.items())},
+            "flagged": self.flagged_count,
+            "unreadable": self.unreadable,
         }
 
     def close(self) -> None:

@@ -3,15 +3,21 @@
 --json FILE writes one JSON object per line:
   trajectory lines: {"kind": "trajectory", "file", "line" (1-based line of its first record, null
     for a whole-file JSON document), "item" (index in a top-level JSON array, else null), "format",
-    "id", "steps" (step count), "commands" (commands analysed), "verdict" ("allow"|"ask"|"deny"),
+    "id", "steps" (step count), "commands" (commands analysed), "actions" (tool calls and text
+    actions the reader saw, shell or not), "verdict" ("allow"|"ask"|"deny"|
+    "unreadable": steps but no tool call or command the reader recognises, so nothing was checked;
+    "unreadable" then says why),
     "passed" (what --keep took), "worst": null | {"rule", "category", "severity", "attack",
     "message", "steps": [step indexes where that rule fired]}, "findings": [{"step", "ref", "rule",
-    "category", "severity", "attack", "message", "command", "synthetic"}]}
+    "category", "severity", "attack", "message", "command", "synthetic", "via" (only for a file
+    run after it was written: {"path", "written_at": [steps], "run_at": step}; the finding is on
+    both steps)}]}
   malformed lines: {"kind": "malformed", "file", "line", "item", "error"}
 Step indexes are 0-based positions in each format's main list (see corral.audit.readers).
 --keep / --drop get the original records of passing / failing trajectories, one JSON record per
 line (a Claude Code session or OpenHands event file: all of its lines). A trajectory passes when its
-verdict is allow, or ask under a policy whose gate.ask is "allow". Malformed records go to neither.
+verdict is allow, or ask under a policy whose gate.ask is "allow", or unreadable with
+--keep-unreadable. Malformed records go to neither.
 The exit status is 0 when the run completes (verdicts are data, not errors), 2 on bad arguments.
 """
 
@@ -34,7 +40,7 @@ from corral.audit.sink import AuditSink
 from corral.audit.sources import discover, plan
 from corral.policy import PolicyError, load_policy
 
-VERDICT_STYLE = {"deny": "bold red", "ask": "yellow", "allow": "green"}
+VERDICT_STYLE = {"deny": "bold red", "ask": "yellow", "allow": "green", "unreadable": "magenta"}
 
 
 def register(app: typer.Typer) -> None:
@@ -57,11 +63,22 @@ def audit(
     policy_spec: str = typer.Option(
         "rl-strict", "--policy", help="preset name or policy YAML file"
     ),
+    max_record_mb: int = typer.Option(
+        256, "--max-record-mb", help="skip (and report) a JSONL line or JSON file larger than this"
+    ),
+    keep_unreadable: bool = typer.Option(
+        False,
+        "--keep-unreadable",
+        help="--keep also takes trajectories whose commands were not read",
+    ),
 ) -> None:
     """Audit recorded agent trajectories: verdict, worst finding and its steps, per trajectory."""
     err = Console(stderr=True)
     if fmt != "auto" and fmt not in FORMAT_NAMES:
         err.print(f"--format must be auto or one of {', '.join(FORMAT_NAMES)} (got {fmt!r})")
+        raise typer.Exit(2)
+    if max_record_mb < 1:
+        err.print(f"--max-record-mb must be at least 1 (got {max_record_mb})")
         raise typer.Exit(2)
     if workers < 1:
         err.print(f"--workers must be at least 1 (got {workers})")
@@ -70,12 +87,13 @@ def audit(
         start_workers(workers)  # the forkserver warms up while we walk the paths
     try:
         policy = load_policy(policy_spec)
-        chunks = plan(discover(paths))
+        chunks = plan(discover(paths), max_record=max_record_mb * 1024 * 1024)
     except (PolicyError, FileNotFoundError) as e:
         err.print(f"[red]error:[/] {escape(str(e))}")
         raise typer.Exit(2) from None
     options = AuditOptions(policy, None if fmt == "auto" else fmt, keep_raw=bool(keep or drop),
-                           context=report is not None, json_lines=json_out is not None)  # fmt: skip
+                           context=report is not None, json_lines=json_out is not None,
+                           keep_unreadable=keep_unreadable)  # fmt: skip
     sink = AuditSink(json_out, keep, drop)
     started = time.perf_counter()
     total = sum(c.size for c in chunks)
@@ -104,7 +122,7 @@ def audit(
         report.parent.mkdir(parents=True, exist_ok=True)
         report.write_text(
             render(summary, sink.worst(), sink.malformed, policy=policy.name,
-                   inputs=[str(p) for p in paths]),
+                   inputs=[str(p) for p in paths], flagged=sink.flagged),
             encoding="utf-8",
         )  # fmt: skip
     _print_summary(Console(), summary, sink, elapsed, report, json_out, keep, drop)
@@ -117,7 +135,8 @@ def _print_summary(con: Console, s: dict, sink: AuditSink, elapsed: float, repor
     con.print(
         f"[bold]{s['trajectories']:,}[/] trajectories from {s['files']} files in {elapsed:.2f}s "
         f"({rate:,.0f}/s): [red]{v['deny']} deny[/], [yellow]{v['ask']} ask[/], "
-        f"[green]{v['allow']} allow[/]; kept {s['kept']}, dropped {s['dropped']}; "
+        f"[green]{v['allow']} allow[/], [magenta]{v['unreadable']} unreadable[/]; "
+        f"kept {s['kept']}, dropped {s['dropped']}; "
         f"{s['malformed']} malformed records skipped"
     )
     if s["categories"]:
@@ -125,6 +144,25 @@ def _print_summary(con: Console, s: dict, sink: AuditSink, elapsed: float, repor
         for cat, n in s["categories"].items():
             t.add_row(cat, str(n["trajectories"]), str(n["findings"]))
         con.print(t)
+    if s["format_verdicts"]:
+        cols = ("allow", "ask", "deny", "unreadable")
+        t = Table("format", *cols, title="verdicts per format")
+        for fmt_name, counts in s["format_verdicts"].items():
+            t.add_row(fmt_name, *(str(counts.get(c, 0)) for c in cols))
+        con.print(t)
+    if s["rules"]:
+        t = Table("rule", "findings", title="findings per rule")
+        for rule, n in list(s["rules"].items())[:20]:
+            t.add_row(rule, str(n))
+        con.print(t)
+    for u in s["unreadable"][:10]:
+        loc = u["file"] + (f":{u['line']}" if u["line"] is not None else "")
+        con.print(f"[magenta]unreadable[/] {escape(loc)} {escape(str(u['id']))}: "
+                  f"{escape(u['unreadable'])}")  # fmt: skip
+    if s["verdicts"]["unreadable"] > 10:
+        con.print(
+            f"… and {s['verdicts']['unreadable'] - 10} more unreadable (see --json or --report)"
+        )
     worst = sink.worst()[:10]
     if worst:
         t = Table(

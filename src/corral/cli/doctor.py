@@ -25,6 +25,10 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="print one JSON ob
         data["monitor"] = monitor_capabilities()
     except ImportError:
         pass
+    if caps.bwrap and caps.userns:
+        from corral.sandbox.hold import check_hold
+
+        data["hold"] = check_hold()
     if as_json:
         typer.echo(json.dumps(data, indent=2))
         raise typer.Exit(0 if caps.userns else 1)
@@ -54,6 +58,13 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="print one JSON ob
     )
     for name, value in data.get("monitor", {}).items():
         row(f"monitor: {name}", True, str(value))
+    for name, value in data.get("hold", {}).items():
+        if isinstance(value, bool):
+            row(f"hold: {name.replace('_', ' ')}", value, "checked inside a sandbox")
+        elif name == "error":
+            row("hold", False, str(value))
+        else:
+            row(f"hold: {name.replace('_', ' ')}", True, str(value))
     console.print(table)
     for note in caps.notes:
         console.print(f"[yellow]•[/] {note}")

@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "serve": "serve",
     "demo": "demo",
     "export": "export",
+    "images": "images",
 }
 
 

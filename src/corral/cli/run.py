@@ -46,6 +46,9 @@ def run(
     ),
     episode: str | None = typer.Option(None, "--episode", help="episode id to record under"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no event summary"),
+    image: str | None = typer.Option(
+        None, "--image", help="run on this image (name, OCI layout, archive, rootfs, registry ref)"
+    ),
 ) -> None:
     """Run CMD in a fresh sandbox; exit with its status (124 timeout, 125 refused, 137 killed)."""
     try:
@@ -54,18 +57,19 @@ def run(
         typer.echo(str(err), err=True)
         raise typer.Exit(REFUSED_EXIT) from None
     code = asyncio.run(
-        _run(shlex.join(command), pol, workspace, events_file, timeout, episode, quiet)
+        _run(shlex.join(command), pol, workspace, events_file, timeout, episode, quiet, image)
     )
     raise typer.Exit(code)
 
 
-async def _run(cmd, pol, workspace, events_file, timeout, episode, quiet) -> int:  # type: ignore[no-untyped-def]
+async def _run(cmd, pol, workspace, events_file, timeout, episode, quiet, image=None) -> int:  # type: ignore[no-untyped-def]
     def stream(name: str, data: bytes) -> None:
         out = sys.stdout.buffer if name == "stdout" else sys.stderr.buffer
         out.write(data)
         out.flush()
 
-    sb = Sandbox(pol, workspace=workspace, events_file=events_file, episode_id=episode)
+    sb = Sandbox(pol, workspace=workspace, events_file=events_file, episode_id=episode,
+                 image=image)  # fmt: skip
     try:
         await sb.start()
     except SandboxRefused as err:

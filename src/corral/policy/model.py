@@ -65,7 +65,8 @@ class FilesystemPolicy(_Strict):
     hidden: list[str] = []
     protected: list[str] = Field(
         default_factory=list,
-        description="paths relative to the workspace that stay read-only inside it",
+        description="paths relative to the workspace that stay read-only inside it; in an image"
+        " root also absolute paths of the image (e.g. /tests)",
     )
 
     @field_validator("read_only", "read_write", "hidden")
@@ -80,8 +81,8 @@ class FilesystemPolicy(_Strict):
     @classmethod
     def _rel_paths(cls, v: list[str]) -> list[str]:
         for p in v:
-            if p.startswith("/") or ".." in p.split("/"):
-                raise ValueError(f"{p!r} must be relative to the workspace, without '..'")
+            if p.strip("/") == "" or ".." in p.split("/"):
+                raise ValueError(f"{p!r} must name a path below the root, without '..'")
         return v
 
 
@@ -211,3 +212,7 @@ class Policy(_Strict):
     gate: GatePolicy = GatePolicy()
     monitor: MonitorPolicy = MonitorPolicy()
     observe_only: bool = Field(False, description="record everything, enforce no response")
+    image: str | None = Field(
+        None, description="the sandbox's root: an image name, OCI layout, docker/OCI archive,"
+        " rootfs directory or tarball, or registry reference (none: the host's read-only root)",
+    )  # fmt: skip

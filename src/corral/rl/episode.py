@@ -173,8 +173,9 @@ class Episode:
                     exit_code, obs = 0, "submitted (this task has no check)"
                     task_reward = self.task.reward_pass
                 else:
-                    res = await self.sandbox.exec(self.task.check, step=step,
-                                                  timeout=self.task.check_timeout)  # fmt: skip
+                    # the grade never runs in the agent's shell (see Sandbox.harness_exec)
+                    res = await self.sandbox.harness_exec(self.task.check, step=step,
+                                                          timeout=self.task.check_timeout)  # fmt: skip
                     exit_code, obs = res.exit_code, res.output
                     passed = res.exit_code == 0 and not res.killed
                     task_reward = self.task.reward_pass if passed else self.task.reward_fail

@@ -40,6 +40,22 @@ class BwrapSpec:
     # (resource, soft, hard): set by `prlimit` before bwrap starts when it runs as host_uid (a
     # supervisor may lack CAP_SYS_RESOURCE over another id's processes, as in some containers)
     rlimits: list[tuple[int, int, int]] = field(default_factory=list)
+    image: ImageRoot | None = None  # set: the sandbox's root is this image (build_image_argv)
+
+
+@dataclass
+class ImageRoot:
+    """A sandbox's image root, as `corral.images.rootfs` prepared it: the mounted overlay (image
+    below, the sandbox's own writable layer above) and what the image's config asks for."""
+
+    merged: Path  # where corral-overlay-exec mounts the overlay; bound as the sandbox's /
+    workdir: str  # the workspace inside: the image's WorkingDir unless the policy names one
+    env: dict[str, str]  # the image's Env (PATH included)
+    uid: int = 0
+    gid: int = 0
+    home: str = "/root"
+    protected: list[tuple[Path, str]] = field(default_factory=list)  # (host dir, path inside)
+    host_workspace: Path | None = None  # a host directory bound at `workdir`, when one was given
 
 
 # Kernel files no agent needs to write or read: covered read-only (dirs) or by /dev/null (files).
@@ -68,7 +84,7 @@ def _bind(spec: BwrapSpec, opt: str, src: str, dest: str) -> list[str]:
 def _staged(spec: BwrapSpec, src: str) -> str | None:
     for root, stage in spec.staged.items():
         if src == root or src.startswith(root.rstrip("/") + "/"):
-            return stage + src[len(root):]
+            return stage + src[len(root) :]
     return None
 
 
@@ -103,12 +119,11 @@ def _under(path: str, roots: list[str]) -> bool:
     return any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots)
 
 
-def build_argv(bwrap: str, spec: BwrapSpec, command: list[str]) -> list[str]:
-    pol = spec.policy
-    fs = pol.filesystem
-    ws_in = fs.workspace.path
+def isolation_args(spec: BwrapSpec) -> list[str]:
+    """The hardening every sandbox gets, whatever its root (host or image): namespaces, no new
+    user namespaces, the agent's identity (root inside, an unprivileged id or no capabilities
+    outside), the seccomp filter. build_argv and build_image_argv both start with these."""
     argv = [
-        bwrap,
         "--unshare-user",
         "--unshare-pid",
         "--unshare-ipc",
@@ -130,6 +145,34 @@ def build_argv(bwrap: str, spec: BwrapSpec, command: list[str]) -> list[str]:
         argv += ["--cap-drop", "ALL"]
     if spec.seccomp_fd is not None:
         argv += ["--seccomp", str(spec.seccomp_fd)]
+    return argv
+
+
+def kernel_surface_args() -> list[str]:
+    """/proc with the kernel's writable and secret files covered, and a private /dev: the same
+    for a host root and an image root."""
+    argv = ["--proc", "/proc"]
+    for d in PROC_RO_DIRS:
+        if os.path.isdir(d):
+            argv += ["--ro-bind", d, d]
+    for f in PROC_MASKED:
+        if os.path.exists(f):
+            argv += ["--ro-bind", "/dev/null", f]
+    return [*argv, "--dev", "/dev"]
+
+
+def identity_prefix(spec: BwrapSpec, argv: list[str]) -> list[str]:
+    """A root supervisor starts bwrap as the sandbox's own host id, its rlimits already set."""
+    if spec.host_uid is None:
+        return argv
+    return [*prlimit_prefix(spec.rlimits), *setpriv_prefix(spec.host_uid), *argv]
+
+
+def build_argv(bwrap: str, spec: BwrapSpec, command: list[str]) -> list[str]:
+    pol = spec.policy
+    fs = pol.filesystem
+    ws_in = fs.workspace.path
+    argv = [bwrap, *isolation_args(spec)]
     bound: list[str] = []
     for d in SYSTEM_DIRS:
         p = Path(d)
@@ -138,14 +181,7 @@ def build_argv(bwrap: str, spec: BwrapSpec, command: list[str]) -> list[str]:
         elif p.is_dir():
             argv += ["--ro-bind", d, d]
             bound.append(d)
-    argv += ["--proc", "/proc"]
-    for d in PROC_RO_DIRS:
-        if os.path.isdir(d):
-            argv += ["--ro-bind", d, d]
-    for f in PROC_MASKED:
-        if os.path.exists(f):
-            argv += ["--ro-bind", "/dev/null", f]
-    argv += ["--dev", "/dev"]
+    argv += kernel_surface_args()
     if spec.tmp_size:
         argv += ["--size", str(spec.tmp_size)]
     argv += ["--tmpfs", "/tmp", "--dir", SANDBOX_HOME]
@@ -161,6 +197,8 @@ def build_argv(bwrap: str, spec: BwrapSpec, command: list[str]) -> list[str]:
     argv += _bind(spec, mode, str(spec.workspace), ws_in)
     bound.append(str(spec.workspace))
     for rel in fs.protected:
+        if rel.startswith("/"):  # a path in an image (build_image_argv binds those)
+            continue
         host = spec.workspace / rel
         if host.exists() and not host.is_symlink():
             argv += _bind(spec, "--ro-bind", str(host), f"{ws_in.rstrip('/')}/{rel}")
@@ -189,9 +227,56 @@ def build_argv(bwrap: str, spec: BwrapSpec, command: list[str]) -> list[str]:
     for k, v in env.items():
         argv += ["--setenv", k, v]
     argv += ["--chdir", ws_in, *_fd_binds(spec, spec.extra_args), "--", *command]
-    if spec.host_uid is not None:
-        argv = [*prlimit_prefix(spec.rlimits), *setpriv_prefix(spec.host_uid), *argv]
-    return argv
+    return identity_prefix(spec, argv)
+
+
+def build_image_argv(bwrap: str, spec: BwrapSpec, command: list[str]) -> list[str]:
+    """The command line of a sandbox whose root is an image (see `corral.images.rootfs`).
+
+    The root is the overlay corral-overlay-exec mounted (bwrap makes every bind nosuid, the overlay
+    itself is mounted nosuid,nodev): the agent may write anywhere in it, and every write lands in
+    the sandbox's own layer. Nothing of the host is bound but what the policy names (read_only,
+    read_write), a host workspace when one was given, and the GPU devices; protected paths are
+    per-sandbox host directories bound read-only over their place in the image, so the harness
+    can still write them from outside while the agent cannot. The hardening (isolation_args,
+    kernel_surface_args, identity_prefix) is the host root's, from the same functions.
+    """
+    img = spec.image
+    assert img is not None
+    fs = spec.policy.filesystem
+    argv = [bwrap, *isolation_args(spec), "--bind", str(img.merged), "/"]
+    argv += kernel_surface_args()
+    for p in fs.read_only:
+        if Path(p).exists():
+            argv += _bind(spec, "--ro-bind", p, p)
+    for p in fs.read_write:
+        if Path(p).exists():
+            argv += _bind(spec, "--bind", p, p)
+    if img.host_workspace is not None:
+        mode = "--bind" if fs.workspace.mode == "rw" else "--ro-bind"
+        argv += _bind(spec, mode, str(img.host_workspace), img.workdir)
+    for host, inside in img.protected:
+        if host.exists() and not host.is_symlink():
+            argv += _bind(spec, "--ro-bind", str(host), inside)
+    for dev in spec.gpu_devices:
+        argv += ["--dev-bind", dev, dev]
+    env = {
+        "HOME": img.home,
+        "TERM": "dumb",
+        "LANG": "C.UTF-8",
+        **img.env,
+        "PATH": img.env.get("PATH") or SANDBOX_PATH,
+        "CORRAL_SANDBOX_ID": spec.sandbox_id,
+        "CORRAL_EPISODE_ID": spec.episode_id,
+        **spec.extra_env,
+    }
+    argv += ["--clearenv"]
+    for k, v in env.items():
+        argv += ["--setenv", k, v]
+    if img.uid or img.gid:  # the image's own user (after isolation_args' --uid 0, so it wins)
+        argv += ["--uid", str(img.uid), "--gid", str(img.gid)]
+    argv += ["--chdir", img.workdir, *_fd_binds(spec, spec.extra_args), "--", *command]
+    return identity_prefix(spec, argv)
 
 
 _PRLIMIT_FLAGS = {resource.RLIMIT_AS: "as", resource.RLIMIT_NPROC: "nproc",

@@ -26,3 +26,7 @@ class SandboxClosed(SandboxError):
 
 class PathOutsideWorkspace(SandboxError):
     pass
+
+
+class ProtectedPath(SandboxError, PermissionError):
+    """An agent's write to a protected path (the task's tests, the grader) was refused."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path, PurePosixPath
 
-from corral.sandbox.errors import PathOutsideWorkspace
+from corral.sandbox.errors import PathOutsideWorkspace, ProtectedPath
 
 
 def _relative(inside_root: str, path: str) -> list[str]:
@@ -32,7 +32,8 @@ def _relative(inside_root: str, path: str) -> list[str]:
     return parts
 
 
-def _open_parent(ws: Path, parts: list[str], create: bool) -> int:
+def _open_parent(ws: Path, parts: list[str], create: bool,
+                 owner: tuple[int, int] | None = None) -> int:  # fmt: skip
     fd = os.open(ws, os.O_RDONLY | os.O_DIRECTORY)
     try:
         for name in parts[:-1]:
@@ -43,6 +44,8 @@ def _open_parent(ws: Path, parts: list[str], create: bool) -> int:
                     raise
                 os.mkdir(name, 0o755, dir_fd=fd)
                 nfd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+                if owner is not None:
+                    os.fchown(nfd, *owner)
             except OSError as err:
                 raise PathOutsideWorkspace(f"{name!r} is not a plain directory: {err}") from None
             os.close(fd)
@@ -53,14 +56,19 @@ def _open_parent(ws: Path, parts: list[str], create: bool) -> int:
         raise
 
 
-def write(ws: Path, inside_root: str, path: str, data: bytes, mode: int = 0o644) -> str:
+def write(ws: Path, inside_root: str, path: str, data: bytes, mode: int = 0o644,
+          owner: tuple[int, int] | None = None) -> str:  # fmt: skip
+    """Write in place (the same inode: a protected file bound read-only into a running sandbox
+    shows the new content); `owner` is the sandbox's host id for files the agent may edit."""
     parts = _relative(inside_root, path)
-    dfd = _open_parent(ws, parts, create=True)
+    dfd = _open_parent(ws, parts, create=True, owner=owner)
     try:
         fd = os.open(parts[-1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode,
                      dir_fd=dfd)  # fmt: skip
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+            if owner is not None:
+                os.fchown(f.fileno(), *owner)
     except OSError as err:
         if err.errno == 40:  # ELOOP: the last component is a symlink
             raise PathOutsideWorkspace(f"{path!r} is a symlink; refusing to follow it") from None
@@ -68,6 +76,21 @@ def write(ws: Path, inside_root: str, path: str, data: bytes, mode: int = 0o644)
     finally:
         os.close(dfd)
     return str(PurePosixPath(inside_root, *parts))
+
+
+def protected_hit(inside_root: str, path: str, protected: list[str]) -> str | None:
+    """The protected entry `path` falls under, if any."""
+    try:
+        rel = "/".join(_relative(inside_root, path))
+    except PathOutsideWorkspace:
+        return None
+    for p in protected:
+        if p.startswith("/"):  # an absolute path in an image root (Sandbox._protected_hit)
+            continue
+        p = p.strip("/")
+        if rel == p or rel.startswith(p + "/"):
+            return p
+    return None
 
 
 def read(ws: Path, inside_root: str, path: str, max_bytes: int | None = None) -> bytes:
@@ -85,7 +108,8 @@ def read(ws: Path, inside_root: str, path: str, max_bytes: int | None = None) ->
         return f.read(max_bytes) if max_bytes is not None else f.read()
 
 
-def upload(ws: Path, inside_root: str, local: Path, path: str) -> str:
+def upload(ws: Path, inside_root: str, local: Path, path: str,
+           owner: tuple[int, int] | None = None) -> str:  # fmt: skip
     """Copy a host file or directory tree into the workspace."""
     if local.is_dir():
         dest_parts = _relative(inside_root, path)
@@ -93,11 +117,11 @@ def upload(ws: Path, inside_root: str, local: Path, path: str) -> str:
             if src.is_file() and not src.is_symlink():
                 rel = src.relative_to(local).as_posix()
                 write(ws, inside_root, "/".join([*dest_parts, rel]), src.read_bytes(),
-                      src.stat().st_mode & 0o777)  # fmt: skip
+                      src.stat().st_mode & 0o777, owner)  # fmt: skip
         return str(PurePosixPath(inside_root, *dest_parts))
     if not local.is_file():
         raise FileNotFoundError(f"upload source {local} does not exist")
-    return write(ws, inside_root, path, local.read_bytes(), local.stat().st_mode & 0o777)
+    return write(ws, inside_root, path, local.read_bytes(), local.stat().st_mode & 0o777, owner)
 
 
-__all__ = ["read", "upload", "write"]
+__all__ = ["ProtectedPath", "protected_hit", "read", "upload", "write"]

@@ -117,7 +117,7 @@ def hand_over(workspace: Path, uid: int, gid: int, keep: list[str] | None = None
     return owners
 
 
-def take_back(workspace: Path, owners: Owners, sandbox_uid: int) -> int:
+def take_back(workspace: Path, owners: Owners, sandbox_uid: int | None) -> int:
     """Return the workspace to its owners: files that existed get their old owner, files the agent
     made get the workspace's owner; setuid/setgid bits the agent set are cleared (a setuid file must
     never outlive the sandbox). Returns how many setuid/setgid bits were cleared."""
@@ -132,6 +132,8 @@ def take_back(workspace: Path, owners: Owners, sandbox_uid: int) -> int:
             with contextlib.suppress(OSError):
                 os.chmod(path, stat.S_IMODE(st.st_mode) & ~(stat.S_ISUID | stat.S_ISGID))
                 cleared += 1
+        if sandbox_uid is None:
+            continue  # an ordinary-user supervisor: the files are already its own
         want = owners.get(path, default)
         if st.st_uid == sandbox_uid or (st.st_uid, st.st_gid) != want and path in owners:
             with contextlib.suppress(OSError):

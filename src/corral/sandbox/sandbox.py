@@ -28,9 +28,14 @@ from corral.events.model import Event, severity_rank
 from corral.events.sink import EventSink
 from corral.policy.loader import load_policy
 from corral.policy.model import Policy
-from corral.sandbox import files, identity, stage, syscalls
-from corral.sandbox.bwrap import BwrapSpec, build_argv
-from corral.sandbox.errors import SandboxClosed, SandboxRefused
+from corral.sandbox import files, identity, stage, syscalls, usage
+from corral.sandbox.bwrap import BwrapSpec, build_argv, build_image_argv
+from corral.sandbox.errors import (
+    PathOutsideWorkspace,
+    ProtectedPath,
+    SandboxClosed,
+    SandboxRefused,
+)
 from corral.sandbox.limits import (
     Cgroup,
     CgroupCounters,
@@ -43,13 +48,21 @@ from corral.sandbox.probe import Capabilities, probe
 from corral.sandbox.procs import children_of
 from corral.sandbox.reap import finish, kill_init, remove_later
 from corral.sandbox.session import ShellSession, open_session
-from corral.sandbox.shell import Capture, OutputCallback, ShellChannel, bootstrap, frame
+from corral.sandbox.shell import (
+    Capture,
+    OutputCallback,
+    ShellChannel,
+    bootstrap,
+    frame,
+    new_key,
+)
 from corral.sandbox.workspace import check_workspace
 from corral.store.paths import corral_home
 from corral.store.sqlite import EventStore
 
 TIMEOUT_EXIT = 124
 KILLED_EXIT = 137
+CTL_FD_LOW = 9  # below bash's own saved-fd range (10+) and any open-files limit (>= 16)
 _RO_RE = re.compile(
     r"(?:['‘\"](/?[^\s'’\":]+)['’\"]: Read-only file system)"
     r"|(?:(?:^|\s)(/?[^\s'’\":]+): Read-only file system)"
@@ -149,8 +162,19 @@ class Sandbox:
         extra_env: dict[str, str] | None = None,
         extra_bwrap_args: list[str] | None = None,
         egress: Attachment | bool | None = True,
+        image: str | None = None,
+        keep: bool = False,
     ) -> None:
         self.policy = load_policy(policy)
+        # the task's image as the sandbox's root (None: the host's read-only root); `keep` leaves
+        # the sandbox's writable layer on disk at close (its path in `kept_layer`)
+        self.image = image or self.policy.image
+        self.keep = keep
+        self.kept_layer: Path | None = None
+        self._root: Any = None  # corral.images.rootfs.SandboxRoot, while running on an image
+        self._join: Sandbox | None = (
+            None  # a harness sandbox: the agent sandbox whose root it shares
+        )
         self.id = sandbox_id or "sb-" + uuid.uuid4().hex[:12]
         self.episode_id = episode_id or "ep-" + uuid.uuid4().hex[:12]
         self._own_workspace = workspace is None
@@ -160,6 +184,10 @@ class Sandbox:
         self._owners: identity.Owners = {}
         self._placeholders: list[Path] = []
         self._stages: dict[str, str] = {}
+        self._harness: Sandbox | None = None
+        self._disk_base: usage.Usage | None = None
+        self._disk_hit: set[str] = set()
+        self._borrowed_identity = False
         if sink is None:
             if store is True:
                 store = EventStore.shared()
@@ -325,6 +353,8 @@ class Sandbox:
             if caps.root:
                 with contextlib.suppress(OSError):
                     stage.sweep()
+        if self.image and self._root is None:
+            await asyncio.to_thread(self._prepare_image)
         if self.workspace is None:
             if self._workspace_arg is not None:
                 self.workspace = check_workspace(self._workspace_arg, [str(corral_home())])
@@ -335,9 +365,14 @@ class Sandbox:
                 self.workspace = Path(
                     tempfile.mkdtemp(prefix=f"{os.getpid()}-{self.id}-", dir=root)
                 )
-        self._make_protected_placeholders()
+        if self._root is None or self._root.spec.host_workspace is not None:
+            self._make_protected_placeholders()  # (an image's own paths: copies, images/rootfs.py)
+        if self._disk_base is None and (self.policy.limits.disk or self.policy.limits.inodes):
+            self._disk_base = await asyncio.to_thread(usage.measure, str(self.workspace))
         if caps.root and self.identity is None:
             await self._take_identity()
+        elif self._borrowed_identity:
+            pass  # a harness sandbox runs as its agent sandbox's id over the same workspace
         rlimits = self._setup_limits(caps)
         await self._spawn(caps, rlimits)
         self._started_at = time.monotonic()
@@ -355,8 +390,58 @@ class Sandbox:
                 "workspace": str(self.workspace),
                 "limits": self.limits.mechanisms,
                 "root": caps.root,
+                **self._image_evidence(),
             },
         )
+
+    def _prepare_image(self) -> None:
+        """Resolve the image (import or pull it on first use), hold it, and lay out this sandbox's
+        writable layer; any failure is a refusal naming the image and the cause."""
+        from corral.images import ImageError, ImageStore
+        from corral.images.rootfs import SandboxRoot
+
+        assert self.image
+        if self._join is not None:  # a harness sandbox: the agent's own root, not a new layer
+            self._root = self._join._root
+            self.workspace = self._join.workspace
+            if self._root is None:
+                raise SandboxClosed(
+                    self._join.closed_reason or "the agent's sandbox is not running"
+                )
+            return
+        root = stage.sandboxes_root(corral_home() / "sandboxes")
+        if not _swept_workspaces:
+            _sweep_workspaces(root)
+        state = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-{self.id}-", dir=root))
+        try:
+            host_ws = (None if self._workspace_arg is None
+                       else check_workspace(self._workspace_arg, [str(corral_home())]))  # fmt: skip
+        except BaseException:
+            shutil.rmtree(state, ignore_errors=True)
+            raise
+        try:
+            sroot = SandboxRoot.create(ImageStore(), self.image, state, keep=self.keep)
+            try:
+                sroot.prepare(self.policy, host_ws)
+            except BaseException:
+                sroot.release()
+                raise
+        except ImageError as err:
+            shutil.rmtree(state, ignore_errors=True)
+            raise SandboxRefused(
+                str(err), "see `corral images list`; import it with `corral images import PATH`"
+            ) from None
+        except OSError as err:
+            shutil.rmtree(state, ignore_errors=True)
+            raise SandboxRefused(f"image {self.image!r}: {err}", "run `corral doctor`") from None
+        self._root = sroot
+        self.workspace = host_ws or state
+
+    def _image_evidence(self) -> dict[str, Any]:
+        if self._root is None:
+            return {}
+        return {"image": self._root.image.id, "image_ref": self.image,
+                "workdir": self._root.spec.workdir}  # fmt: skip
 
     def _make_protected_placeholders(self) -> None:
         """A protected path that does not exist yet is made (empty) before the sandbox starts, so
@@ -365,6 +450,8 @@ class Sandbox:
         the ones still empty at close are removed again."""
         assert self.workspace is not None
         for rel in self.policy.filesystem.protected:
+            if rel.startswith("/"):  # a path in an image (images/rootfs.py), never the host's
+                continue
             host = self.workspace / rel
             if os.path.lexists(host):
                 continue
@@ -400,28 +487,40 @@ class Sandbox:
         except identity.IdentityUnavailable as err:
             raise SandboxRefused(str(err), "close idle sandboxes, or give corral a larger range"
                                  " with a `corral:START:COUNT` line in /etc/subuid") from None  # fmt: skip
-        protected = [str(self.workspace / rel) for rel in self.policy.filesystem.protected]
+        # an image root: its layer is the sandbox's (and the image shows as its own, idmapped);
+        # a host workspace given with it is handed over as on the host root
+        target = self.workspace if self._root is None else self._root.spec.host_workspace
+        if self._root is not None:
+            await asyncio.to_thread(self._root.hand_over, self.identity.uid, self.identity.gid)
+        if target is None:
+            return
+        protected = [str(target / rel) for rel in self.policy.filesystem.protected
+                     if not rel.startswith("/")]  # fmt: skip
         self._owners = await asyncio.to_thread(
-            identity.hand_over, self.workspace, self.identity.uid, self.identity.gid, protected
+            identity.hand_over, target, self.identity.uid, self.identity.gid, protected
         )
 
     def _give_back_workspace(self) -> None:
-        if self.identity is None:
-            return
+        """Files back to their owners, and no setuid/setgid file outlives the sandbox (whoever
+        the supervisor is: a setuid copy of a shell would make any host user the file's owner)."""
         if self.workspace is not None and self.workspace.exists():
-            cleared = identity.take_back(self.workspace, self._owners, self.identity.uid)
+            uid = self.identity.uid if self.identity else None
+            cleared = identity.take_back(self.workspace, self._owners, uid)
             if cleared:
                 self.emit(source="file", rule="file.setuid_cleared", category="escape",
                           severity="high", action="blocked", step=self.step or None,
                           message=f"{cleared} setuid/setgid file(s) left in the workspace were "
                           "made ordinary before it was handed back")  # fmt: skip
-        self.identity.release()
-        self.identity = None
+        if self.identity is not None:
+            self.identity.release()
+            self.identity = None
 
     def _stage_sources(self) -> dict[str, str]:
         """Directories the sandbox's host id could not reach, bound where it can (stage.py)."""
         if self.identity is None:
             return {}
+        if self._join is not None:  # its agent sandbox's stages: the mount namespace it joins
+            return dict(self._join._stages)  # was copied before they were made in this one
         from corral.sandbox.bwrap import reachable
 
         fs = self.policy.filesystem
@@ -468,6 +567,7 @@ class Sandbox:
             extra_env=self.extra_env,
             extra_args=["--block-fd", str(block_r), *self.extra_bwrap_args],
             gpu_devices=self._gpu_devices(caps),
+            image=self._root.spec if self._root is not None else None,
             host_uid=self.identity.uid if self.identity else None,
             tmp_size=self.policy.limits.disk,
             staged=self._stage_sources(),
@@ -485,7 +585,12 @@ class Sandbox:
         if self.egress is not None:
             command, extra_fds = self.egress.prepare(self, spec, command)
         try:
-            argv = build_argv(caps.bwrap, spec, command)
+            if spec.image is not None:  # the image root: the helper mounts the overlay first
+                join = self._join._proc.pid if self._join and self._join._proc else None
+                argv = self._root.wrap(build_image_argv(caps.bwrap, spec, command),
+                                       idmap=spec.host_uid, join=join)  # fmt: skip
+            else:
+                argv = build_argv(caps.bwrap, spec, command)
             # born in its cgroup (v1): no move later, so no wait for the kernel's global lock
             with self.cgroup.spawning() if self.cgroup else contextlib.nullcontext():
                 self._proc = subprocess.Popen(
@@ -495,6 +600,9 @@ class Sandbox:
                     stderr=err_w,
                     pass_fds=(ctl_w, info_w, block_r, spec.seccomp_fd, *spec.fds, *extra_fds),
                     close_fds=True,
+                    # bwrap stays in the sandbox as its pid 1, /proc/1/environ readable by the
+                    # agent: it must not carry the supervisor's environment (keys, tokens)
+                    env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"},
                 )
         except OSError as err:
             for fd in (*child_ends, in_w, out_r, err_r, ctl_r, info_r, block_w):
@@ -510,8 +618,12 @@ class Sandbox:
                     os.close(fd)
         for fd in child_ends:
             os.close(fd)
-        self._ctl_fd_inside = ctl_w
+        # A busy supervisor hands over fd numbers past the sandbox's open-files limit, where bash
+        # could not put back the control fd it closes around each command ("Bad file
+        # descriptor" on every command): the shell moves it to a low number first.
+        self._ctl_fd_inside = ctl_w if ctl_w < CTL_FD_LOW else CTL_FD_LOW
         self._chan = ShellChannel(loop, in_w, out_r, err_r, ctl_r)
+        self._chan.on_forged = self._forged
         cap = Capture()
         self._chan.capture = cap
         try:
@@ -521,7 +633,7 @@ class Sandbox:
             os.write(block_w, b"1")
             if self.egress is not None:
                 await self.egress.started(self, self._proc.pid)
-            self._chan.send(bootstrap(self._ctl_fd_inside))
+            self._chan.send(bootstrap(self._ctl_fd_inside, moved_from=ctl_w))
             await asyncio.wait_for(ready, 10)
         except SandboxRefused:
             self._chan.drain()
@@ -617,13 +729,25 @@ class Sandbox:
             return []
 
     # ---------------------------------------------------------------- commands
-    async def open_session(self, name: str) -> ShellSession:
+    async def open_session(self, name: str, *, harness: bool = False) -> ShellSession:
         """Another persistent bash in this sandbox, with its own cwd and variables (ROCK's
-        sessions); `await session.exec(...)` as `exec`. Closing the sandbox ends it."""
+        sessions); `await session.exec(...)` as `exec`. Closing the sandbox ends it.
+
+        `harness=True` is the harness's session (uploading tests, running the grader), the
+        persistent-shell form of `harness_exec`: a bash in the harness sandbox (same root and
+        workspace, its own pid namespace, unreachable from the agent's processes, which are
+        frozen while each of its commands runs); its commands are recorded, tagged `harness`,
+        under the harness sandbox's id, never gated, never the agent's steps or charges."""
         old = self.sessions.get(name)
         if old is not None and old.alive:
             raise ValueError(f"session {name!r} is already open")
-        session = await open_session(self, name)
+        if harness:
+            hs = await self._harness_sandbox()
+            session = await open_session(hs, name, harness=True)
+            session.owner = self
+            hs.sessions[name] = session
+        else:
+            session = await open_session(self, name)
         self.sessions[name] = session
         return session
 
@@ -665,15 +789,16 @@ class Sandbox:
         assert self._chan is not None
         chan = self._chan
         self._next_id += 1
-        key = str(self._next_id)
+        key = new_key(f"{self._next_id}-")
         cap = Capture(on_output=on_output)
         chan.capture = cap
         done = chan.expect(key)
         limit = timeout if timeout is not None else self.policy.limits.command_timeout
         spared = self._running_before()
         timed_out = killed = False
+        watch = asyncio.get_running_loop().create_task(self._disk_watch(step, command, spared))
         try:
-            chan.send(frame(self._next_id, command, self._ctl_fd_inside))
+            chan.send(frame(key, command, self._ctl_fd_inside))
             exit_code = await asyncio.wait_for(asyncio.shield(done), limit)
         except TimeoutError:
             timed_out = True
@@ -686,9 +811,11 @@ class Sandbox:
         except (EOFError, BrokenPipeError, OSError):
             exit_code = await self._session_exit_code()
             killed = self.terminated
+        watch.cancel()
         chan.drain()
         chan.capture = None
-        if self._check_counters(step, command) and self._resource_response() in (
+        over_disk = await asyncio.to_thread(self._check_disk, step, command)
+        if (self._check_counters(step, command) or over_disk) and self._resource_response() in (
             "kill",
             "terminate",
         ):
@@ -697,25 +824,35 @@ class Sandbox:
         return self._finish_command(command, step, t0, first_event, cap, exit_code,
                                     timed_out=timed_out, killed=killed, limit=limit)  # fmt: skip
 
-    def _finish_command(self, command: str, step: int, t0: float, first_event: int, cap: Capture,
-                        exit_code: int, *, timed_out: bool, killed: bool, limit: float | None,
-                        session: str | None = None) -> ExecResult:  # fmt: skip
+    def _finish_command(self, command: str, step: int | None, t0: float, first_event: int,
+                        cap: Capture, exit_code: int, *, timed_out: bool, killed: bool,
+                        limit: float | None, session: str | None = None,
+                        harness: bool = False) -> ExecResult:  # fmt: skip
         """What every shell (the main one or a named session) records once a command is over."""
         duration = time.monotonic() - t0
         stdout = cap.stdout.decode(errors="replace")
         stderr = cap.stderr.decode(errors="replace")
         argv = ["bash", "-c", command]
         tag = {"session": session} if session else {}
+        if harness:  # the harness's command: recorded, never the agent's offence
+            tag["harness"] = True
         if timed_out:
             self.emit(source="resource", rule="resource.command_timeout", category="resource",
-                      severity="low", action="killed", step=step, argv=argv,
+                      severity="info" if harness else "low", action="killed", step=step, argv=argv,
                       message=f"command exceeded its {limit:g}s time limit and was killed",
                       evidence={"limit_s": limit, **tag})  # fmt: skip
-        if self.limits.mechanisms.get("cpu_time") and "CPU time limit exceeded" in stderr:
+        if (
+            not harness
+            and self.limits.mechanisms.get("cpu_time")
+            and "CPU time limit exceeded" in stderr
+        ):
             self.emit(source="resource", rule="resource.cpu_time", category="resource",
                       severity="low", action="killed", step=step, argv=argv,
                       message=f"CPU time limit of {self.policy.limits.cpu_time:g}s reached")  # fmt: skip
-        self._scan_denied_writes(stderr, step)
+        if not harness and not self._borrowed_identity:  # the harness's are not the agent's
+            self._scan_denied_writes(stderr, step)
+        if self._root is not None and self._join is None:
+            self._check_layer(step, argv, stderr)
         if self.terminated:
             killed = True
             exit_code = KILLED_EXIT
@@ -723,7 +860,7 @@ class Sandbox:
                   message=f"exit {exit_code} after {duration:.3f}s",
                   evidence={"exit_code": exit_code, "duration_s": round(duration, 6),
                             "timed_out": timed_out, **tag})  # fmt: skip
-        return ExecResult(command=command, step=step, exit_code=exit_code, stdout=stdout,
+        return ExecResult(command=command, step=step or 0, exit_code=exit_code, stdout=stdout,
                           stderr=stderr, duration=duration, timed_out=timed_out, killed=killed,
                           truncated=cap.truncated, events=self.events[first_event:])  # fmt: skip
 
@@ -780,6 +917,10 @@ class Sandbox:
         return 128 - rc if rc < 0 else rc
 
     async def _restart_session(self) -> None:
+        if self._harness is not None and self._root is not None:
+            # it shares the mount namespace of the shell that ended: start it again with the next
+            await self._harness.close()
+            self._harness = None
         if self._proc is not None:
             await self._teardown()
         assert self.caps is not None
@@ -822,6 +963,46 @@ class Sandbox:
             if frozen and self.cgroup is not None:
                 self.cgroup.freeze(False)
 
+    DISK_WATCH_INTERVAL = 3.0
+
+    async def _disk_watch(self, step: int, command: str, spared: set[int]) -> None:
+        """While a command runs, look at its disk use now and then (usage.py)."""
+        while True:
+            await asyncio.sleep(self.DISK_WATCH_INTERVAL)
+            over = await asyncio.to_thread(self._check_disk, step, command)
+            if over and self._resource_response() in ("kill", "terminate"):
+                await asyncio.to_thread(self._kill_command_tree, spared)
+
+    def _check_disk(self, step: int | None, command: str | None) -> bool:
+        """A `source=resource` event when the workspace grew past `limits.disk`/`inodes` or /tmp
+        filled up; True while over (the command is then answered like any limit hit)."""
+        lim = self.policy.limits
+        over: dict[str, str] = {}
+        if self._disk_base is not None and self.workspace is not None:
+            base = self._disk_base
+            cap = base.inodes + lim.inodes if lim.inodes else None
+            now = usage.measure(str(self.workspace), cap)
+            if lim.inodes and now.inodes - base.inodes > lim.inodes:
+                over["workspace_inodes"] = f"more than {lim.inodes} files added to the workspace"
+            if lim.disk and now.bytes - base.bytes > lim.disk:
+                over["workspace_disk"] = f"workspace grew past {lim.disk} bytes"
+        tmp = usage.tmp_fill(self._init_pid)
+        if lim.disk and tmp is not None and tmp[1] and tmp[0] >= tmp[1] - 64 * 1024:
+            over["tmp_disk"] = f"/tmp is full ({tmp[1]} bytes)"
+        argv = ["bash", "-c", command] if command else None
+        for where, why in over.items():
+            if where in self._disk_hit:
+                continue
+            self._disk_hit.add(where)
+            rule = "resource.inode_limit" if where.endswith("inodes") else "resource.disk_limit"
+            self.emit(source="resource", rule=rule, category="resource", severity="medium",
+                      action="killed" if self._resource_response() in ("kill", "terminate")
+                      else "blocked", step=step, argv=argv, message=why,
+                      evidence={"where": where, "limit_bytes": lim.disk,
+                                "limit_inodes": lim.inodes})  # fmt: skip
+        self._disk_hit &= set(over)  # a limit freed again may be reported again
+        return bool(over)
+
     def _resource_response(self) -> str:
         return (
             "alert" if self.policy.observe_only else self.policy.responses.for_category("resource")
@@ -863,10 +1044,38 @@ class Sandbox:
             )  # fmt: skip
         return now.oom_kills > prev.oom_kills or now.pids_max_hits > prev.pids_max_hits
 
+    def _check_layer(self, step: int | None, argv: list[str], stderr: str) -> None:
+        """An image root's writable layer at its quota (limits.disk / limits.inodes, a sized
+        tmpfs: the kernel already refused the write): a `source=resource` event."""
+        quota = self._root.quota if self._root is not None else None
+        if quota is None or self._proc is None:
+            return
+        usage = self._root.usage(self._proc.pid)
+        if usage is None:
+            return
+        used, files = usage
+        full = used >= quota[0] - 65536 or (quota[1] and files >= quota[1] - 1)
+        if not full and "No space left on device" not in stderr:
+            return
+        what = "inodes" if quota[1] and files >= quota[1] - 1 else "disk"
+        self.emit(source="resource", rule="resource.disk_limit", category="resource",
+                  severity="medium", action="blocked", step=step, argv=argv,
+                  message=f"the sandbox's writable layer is full ({what}: {used} bytes, {files} "
+                  f"files of {quota[0]} bytes, {quota[1] or 'unlimited'} files)",
+                  evidence={"layer_bytes": used, "layer_inodes": files, "limit_bytes": quota[0],
+                            "limit_inodes": quota[1]})  # fmt: skip
+
+    def _forged(self, line: str) -> None:
+        """A report on a control pipe that no command was waiting for: the agent writing to the
+        framing's channel (through /proc/<shell>/fd) to fake an exit status."""
+        self.emit(source="sandbox", rule="sandbox.report_forged", category="reward_tampering",
+                  severity="high", action="blocked", step=self.step or None, attack="T1565",
+                  message="a command's exit report was forged on the shell's control channel",
+                  evidence={"line": line})  # fmt: skip
+
     def _scan_denied_writes(self, stderr: str, step: int | None) -> None:
         if "Read-only file system" not in stderr:
             return
-        ws = self.policy.filesystem.workspace.path.rstrip("/")
         seen: set[str] = set()
         for m in _RO_RE.finditer(stderr):
             path = m.group(1) or m.group(2) or m.group(3)
@@ -875,10 +1084,7 @@ class Sandbox:
             if not path or path in seen:
                 continue
             seen.add(path)
-            protected = any(
-                path == f"{ws}/{p}" or path.startswith(f"{ws}/{p}/")
-                for p in self.policy.filesystem.protected
-            )
+            protected = self._protected_hit(path) is not None
             self.emit(
                 source="file",
                 rule="file.protected_write" if protected else "file.write_denied",
@@ -903,27 +1109,177 @@ class Sandbox:
             return None
         return os.path.normpath(f"{cwd}/{rel}")
 
+    # ---------------------------------------------------------------- harness
+    async def harness_exec(self, command: str, timeout: float | None = None,
+                           step: int | None = None) -> ExecResult:  # fmt: skip
+        """Run the harness's own command (a grader, a test run, a set-up step): never in the agent's
+        shell, never gated, never charged to the agent.
+
+        It runs in a harness sandbox of its own over the same workspace — same policy, limits,
+        seccomp list, host id and protected paths, but its own pid namespace and shell — so nothing
+        the agent defined (functions, aliases, a `bash` of its own, a stub on PATH in its shell)
+        and none of its processes can reach it: they cannot see, signal, trace or write to it. The
+        agent's processes are frozen while the command runs, so none can race it either.
+        """
+        if self.closed_reason:
+            raise SandboxClosed(self.closed_reason)
+        harness = await self._harness_sandbox()
+        frozen = await asyncio.to_thread(self._freeze_agent, True)
+        try:
+            result = await harness.exec(command, step=step, timeout=timeout)
+        finally:
+            if frozen:
+                await asyncio.to_thread(self._freeze_agent, False)
+        return result  # its events are in the store under `<id>-harness`, not the agent's
+
+    async def _harness_sandbox(self) -> Sandbox:
+        if self._harness is not None and self._harness.closed_reason is None:
+            return self._harness
+        assert self.workspace is not None
+        policy = self.policy.model_copy(deep=True)
+        policy.gate.enabled = False
+        # git config the agent wrote (core.fsmonitor, hooks) must not run its code in the harness
+        git_safe = "'core.fsmonitor'='' 'core.hooksPath'='/dev/null' 'core.pager'='cat'"
+        env = {**self.extra_env, "PYTHONDONTWRITEBYTECODE": "1", "GIT_CONFIG_PARAMETERS": git_safe}
+        if self._root is not None:  # an image root: the harness runs on the same mounted root
+            host_ws = self._root.spec.host_workspace
+            harness = Sandbox(policy, workspace=host_ws, image=self.image,
+                              episode_id=self.episode_id, sandbox_id=f"{self.id}-harness",
+                              sink=self.sink, extra_env=env, egress=False)  # fmt: skip
+            harness._join = self
+        else:
+            harness = Sandbox(policy, workspace=self.workspace, episode_id=self.episode_id,
+                              sandbox_id=f"{self.id}-harness", sink=self.sink, extra_env=env,
+                              egress=False)  # fmt: skip
+        harness.identity = self.identity
+        harness._borrowed_identity = True
+        await harness.start()
+        self._harness = harness
+        return harness
+
+    def _freeze_agent(self, freeze: bool) -> bool:
+        """Stop (or let go on) every agent process: the cgroup freezer, else SIGSTOP/SIGCONT."""
+        if self.cgroup is not None and self.cgroup.freeze(freeze):
+            return True
+        sig = signal.SIGSTOP if freeze else signal.SIGCONT
+        for pid in self.host_pids():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+        return True
+
     # ---------------------------------------------------------------- files
     def _require_workspace(self) -> Path:
         if self.workspace is None:
             raise SandboxClosed(self.closed_reason or "not started")
         return self.workspace
 
-    async def write_file(self, path: str, content: str | bytes, mode: int = 0o644) -> str:
+    def _inside(self, path: str) -> str:
+        """`path` as the sandbox sees it (relative paths are under the workspace)."""
+        if ".." in path.split("/"):
+            raise PathOutsideWorkspace(f"{path!r}: '..' is not allowed in sandbox paths")
+        ws = self._root.spec.workdir if self._root is not None else (
+            self.policy.filesystem.workspace.path)  # fmt: skip
+        return os.path.normpath(path if path.startswith("/") else f"{ws}/{path}")
+
+    def _protected_hit(self, inside: str) -> str | None:
+        """The protected path `inside` lies in, if any (workspace-relative ones included)."""
+        ws = self._root.spec.workdir if self._root is not None else (
+            self.policy.filesystem.workspace.path)  # fmt: skip
+        for p in self.policy.filesystem.protected:
+            full = os.path.normpath(p if p.startswith("/") else f"{ws}/{p}")
+            if inside == full or inside.startswith(full.rstrip("/") + "/"):
+                return full
+        return None
+
+    async def _image_target(self, path: str, *, write: bool, agent: bool
+                            ) -> tuple[Path, str, str, str | None]:  # fmt: skip
+        """Where a file API call lands on an image root: (host directory, the sandbox path it
+        stands for, the path to give `files` under it, the protected path it lies in).
+
+        Protected paths are host directories bound read-only inside (the harness writes them
+        here, the agent's tool calls are refused and recorded), a host workspace is itself, and
+        anything else is reached through the running sandbox's own root (`/proc/<init>/root`,
+        walked without following links)."""
+        inside = self._inside(path)
+        hit = self._protected_hit(inside)
+        if write and hit and agent:
+            self.emit(source="file", rule="file.protected_write", category="reward_tampering",
+                      severity="high", action="blocked", attack="T1565", step=self.step or None,
+                      path=inside, message=f"file API write to protected path {inside} refused",
+                      evidence={"via": "file_api", "protected": hit})  # fmt: skip
+            raise ProtectedPath(f"{path!r} is protected ({hit}): the agent may not write it")
+        spec = self._root.spec
+        prot = self._root.protected_target(inside)
+        if prot is not None:
+            host, where = prot
+            if host.is_file():  # a protected file: written as its copy's name in its directory
+                if inside != where:
+                    raise PathOutsideWorkspace(f"{path!r}: {where} is a file")
+                return host.parent, "/", "/" + host.name, hit
+            return host, where, inside, hit
+        ws = spec.workdir
+        if spec.host_workspace is not None and (inside == ws or inside.startswith(ws + "/")):
+            return spec.host_workspace, ws, inside, hit
+        if self._init_pid is None:
+            if self.closed_reason:
+                raise SandboxClosed(self.closed_reason)
+            async with self._lock:
+                await self._restart_session()
+        return Path(f"/proc/{self._init_pid}/root"), "/", inside, hit
+
+    async def write_file(self, path: str, content: str | bytes, mode: int = 0o644, *,
+                         agent: bool = False) -> str:  # fmt: skip
+        """Write a workspace file. By default the caller is the harness (task files, tests; any
+        path, protected ones included, recorded as `file.harness_write` there). `agent=True` is an
+        agent's tool call: a protected path is refused and recorded as tampering, as in its shell.
+        On an image root any absolute path of the image may be written (relative ones are under
+        the workspace, the image's working directory).
+        """
         ws = self._require_workspace()
         data = content.encode() if isinstance(content, str) else content
-        return await asyncio.to_thread(files.write, ws, self.policy.filesystem.workspace.path,
-                                       path, data, mode)  # fmt: skip
+        if self._root is not None:
+            base, root, target, hit = await self._image_target(path, write=True, agent=agent)
+            owner = None if hit is not None else self.file_owner()
+            await asyncio.to_thread(files.write, base, root, target, data, mode, owner)
+            written = self._inside(path)
+            if hit is not None:
+                self.emit(source="file", rule="file.harness_write", path=written,
+                          message=f"harness wrote protected file {written}",
+                          evidence={"bytes": len(data), "protected": hit})  # fmt: skip
+            return written
+        inside = self.policy.filesystem.workspace.path
+        hit = files.protected_hit(inside, path, self.policy.filesystem.protected)
+        if hit is not None and agent:
+            self.emit(source="file", rule="file.protected_write", category="reward_tampering",
+                      severity="high", action="blocked", attack="T1565", step=self.step or None,
+                      path=path, message=f"file API write to protected path {path} refused",
+                      evidence={"via": "file_api", "protected": hit})  # fmt: skip
+            raise files.ProtectedPath(f"{path!r} is protected ({hit}): the agent may not write it")
+        owner = None if hit is not None else self.file_owner()
+        written = await asyncio.to_thread(files.write, ws, inside, path, data, mode, owner)
+        if hit is not None:
+            self.emit(source="file", rule="file.harness_write", path=written,
+                      message=f"harness wrote protected file {written}",
+                      evidence={"bytes": len(data), "protected": hit})  # fmt: skip
+        return written
 
     async def read_file(self, path: str, max_bytes: int | None = None) -> bytes:
         ws = self._require_workspace()
+        if self._root is not None:
+            base, root, target, _ = await self._image_target(path, write=False, agent=False)
+            return await asyncio.to_thread(files.read, base, root, target, max_bytes)
         return await asyncio.to_thread(files.read, ws, self.policy.filesystem.workspace.path,
                                        path, max_bytes)  # fmt: skip
 
     async def upload(self, local: str | Path, path: str) -> str:
         ws = self._require_workspace()
+        if self._root is not None:
+            base, root, target, hit = await self._image_target(path, write=True, agent=False)
+            owner = None if hit is not None else self.file_owner()
+            await asyncio.to_thread(files.upload, base, root, Path(local), target, owner)
+            return self._inside(path)
         return await asyncio.to_thread(files.upload, ws, self.policy.filesystem.workspace.path,
-                                       Path(local), path)  # fmt: skip
+                                       Path(local), path, self.file_owner())  # fmt: skip
 
     # ---------------------------------------------------------------- ending
     async def terminate(self, reason: str, *, emit: bool = True, rule: str | None = None) -> None:
@@ -963,6 +1319,16 @@ class Sandbox:
         already = self.closed_reason is not None and self._proc is None and self.workspace is None
         if already:
             return
+        if self._harness is not None:
+            await self._harness.close()
+            self._harness = None
+        if self._join is not None:  # a harness sandbox: the layer is its agent sandbox's
+            self._root = None
+        usage = None
+        if self._root is not None:  # (a tmpfs layer is only readable while the sandbox runs)
+            usage = await asyncio.to_thread(
+                self._root.usage, self._proc.pid if self._proc else None
+            )
         await self._teardown()
         if self.cgroup is not None:
             self._check_counters(self.step or None)
@@ -971,19 +1337,29 @@ class Sandbox:
             else:  # a few rmdirs
                 self.cgroup.destroy()
             self.cgroup = None
+        layer: dict[str, Any] = {}
+        if self._root is not None:
+            if usage is None and self._root.quota is None:
+                usage = await asyncio.to_thread(self._root.usage, None)
+            layer["layer_bytes"], layer["layer_inodes"] = usage or (None, None)
+            self.kept_layer = await asyncio.to_thread(self._root.discard)
+            layer["kept_layer"] = str(self.kept_layer) if self.kept_layer else None
+            self._root = None
         self.emit(
             source="sandbox",
             rule="sandbox.stopped",
             action="terminated" if self.terminated else "allowed",
             message=f"sandbox stopped after {self.step} step(s)"
             + (f" ({self.closed_reason})" if self.closed_reason else ""),
-            evidence={"steps": self.step, "terminated": self.terminated},
+            evidence={"steps": self.step, "terminated": self.terminated, **layer},
         )
         if self._stages:
             await asyncio.to_thread(self._unstage)
-        if self._own_workspace and self.workspace is not None:
-            # off the close path: nothing uses it any more (see `reap.remove_later`)
-            remove_later(self.workspace)
+        if self._borrowed_identity:
+            self.identity = None  # the agent sandbox's, given back by it
+        elif self._own_workspace and self.workspace is not None:
+            if self.kept_layer is None:  # (an image root's state dir holds a kept layer)
+                remove_later(self.workspace)  # off the close path (`reap.remove_later`)
         else:
             await asyncio.to_thread(self._drop_placeholders)
             await asyncio.to_thread(self._give_back_workspace)

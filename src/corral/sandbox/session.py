@@ -30,7 +30,7 @@ import psutil
 
 from corral.sandbox.errors import SandboxClosed
 from corral.sandbox.procs import children_of
-from corral.sandbox.shell import Capture, OutputCallback, ShellChannel, bootstrap, frame
+from corral.sandbox.shell import Capture, OutputCallback, ShellChannel, bootstrap, frame, new_key
 
 if TYPE_CHECKING:
     from corral.sandbox.sandbox import ExecResult, Sandbox
@@ -59,9 +59,14 @@ class ShellSession:
     """One more persistent bash in a sandbox; `exec` behaves as `Sandbox.exec`."""
 
     def __init__(self, sandbox: Sandbox, name: str, chan: ShellChannel, bash_pid: int,
-                 wrapper_pid: int, exit_status: asyncio.Future[int]) -> None:  # fmt: skip
+                 wrapper_pid: int, exit_status: asyncio.Future[int],
+                 harness: bool = False) -> None:  # fmt: skip
         self.sandbox = sandbox
         self.name = name
+        # the harness's own session (uploads, test runs, grading): its commands are recorded but
+        # never gated, never numbered as the agent's steps, never charged to the agent
+        self.harness = harness
+        self.owner: Sandbox | None = None  # a harness session: the agent sandbox frozen meanwhile
         self.bash_pid = bash_pid
         self.wrapper_pid = wrapper_pid
         self.ended: str | None = None
@@ -77,7 +82,13 @@ class ShellSession:
     async def exec(self, command: str, step: int | None = None, timeout: float | None = None,
                    on_output: OutputCallback | None = None) -> ExecResult:  # fmt: skip
         async with self._lock:
-            return await self._exec(command, step, timeout, on_output)
+            owner = self.owner
+            frozen = owner is not None and await asyncio.to_thread(owner._freeze_agent, True)
+            try:
+                return await self._exec(command, step, timeout, on_output)
+            finally:
+                if frozen and owner is not None:
+                    await asyncio.to_thread(owner._freeze_agent, False)
 
     async def _exec(self, command: str, step: int | None, timeout: float | None,
                     on_output: OutputCallback | None) -> ExecResult:  # fmt: skip
@@ -87,29 +98,34 @@ class ShellSession:
             raise SandboxClosed(sb.closed_reason)
         if not self.alive:
             raise SessionEnded(self.name, self.ended or "its shell exited")
-        step = sb.step + 1 if step is None else step
-        sb.step = max(sb.step, step)
+        if self.harness:
+            step = None
+        else:
+            step = sb.step + 1 if step is None else step
+            sb.step = max(sb.step, step)
         first_event = len(sb.events)
         t0 = time.monotonic()
-        blocked = await sb._gated(command, step, t0, first_event)
+        blocked = None if self.harness else await sb._gated(command, step, t0, first_event)
         if blocked is not None:
             return blocked
         if not self.alive:  # ended while the gate waited for a person
             raise SessionEnded(self.name, self.ended or "its shell exited")
         argv = ["bash", "-c", command]
+        tag = {"session": self.name, **({"harness": True} if self.harness else {})}
         sb.emit(source="sandbox", rule="sandbox.command_started", step=step, argv=argv,
-                message=command[:200], evidence={"session": self.name})  # fmt: skip
+                message=command[:200], evidence=tag)  # fmt: skip
         chan = self._chan
         assert chan is not None
         self._next_id += 1
+        key = new_key(f"{self._next_id}-")
         cap = Capture(on_output=on_output)
         chan.capture = cap
-        done = chan.expect(str(self._next_id))
+        done = chan.expect(key)
         limit = timeout if timeout is not None else sb.policy.limits.command_timeout
         spared = children_of(self.bash_pid)
         timed_out = killed = False
         try:
-            chan.send(frame(self._next_id, command, SESSION_CTL_FD))
+            chan.send(frame(key, command, SESSION_CTL_FD))
             exit_code = await asyncio.wait_for(asyncio.shield(done), limit)
         except TimeoutError:
             timed_out = True
@@ -124,11 +140,12 @@ class ShellSession:
             killed = sb.terminated
         chan.drain()
         chan.capture = None
-        if sb._check_counters(step, command) and sb._resource_response() in ("kill", "terminate"):
+        if (sb._check_counters(step, command) and not self.harness
+                and sb._resource_response() in ("kill", "terminate")):  # fmt: skip
             await asyncio.to_thread(self._kill_command, spared)
         return sb._finish_command(command, step, t0, first_event, cap, exit_code,
                                   timed_out=timed_out, killed=killed, limit=limit,
-                                  session=self.name)  # fmt: skip
+                                  session=self.name, harness=self.harness)  # fmt: skip
 
     async def _exit_code(self) -> int:
         """The session's bash ended mid-command: the wrapper reported its status, or it was
@@ -191,7 +208,7 @@ class ShellSession:
                           evidence={"session": self.name})  # fmt: skip
 
 
-async def open_session(sb: Sandbox, name: str) -> ShellSession:
+async def open_session(sb: Sandbox, name: str, harness: bool = False) -> ShellSession:
     """Start a session's bash through the main shell (see the module docstring)."""
     if sb.closed_reason:
         raise SandboxClosed(sb.closed_reason)
@@ -244,6 +261,7 @@ async def open_session(sb: Sandbox, name: str) -> ShellSession:
                 name, f"could not be started: the main shell kept its pipes ({left})"
             )
         chan = ShellChannel(asyncio.get_running_loop(), *ends)
+        chan.on_forged = sb._forged
         exit_status = chan.expect("exit")
         ready = chan.expect("ready")
         for fut in (exit_status, ready):  # an EOF nobody awaits is no error
@@ -259,16 +277,17 @@ async def open_session(sb: Sandbox, name: str) -> ShellSession:
         if not wrapper or not kids:
             chan.close()
             raise SessionEnded(name, "could not be started: its bash could not be found")
-        session = ShellSession(sb, name, chan, min(kids), wrapper, exit_status)
+        session = ShellSession(sb, name, chan, min(kids), wrapper, exit_status, harness)
         sb.emit(source="sandbox", rule="sandbox.session_opened", pid=session.bash_pid,
-                message=f"session {name!r} opened", evidence={"session": name})  # fmt: skip
+                message=f"{'harness ' if harness else ''}session {name!r} opened",
+                evidence={"session": name, "harness": harness})  # fmt: skip
         return session
 
 
 async def _control(sb: Sandbox, chan: ShellChannel, script: str) -> str:
     """Run corral's own command in the main shell (not the agent's: no gate, no step)."""
     sb._next_id += 1
-    key = f"c{sb._next_id}"
+    key = new_key(f"c{sb._next_id}-")
     cap = Capture()
     chan.capture = cap
     done = chan.expect(key)

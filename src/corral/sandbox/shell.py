@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -23,21 +24,46 @@ MAX_CAPTURE = 8 * 1024 * 1024
 INTERRUPTED_EXIT = 124
 
 
-def bootstrap(ctl_fd: int) -> bytes:
+# Undone before every command: an agent that shadows what the framing uses (`builtin() { :; }`,
+# `enable -n printf`) would otherwise stall its own shell until the command's timeout.
+_UNSHADOW = ("\\unset -f builtin command printf read eval enable 2>/dev/null;"
+             " \\enable builtin command printf read eval 2>/dev/null; ")  # fmt: skip
+
+
+def bootstrap(ctl_fd: int, moved_from: int | None = None) -> bytes:
+    """The framing functions, read-only: the agent cannot redefine or unset them.
+
+    LIMITATION: an agent that controls its own shell can still, with effort (shadowing `unset`
+    and `enable` as well, or disabling builtins and putting look-alikes on PATH), make the report of
+    its *own* next command wrong. Every report carries a fresh random key, so a report it forges
+    without seeing the key is recorded as tampering, and nothing that grades an episode ever runs
+    in this shell (`Sandbox.harness_exec`).
+    """
+    move = f"exec {ctl_fd}>&{moved_from} {moved_from}>&-\n" if moved_from not in (
+        None, ctl_fd) else ""  # fmt: skip
     return (
-        "__corral_read() { builtin read -r -d '' __corral_cmd; }\n"
-        '__corral_exec() { builtin eval "$__corral_cmd"; }\n'
-        f'__corral_done() {{ builtin printf \'%s %d\\n\' "$1" "$2" >&{ctl_fd}; }}\n'
-        "unset HISTFILE\n"
-        f"builtin trap 'builtin return {INTERRUPTED_EXIT} 2>/dev/null' USR1\n"
-        f"builtin printf 'ready 0\\n' >&{ctl_fd}\n"
-    ).encode()
+        move.encode()
+        + (
+            f"__corral_read() {{ {_UNSHADOW}builtin read -r -d '' __corral_cmd; }}\n"
+            '__corral_exec() { builtin eval "$__corral_cmd"; }\n'
+            f'__corral_done() {{ {_UNSHADOW}builtin printf \'%s %d\\n\' "$1" "$2" >&{ctl_fd}; }}\n'
+            "builtin readonly -f __corral_read __corral_exec __corral_done\n"
+            "unset HISTFILE\n"
+            f"builtin trap 'builtin return {INTERRUPTED_EXIT} 2>/dev/null' USR1\n"
+            f"builtin printf 'ready 0\\n' >&{ctl_fd}\n"
+        ).encode()
+    )
 
 
-def frame(command_id: int, command: str, ctl_fd: int) -> bytes:
+def new_key(prefix: str = "") -> str:
+    """A command's report key: its number is not enough to forge its report."""
+    return f"{prefix}{secrets.token_hex(8)}"
+
+
+def frame(key: str | int, command: str, ctl_fd: int) -> bytes:
     if "\0" in command:
         raise ValueError("command contains a NUL byte")
-    head = f"__corral_read; __corral_exec </dev/null {ctl_fd}>&-; __corral_done {command_id} $?\n"
+    head = f"__corral_read; __corral_exec </dev/null {ctl_fd}>&-; __corral_done {key} $?\n"
     return head.encode() + command.encode() + b"\0"
 
 
@@ -70,6 +96,7 @@ class ShellChannel:
         self.capture: Capture | None = None
         self._ctl_buf = b""
         self._waiters: dict[str, asyncio.Future[int]] = {}
+        self.on_forged: Callable[[str], None] | None = None  # a report nobody was waiting for
         self.eof = False
         self.eof_event = asyncio.Event()
         loop.add_reader(stdout, self._on_stream, stdout, "stdout")
@@ -122,7 +149,17 @@ class ShellChannel:
             key, _, rc = line.decode(errors="replace").partition(" ")
             fut = self._waiters.pop(key, None)
             if fut is not None and not fut.done():
-                fut.set_result(int(rc or 0))
+                try:
+                    fut.set_result(int(rc or 0))
+                except ValueError:
+                    self._forged(line)
+                    fut.set_exception(EOFError("the shell's report was not a number"))
+            elif key not in ("ready", "exit"):
+                self._forged(line)
+
+    def _forged(self, line: bytes) -> None:
+        if self.on_forged is not None:
+            self.on_forged(line[:200].decode(errors="replace"))
 
     def expect(self, key: str) -> asyncio.Future[int]:
         fut: asyncio.Future[int] = self.loop.create_future()

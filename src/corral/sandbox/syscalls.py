@@ -32,7 +32,7 @@ DENIED = (
     "fspick", "mount_setattr", "unshare", "setns",
     "open_by_handle_at", "name_to_handle_at", "fanotify_init", "lookup_dcookie",
     "swapon", "swapoff", "reboot", "acct", "quotactl", "settimeofday", "clock_settime",
-    "clock_adjtime", "adjtimex", "syslog", "vhangup", "iopl", "ioperm", "personality",
+    "clock_adjtime", "adjtimex", "syslog", "vhangup", "iopl", "ioperm",
 )  # fmt: skip
 ALLOWED_FAMILIES = (1, 2, 10, 16)  # AF_UNIX, AF_INET, AF_INET6, AF_NETLINK (route only)
 NETLINK_ROUTE = 0
@@ -49,9 +49,7 @@ def _seccomp():  # noqa: ANN202 - the libseccomp module
     try:
         import seccomp
     except ImportError as err:
-        raise SeccompUnavailable(
-            f"python3-seccomp (libseccomp) is not importable: {err}"
-        ) from None
+        raise SeccompUnavailable(f"python3-seccomp (libseccomp) is not importable: {err}") from None
     return seccomp
 
 

@@ -19,6 +19,11 @@ SYSTEM_TREES = ("/", "/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64"
                 "/mnt", "/media", "/snap", "/var/lib", "/var/log", "/usr/local")  # fmt: skip
 
 
+# Folders of $CORRAL_HOME no workspace may lie in (other sandboxes' gateway files, the image cache,
+# tokens); a workspace may lie elsewhere in it (`sandboxes/`, the demo's), never hold it.
+PRIVATE_STATE = {".", "egress", "images", "cache", "tokens", "rules-cache", "ids"}
+
+
 def _homes() -> set[str]:
     out: set[str] = set()
     with contextlib.suppress(OSError, KeyError):
@@ -48,9 +53,10 @@ def check_workspace(path: Path, supervisor_paths: list[str]) -> Path:
         raise SandboxRefused(f"workspace {real} is a home directory (keys, shell history)", fix)
     for sup in supervisor_paths:
         sup_real = os.path.realpath(sup)
-        if _inside(sup_real, real) or _inside(real, sup_real) and not _inside(
-            real, os.path.join(sup_real, "sandboxes")
-        ):
+        under = (
+            os.path.relpath(real, sup_real).split(os.sep)[0] if _inside(real, sup_real) else None
+        )
+        if _inside(sup_real, real) or under in PRIVATE_STATE:
             raise SandboxRefused(
                 f"workspace {real} holds or lies in corral's own state ({sup_real})",
                 fix + "; or set CORRAL_HOME outside the workspace",

@@ -55,6 +55,7 @@ def content_step(index: int, role: str, content: Any, where: str) -> Step:
         if kind in ("tool_use", "server_tool_use"):
             if not isinstance(block.get("name"), str):
                 raise MalformedError(f"{where}.content[{j}].name missing in tool_use block")
+            step.calls += 1
             step.commands.extend(commands_for_tool(block["name"], block.get("input")))
             step.ref = step.ref or first_str(block, "id")
         elif kind == "tool_result":

@@ -43,6 +43,14 @@ def trajectory_id(records: list[Any]) -> str | None:
     return None
 
 
+def cwd(records: list[Any]) -> str | None:
+    """Each line carries the session's working directory (`cwd`)."""
+    for r in records:
+        if isinstance(r, dict) and isinstance(r.get("cwd"), str):
+            return str(r["cwd"])
+    return None
+
+
 def steps(records: list[Any]) -> list[Step]:
     out = []
     for i, r in enumerate(records):

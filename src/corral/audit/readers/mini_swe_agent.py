@@ -1,23 +1,22 @@
 """mini-swe-agent `.traj.json`: `{"info": {...exit_status, submission, model_stats...},
 "messages": [...], "trajectory_format": "mini-swe-agent-1[.1]"}`.
 
-Assistant `content` holds the action as a fenced ```bash block (mini runs exactly one; every block
-found is audited, the conservative reading); tool-calling models (v2) carry OpenAI `tool_calls`
+Assistant `content` holds the action as a fenced ```bash block (1.x) or ```mswea_bash_command
+block (2.x text mode); mini runs exactly one, every block found is audited (the conservative
+reading); tool-calling models (v2) carry OpenAI `tool_calls`
 instead, read as in openai_chat. Step index: 0-based position in `messages[]`.
 """
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
-from corral.audit.model import Command, MalformedError, Step
-from corral.audit.readers._common import TRAJECTORY_ID_KEYS, first_str, flatten
+from corral.audit.model import MalformedError, Step
+from corral.audit.readers._common import TRAJECTORY_ID_KEYS, first_str
 from corral.audit.readers.openai_chat import message_steps
 
 NAME = "mini_swe_agent"
 GROUPED = False
-_BASH_BLOCK = re.compile(r"```(?:bash|sh|shell)\s*\n(.*?)\n?```", re.DOTALL)
 
 
 def sniff(record: Any) -> bool:
@@ -40,10 +39,7 @@ def steps(record: Any) -> list[Step]:
     if not isinstance(msgs, list):
         raise MalformedError("field 'messages' must be a list")
     out = message_steps(msgs)
-    for step, m in zip(out, msgs, strict=True):
-        if step.role == "assistant" and not step.commands:
-            step.commands = [Command(block, "bash") for block in
-                             _BASH_BLOCK.findall(flatten(m.get("content"))) if block.strip()]  # fmt: skip
-        elif step.role == "user" and step.index > 1:
+    for step in out:
+        if step.role == "user" and step.index > 1:
             step.observation, step.text = step.text, ""
     return out

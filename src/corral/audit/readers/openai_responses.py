@@ -61,6 +61,7 @@ def steps(record: Any) -> list[Step]:
         kind = str(it.get("type", "message" if "role" in it else ""))
         step = Step(i, str(it.get("role", "assistant" if kind.endswith("call") else "tool")))
         step.ref = first_str(it, "call_id", "id")
+        step.calls = int(kind.endswith("call"))
         if kind == "local_shell_call":
             action = it.get("action")
             cmd = argv_to_command(action.get("command")) if isinstance(action, dict) else None

@@ -19,6 +19,7 @@ from corral.audit.readers._common import TRAJECTORY_ID_KEYS, clip, first_str
 from corral.audit.tools import commands_for_tool
 
 NAME = "openhands"
+_NOT_CALLS = {"message", "system", "finish", "recall", "think", "change_agent_state", "null"}
 GROUPED = False
 _ACTIONS = {"run": "execute_bash", "run_ipython": "execute_ipython_cell", "write": "write_file",
             "edit": "str_replace_editor"}  # fmt: skip
@@ -29,6 +30,17 @@ def is_event(e: Any) -> bool:
         isinstance(e, dict)
         and ("action" in e and "args" in e or "observation" in e)
         and ("id" in e or "source" in e)
+    )
+
+
+def is_old_event(e: Any) -> bool:
+    """The older resolver layout (`output.jsonl` of openhands-resolver): `history[]` holds bare
+    actions with their arguments inline ({`action`: "run", `command`, `thought`}) and
+    observations ({`observation`: "run", `content`, `command`}), without ids."""
+    return (
+        isinstance(e, dict)
+        and "role" not in e
+        and (isinstance(e.get("action"), str) or isinstance(e.get("observation"), str))
     )
 
 
@@ -43,7 +55,11 @@ def _events(record: Any) -> Any:
 
 def sniff(record: Any) -> bool:
     events = _events(record)
-    return isinstance(events, list) and any(is_event(e) for e in events[:5])
+    if not isinstance(events, list):
+        return False
+    if any(is_event(e) for e in events[:5]):
+        return True
+    return isinstance(record, dict) and any(is_old_event(e) for e in events[:5])
 
 
 def trajectory_id(record: Any) -> str | None:
@@ -55,7 +71,9 @@ def event_step(i: int, e: Any) -> Step:
         raise MalformedError(f"event {i} must be an object")
     step = Step(i, str(e.get("source", "")), ref=first_str(e, "id"))
     if "action" in e:
-        args = e.get("args") or {}
+        args = e.get("args")
+        if args is None:  # older layout: arguments inline
+            args = {k: v for k, v in e.items() if k not in ("action", "id", "source", "message")}
         if not isinstance(args, dict):
             raise MalformedError(f"event {i}: field 'args' must be an object")
         tool = _ACTIONS.get(str(e["action"]))
@@ -63,6 +81,7 @@ def event_step(i: int, e: Any) -> Step:
             args = {"command": "create", **args}
         if tool:
             step.commands = commands_for_tool(tool, args)
+        step.calls = int(str(e["action"]) not in _NOT_CALLS)
         step.text = clip(args.get("thought") or e.get("message") or args.get("content"))
     else:
         step.role, step.observation = "tool", clip(e.get("content"))
