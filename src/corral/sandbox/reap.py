@@ -82,14 +82,26 @@ async def wait_pidfd(fd: int, timeout: float) -> bool:
         loop.remove_reader(fd)
 
 
+def _identity(fd: int) -> tuple[int, int] | None:
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 async def _exited(pid: int, timeout: float) -> bool:
     """Wait for `pid` to exit: on its pidfd, or (no pidfd support) by polling, as a fallback."""
     fd = pidfd_open(pid)
     if fd is not None:
+        ident = _identity(fd)
         try:
             return await wait_pidfd(fd, timeout)
         finally:
-            os.close(fd)
+            # other code on this loop may close an fd number it no longer owns: never close one
+            # that is not our pidfd any more
+            if _identity(fd) == ident:
+                os.close(fd)
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         try:
@@ -100,41 +112,38 @@ async def _exited(pid: int, timeout: float) -> bool:
     return False
 
 
-def kill_init(proc: subprocess.Popen[bytes] | None, init_pid: int | None) -> int | None:
-    """SIGKILL the sandbox's init (the outer bwrap's child); its pid namespace dies with it.
-    Returns a pidfd on the init to wait on (None when the init was not reachable so: its pid
-    unknown, gone, or no longer the outer bwrap's child). The caller may do other work while the
-    kernel tears the namespaces down, then `await finish(...)`."""
+def kill_init(proc: subprocess.Popen[bytes] | None, init_pid: int | None) -> bool:
+    """SIGKILL the sandbox's init (the outer bwrap's child); its pid namespace dies with it, then
+    the outer bwrap reaps it and exits. False when the init was not reachable so (its pid unknown,
+    gone, or no longer the outer bwrap's child). The caller may do other work while the kernel
+    tears the namespaces down, then `await finish(...)`: no fd is held in between."""
     if proc is None or proc.poll() is not None or not init_pid or _ppid(init_pid) != proc.pid:
-        return None
+        return False
     fd = pidfd_open(init_pid)
     if fd is None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(init_pid, signal.SIGKILL)
-        return None
-    # the pidfd pins the process: checked again, the pid still names the outer bwrap's child
-    if _ppid(init_pid) != proc.pid:
-        os.close(fd)
-        return None
-    with contextlib.suppress(ProcessLookupError):
-        signal.pidfd_send_signal(fd, signal.SIGKILL)
-    return fd
-
-
-async def finish(proc: subprocess.Popen[bytes] | None, init_fd: int | None,
-                 init_pid: int | None = None, timeout: float = 5.0) -> None:  # fmt: skip
-    """Wait for the init (its pidfd) and then the outer bwrap to exit, and reap the outer bwrap;
-    kill the outer bwrap when it outlives its init (or the init could not be reached)."""
-    if init_fd is not None:
         try:
-            await wait_pidfd(init_fd, timeout)
-        finally:
-            os.close(init_fd)
-    elif init_pid and proc is not None and proc.poll() is None:
-        await _exited(init_pid, 0.5)
+            os.kill(init_pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            return False
+        return True
+    try:
+        # the pidfd pins the process: checked again, the pid still names the outer bwrap's child
+        if _ppid(init_pid) != proc.pid:
+            return False
+        with contextlib.suppress(ProcessLookupError):
+            signal.pidfd_send_signal(fd, signal.SIGKILL)
+        return True
+    finally:
+        os.close(fd)
+
+
+async def finish(proc: subprocess.Popen[bytes] | None, killed: bool,
+                 timeout: float = 5.0) -> None:  # fmt: skip
+    """Wait for the outer bwrap to exit (it does once it has reaped the killed init: so no wait on
+    the init itself) and reap it; kill it when it outlives that wait (or the init was not killed)."""
     if proc is None:
         return
-    if proc.poll() is None and not await _exited(proc.pid, 0.5):
+    if proc.poll() is None and not await _exited(proc.pid, timeout if killed else 0.5):
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
     with contextlib.suppress(subprocess.TimeoutExpired):
@@ -145,7 +154,7 @@ async def finish(proc: subprocess.Popen[bytes] | None, init_fd: int | None,
 async def stop_bwrap(proc: subprocess.Popen[bytes] | None, init_pid: int | None,
                      timeout: float = 5.0) -> None:  # fmt: skip
     """`kill_init` then `finish`: every process of the sandbox dead and bwrap reaped."""
-    await finish(proc, kill_init(proc, init_pid), init_pid, timeout)
+    await finish(proc, kill_init(proc, init_pid), timeout)
 
 
 _removals: set[asyncio.Future[None]] = set()

@@ -1298,14 +1298,14 @@ class Sandbox:
         # the init first: its pid namespace goes with it, the outer bwrap reaps it and is reaped in
         # turn, so no process is left to the host's PID 1 (`corral.sandbox.reap`); the channel
         # and the gateway are closed while the kernel tears the namespaces down
-        init_fd = kill_init(self._proc, self._init_pid)
+        killed = kill_init(self._proc, self._init_pid)
         for session in self.sessions.values():  # their processes went with the pid namespace
             session._close_channel(self.closed_reason or "the sandbox's shell ended")
         if self._chan is not None:
             self._chan.close()
         if self.egress is not None:
             await self.egress.stopped(self)
-        await finish(self._proc, init_fd, self._init_pid)
+        await finish(self._proc, killed)
         if self.cgroup is not None and self.cgroup.pids():  # what the namespace did not take
             await asyncio.to_thread(self.cgroup.kill_all)
         self._proc = None
