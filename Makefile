@@ -4,7 +4,7 @@ PY ?= /usr/bin/python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-APT_PACKAGES := bubblewrap python3-venv python3-seccomp openssh-client openssh-server iproute2 util-linux procps curl git ca-certificates chromium python3-pip openssl gcc libc6-dev skopeo umoci fuse-overlayfs tar
+APT_PACKAGES := bubblewrap python3-venv python3-seccomp openssh-client openssh-server iproute2 util-linux procps curl git ca-certificates chromium python3-pip openssl gcc libc6-dev skopeo umoci fuse-overlayfs tar g++ python3-pytest python3-numpy
 
 .PHONY: install system-deps demo test test-root test-unprivileged bench lint format clean
 
@@ -25,7 +25,7 @@ system-deps:
 
 $(STAMP): pyproject.toml src/corral/egress/launcher.c src/corral/images/overlay_exec.c
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	@set -o pipefail; $(BIN)/python -m pip install -q -e '.[dev]' 2>&1 | { grep -v 'is ignored: it is neither' || true; }
+	@set -o pipefail; $(BIN)/python -m pip install -q -e '.[dev,clients]' 2>&1 | { grep -v 'is ignored: it is neither' || true; }
 	@cc -O2 -Wall -o src/corral/egress/corral-egress-launcher src/corral/egress/launcher.c \
 	  || echo "note: no C compiler; the egress gateway uses its slower Python launcher"
 	@cc -O2 -Wall -o src/corral/images/corral-overlay-exec src/corral/images/overlay_exec.c \

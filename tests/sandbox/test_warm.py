@@ -15,7 +15,7 @@ from corral import Sandbox
 from corral.sandbox.warm import WarmPool
 from corral.store.sqlite import EventStore
 from tests.sandbox.helpers import sandbox_policy
-from tests.server.conftest import serve
+from tests.server.conftest import AUTH, serve
 
 
 def _pool(size: int, store: EventStore, **kw: object) -> WarmPool:
@@ -101,7 +101,7 @@ async def test_close_ends_the_idle_sandboxes(store: EventStore) -> None:
 
 def test_serve_warm_hands_out_started_sandboxes(tmp_path: Path) -> None:
     with serve(tmp_path, "--warm", "1") as s, httpx.Client(base_url=str(s["url"]), timeout=60,
-                                                           trust_env=False) as http:  # fmt: skip
+                                                           headers=AUTH, trust_env=False) as http:  # fmt: skip
         ids = []
         for i in range(3):
             r = http.post("/apis/envs/sandbox/v1/start", json={"episode_id": f"ep-serve-{i}"})

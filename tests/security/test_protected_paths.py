@@ -75,3 +75,16 @@ async def test_agent_file_api_write_to_protected_path_is_refused_and_recorded(tm
         assert (ws / "tests" / "test_x.py").read_text() == "assert False\n"
         hits = [e for e in sb.events if e.rule == "file.protected_write"]
         assert hits and hits[0].category == "reward_tampering"
+
+
+@pytest.mark.unprivileged
+async def test_a_protected_file_written_late_by_the_harness_is_seen_and_held(tmp_path) -> None:
+    from corral.sandbox.sandbox import Sandbox
+    from tests.sandbox.helpers import sandbox_policy
+
+    pol = sandbox_policy()
+    pol.filesystem.protected = ["conftest.py"]
+    async with Sandbox(pol, workspace=new_dir(tmp_path / "ws")) as sb:
+        await sb.write_file("conftest.py", "HARNESS = 1\n")
+        r = await sb.exec("cat conftest.py; echo 'HARNESS = 0' > conftest.py; echo rc=$?")
+        assert r.stdout.startswith("HARNESS = 1\n") and "rc=1" in r.stdout

@@ -1,9 +1,15 @@
-"""A real `corral serve` subprocess on loopback, shared by this directory's tests."""
+"""A real `corral serve` subprocess on loopback, shared by this directory's tests.
+
+Every server of the session takes the admin token TOKEN (from CORRAL_TOKEN, as an operator would
+give it); the test process has CORRAL_TOKEN set too, so `corral.client` sends it, and `AUTH` is the
+header for plain httpx clients.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -14,6 +20,14 @@ from pathlib import Path
 import httpx
 import pytest
 
+TOKEN = "test-admin-" + secrets.token_urlsafe(24)
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture(autouse=True)
+def _client_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CORRAL_TOKEN", TOKEN)
+
 
 def _port() -> int:
     with socket.socket() as s:
@@ -22,10 +36,15 @@ def _port() -> int:
 
 
 @contextlib.contextmanager
-def serve(home: Path, *args: str) -> Iterator[dict[str, object]]:
-    """`corral serve --port P ARGS...` with its own CORRAL_HOME, up and answering when it yields."""
+def serve(home: Path, *args: str, token: str | None = TOKEN, ready_token: str | None = TOKEN,
+          scheme: str = "http", verify: object = True) -> Iterator[dict[str, object]]:  # fmt: skip
+    """`corral serve --port P ARGS...` with its own CORRAL_HOME, up and answering when it yields.
+    `token`: the server's CORRAL_TOKEN (None: unset); `ready_token`: what the readiness poll sends."""
     port = _port()
     env = dict(os.environ, CORRAL_HOME=str(home))
+    env.pop("CORRAL_TOKEN", None)
+    if token is not None:
+        env["CORRAL_TOKEN"] = token
     src = str(Path(__file__).resolve().parents[2] / "src")
     env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
     log = (home / "serve.log").open("w")
@@ -33,11 +52,13 @@ def serve(home: Path, *args: str) -> Iterator[dict[str, object]]:
         [sys.executable, "-m", "corral.cli.main", "serve", "--port", str(port), *args],
         env=env, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
+    url = f"{scheme}://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while True:
         try:
-            if httpx.get(url + "/apis/corral/v1/health", timeout=1).status_code == 200:
+            headers = {"Authorization": f"Bearer {ready_token}"} if ready_token else {}
+            r = httpx.get(url + "/apis/corral/v1/health", timeout=1, headers=headers, verify=verify)
+            if r.status_code == 200 or (ready_token is None and r.status_code == 401):
                 break
         except httpx.TransportError:
             pass
@@ -65,5 +86,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, objec
 
 @pytest.fixture
 def http(server: dict[str, object]) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=str(server["url"]), timeout=20, trust_env=False) as c:
+    with httpx.Client(base_url=str(server["url"]), timeout=20, trust_env=False, headers=AUTH) as c:
         yield c
+
+
+def code(resp: httpx.Response) -> int:
+    """The status corral means: ROCK routes answer failures as HTTP 200 `Failed` (as ROCK does)
+    and carry corral's own status in `X-Corral-Status`."""
+    return int(resp.headers.get("X-Corral-Status", resp.status_code))

@@ -16,7 +16,7 @@ import pytest
 from corral.client import AsyncCorralClient, CorralAPIError, CorralClient, pending
 from corral.events.model import Event
 from corral.store.sqlite import EventStore
-from tests.server.conftest import serve
+from tests.server.conftest import AUTH, code, serve
 
 ROCK = "/apis/envs/sandbox/v1"
 APPROVALS = "/apis/corral/v1/approvals"
@@ -38,7 +38,7 @@ def hasty(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, object
 
 
 def _client(s: dict[str, object]) -> httpx.Client:
-    return httpx.Client(base_url=str(s["url"]), timeout=20, trust_env=False)
+    return httpx.Client(base_url=str(s["url"]), timeout=20, trust_env=False, headers=AUTH)
 
 
 def _start(http: httpx.Client) -> str:
@@ -74,9 +74,9 @@ def test_ask_is_pending_and_nothing_ran(dev: dict[str, object]) -> None:
         assert p["url"] == f"{APPROVALS}/{p['id']}"
         # not run: no file, and the shell it waits in refuses another command instead of hanging
         r = http.post(f"{ROCK}/read_file", json={"sandbox_id": sid, "path": "test_x.py"})
-        assert r.status_code == 404
+        assert code(r) == 404
         r = http.post(f"{ROCK}/execute", json={"sandbox_id": sid, "command": "echo hi"})
-        assert r.status_code == 409 and p["id"] in r.json()["message"]
+        assert code(r) == 409 and p["id"] in r.json()["message"]
         listed = http.get(APPROVALS).json()["result"]
         assert [a["id"] for a in listed if a["sandbox_id"] == sid] == [p["id"]]
         one = http.get(f"{APPROVALS}/{p['id']}").json()["result"]
@@ -152,13 +152,13 @@ def test_expiry_blocks_the_command(hasty: dict[str, object]) -> None:
         assert one["status"] == "expired" and one["decided_by"] == "corral" and one["done"]
         assert one["outcome"]["result"]["exit_code"] == 126
         r = http.post(f"{APPROVALS}/{p['id']}", json={"decision": "approve"})
-        assert r.status_code == 409 and "already expired" in r.json()["message"]
+        assert code(r) == 409 and "already expired" in r.json()["message"]
         evs = [e for e in _events(hasty, sid) if e.step == p["step"] and e.source == "policy"]
         assert {(e.rule, e.action) for e in evs} == {
             ("policy.approval_requested", "alerted"), ("policy.approval_expired", "blocked"),
             ("reward_tampering.test_write", "blocked")}  # fmt: skip
         r = http.post(f"{ROCK}/read_file", json={"sandbox_id": sid, "path": "test_x.py"})
-        assert r.status_code == 404
+        assert code(r) == 404
         http.post(f"{ROCK}/stop", json={"sandbox_id": sid})
 
 
@@ -183,7 +183,7 @@ def test_unknown_approval_is_404(dev: dict[str, object], method: str, path: str,
                                  body: dict | None, field: str) -> None:  # fmt: skip
     with _client(dev) as http:
         r = http.request(method, path, json=body)
-        assert r.status_code == 404 and field in r.json()["message"]
+        assert code(r) == 404 and field in r.json()["message"]
 
 
 @pytest.mark.parametrize(("body", "params", "field"), [
@@ -202,7 +202,7 @@ def test_bad_approval_requests_name_the_field(dev: dict[str, object], body: dict
             r = http.get(APPROVALS, params=params)
         else:
             r = http.get(f"{APPROVALS}/ap-any", params=params)
-        assert r.status_code == 422, r.text
+        assert code(r) == 422, r.text
         assert [d["field"] for d in r.json()["detail"]] == [field]
         assert field in r.json()["message"]
 
@@ -213,8 +213,8 @@ def test_rl_strict_never_asks(server: dict[str, object]) -> None:
         sid = _start(http)
         r = http.post(f"{ROCK}/run_in_session",
                       json={"sandbox_id": sid, "command": "cat ~/.ssh/id_rsa"})  # fmt: skip
-        body = r.json()
-        assert r.status_code == 200 and body["status"] == "Success", body
+        body = r.json()  # refused, and the finding's response ends the episode: Failed (ROCK)
+        assert body["status"] == "Failed" and "episode ended by corral's policy" in body["message"]
         assert (
             body["result"]["exit_code"] == 126 and "ask -> deny" in body["result"]["failure_reason"]
         )
@@ -233,7 +233,7 @@ def test_pending_in_one_session_leaves_the_others_free(dev: dict[str, object]) -
         assert c.run_in_session(sid, "echo main")["result"]["output"] == "main\n"
         r = http.post(f"{ROCK}/run_in_session",
                       json={"sandbox_id": sid, "session": "s1", "command": "true"})  # fmt: skip
-        assert r.status_code == 409 and p["id"] in r.json()["message"]
+        assert code(r) == 409 and p["id"] in r.json()["message"]
         c.approve(p["id"])
         done = c.approval(p["id"], wait=20)["result"]
         assert done["outcome"]["result"]["output"] == "wrote\n"

@@ -14,6 +14,7 @@ import pytest
 
 from corral.client import CorralAPIError, CorralClient
 from corral.rl import SandboxEnv
+from tests.server.conftest import AUTH, code
 
 ROCK = "/apis/envs/sandbox/v1"
 SAFETY_KEYS = {"events", "worst", "penalty", "terminated"}
@@ -38,7 +39,16 @@ def test_openapi_lists_rock_fusion_and_env_paths(http: httpx.Client) -> None:
     for name in ("start", "start_async", "is_alive", "get_status", "create_session",
                  "run_in_session", "execute", "read_file", "write_file", "upload", "stop"):  # fmt: skip
         assert f"{ROCK}/{name}" in paths, name
-    assert "/run_code" in paths
+    assert "/run_code" in paths and "/run_jupyter" in paths
+    for name in ("get_token", "delete", "restart"):
+        assert f"{ROCK}/{name}" in paths, name
+    for name in ("make", "reset", "step", "close"):
+        assert f"/apis/v1/envs/gem/{name}" in paths, name
+    assert "/apis/corral/v1/swerex/start" in paths
+    runtime = http.get("/apis/corral/v1/swerex/openapi.json").json()["paths"]
+    for name in ("is_alive", "create_session", "run_in_session", "close_session", "execute",
+                 "read_file", "write_file", "upload", "close"):  # fmt: skip
+        assert f"/{{sandbox_id}}/{name}" in runtime, name
     assert "/apis/corral/v1/env/step" in paths
 
 
@@ -60,8 +70,18 @@ def test_rock_lifecycle_session_files_and_stop(http: httpx.Client, tmp_path) -> 
     res = _ok(http.post(f"{ROCK}/execute", json={"sandbox_id": sid, "command": ["sh", "-c", "pwd; echo $Y"],
                                                  "cwd": "/workspace", "env": {"Y": "why"}}))  # fmt: skip
     assert res == {"stdout": "/workspace\nwhy\n", "stderr": "", "exit_code": 0}
-    obs = _ok(http.post(f"{ROCK}/run_in_session", json={**run, "command": "pwd; exit 3"}))
+    # check=raise (ROCK's default): a non-zero exit is Failed with rocklet's message
+    failed = http.post(f"{ROCK}/run_in_session", json={**run, "command": "pwd; false"})
+    body = failed.json()
+    assert failed.status_code == 200 and body["status"] == "Failed" and code(failed) == 400
+    assert "failed with exit code 1" in body["message"] and body["result"]["output"] == "/tmp\n"
+    silent = {**run, "check": "silent", "command": "pwd; (exit 3)"}
+    obs = _ok(http.post(f"{ROCK}/run_in_session", json=silent))
     assert obs["exit_code"] == 3
+    obs = _ok(
+        http.post(f"{ROCK}/run_in_session", json={**run, "check": "ignore", "command": "false"})
+    )
+    assert obs["exit_code"] is None
     _ok(http.post(f"{ROCK}/write_file", json={"sandbox_id": sid, "path": "/workspace/a.txt",
                                               "content": "written"}))  # fmt: skip
     assert (
@@ -82,7 +102,7 @@ def test_rock_lifecycle_session_files_and_stop(http: httpx.Client, tmp_path) -> 
     assert "stopped" in _ok(http.post(f"{ROCK}/stop", json={"sandbox_id": sid}))
     assert _ok(http.get(f"{ROCK}/is_alive", params={"sandbox_id": sid}))["is_alive"] is False
     gone = http.post(f"{ROCK}/run_in_session", json={**run, "command": "true"})
-    assert gone.status_code == 410 and "gone" in gone.json()["message"]
+    assert code(gone) == 410 and "gone" in gone.json()["message"]
     assert set(gone.json()["safety"]) == SAFETY_KEYS
 
 
@@ -108,7 +128,6 @@ def test_rock_lifecycle_session_files_and_stop(http: httpx.Client, tmp_path) -> 
         ("post", "/write_file", {"sandbox_id": "x", "path": "a"}, 422, "content"),
         ("get", "/get_status", None, 422, "sandbox_id"),
         ("post", "/run_in_session", {"sandbox_id": "sb-nope", "command": "true"}, 404, "sb-nope"),
-        ("get", "/is_alive?sandbox_id=sb-nope", None, 404, "sb-nope"),
         ("post", "/stop", {"sandbox_id": "sb-nope"}, 404, "sb-nope"),
     ],
 )
@@ -116,7 +135,7 @@ def test_bad_requests_name_the_field(http: httpx.Client, method: str, path: str,
                                      status: int, field: str) -> None:  # fmt: skip
     url = ROCK + path
     resp = http.get(url) if method == "get" else http.post(url, json=body)
-    assert resp.status_code == status, resp.text
+    assert code(resp) == status, resp.text
     data = resp.json()
     assert data["status"] == "Failed" and field in data["message"]
     assert set(data["safety"]) == SAFETY_KEYS
@@ -125,21 +144,21 @@ def test_bad_requests_name_the_field(http: httpx.Client, method: str, path: str,
 def test_bad_requests_on_a_live_sandbox(http: httpx.Client) -> None:
     sid = _start(http)
     r = http.post(f"{ROCK}/read_file", json={"sandbox_id": sid, "path": "/etc/passwd"})
-    assert r.status_code == 400 and "outside the workspace" in r.json()["message"]
+    assert code(r) == 400 and "outside the workspace" in r.json()["message"]
     r = http.post(f"{ROCK}/read_file", json={"sandbox_id": sid, "path": "missing.txt"})
-    assert r.status_code == 404 and "missing.txt" in r.json()["message"]
+    assert code(r) == 404 and "missing.txt" in r.json()["message"]
     r = http.post(
         f"{ROCK}/run_in_session", json={"sandbox_id": sid, "command": "true", "session": "nope"}
     )
-    assert r.status_code == 404 and "nope" in r.json()["message"]
+    assert code(r) == 404 and "nope" in r.json()["message"]
     r = http.post(f"{ROCK}/create_session", json={"sandbox_id": sid, "session": "a"})
     assert r.status_code == 200
     r = http.post(f"{ROCK}/create_session", json={"sandbox_id": sid, "session": "a"})
-    assert r.status_code == 409
+    assert code(r) == 409
     r = http.post("/run_code", json={"code": "x", "language": "cobol"})
-    assert r.status_code == 422 and "language" in r.json()["message"]
+    assert code(r) == 422 and "language" in r.json()["message"]
     r = http.post("/run_code", json={"code": "x", "language": "python", "files": {"a": "%%%"}})
-    assert r.status_code == 422 and "files.a" in r.json()["message"]
+    assert code(r) == 422 and "files.a" in r.json()["message"]
     http.post(f"{ROCK}/stop", json={"sandbox_id": sid})
 
 
@@ -148,7 +167,7 @@ def _run_in_background(http_url: str, body: dict) -> tuple[threading.Thread, dic
 
     def go() -> None:
         t0 = time.monotonic()
-        with httpx.Client(base_url=http_url, timeout=20, trust_env=False) as c:
+        with httpx.Client(base_url=http_url, timeout=20, trust_env=False, headers=AUTH) as c:
             out["resp"] = c.post(f"{ROCK}/run_in_session", json=body)
         out["elapsed"] = time.monotonic() - t0
 
@@ -182,7 +201,7 @@ def test_stop_mid_command_returns_promptly_with_410(http: httpx.Client, server: 
     th.join(15)
     assert not th.is_alive(), "run_in_session hung after the sandbox was stopped"
     resp = out["resp"]
-    assert resp.status_code == 410, resp.text
+    assert code(resp) == 410, resp.text
     body = resp.json()
     assert "ended while the command ran" in body["message"]
     assert body["result"]["exit_code"] == 137 and "before" in body["result"]["output"]

@@ -7,6 +7,8 @@ import threading
 import httpx
 import psutil
 
+from tests.server.conftest import AUTH, code
+
 ROCK = "/apis/envs/sandbox/v1"
 
 
@@ -27,7 +29,7 @@ def test_sessions_are_separate_shells(http: httpx.Client) -> None:
         _ok(http.post(f"{ROCK}/create_session",
                       json={"sandbox_id": sid, "session": name, "env": env}))  # fmt: skip
     r = http.post(f"{ROCK}/create_session", json={"sandbox_id": sid, "session": "s1"})
-    assert r.status_code == 409 and "s1" in r.json()["message"]
+    assert code(r) == 409 and "s1" in r.json()["message"]
     _run(http, sid, "s1", "cd /tmp && X=1")
     _run(http, sid, "default", "cd / && X=main")
     assert _run(http, sid, "s1", 'echo "$PWD $X $WHO"')["output"] == "/tmp 1 one\n"
@@ -37,13 +39,19 @@ def test_sessions_are_separate_shells(http: httpx.Client) -> None:
     out: dict[str, httpx.Response] = {}
 
     def slow() -> None:
-        with httpx.Client(base_url=str(http.base_url), timeout=20, trust_env=False) as c:
+        with httpx.Client(
+            base_url=str(http.base_url), timeout=20, trust_env=False, headers=AUTH
+        ) as c:
             out["r"] = c.post(f"{ROCK}/run_in_session", json={"sandbox_id": sid, "session": "s2",
                               "command": "sleep 1.5; echo slow-done"})  # fmt: skip
 
     th = threading.Thread(target=slow)
     th.start()
-    obs = _run(http, sid, "s1", "sleep 60", timeout=0.3)
+    r = http.post(f"{ROCK}/run_in_session", json={"sandbox_id": sid, "session": "s1",
+                                                  "command": "sleep 60", "timeout": 0.3})  # fmt: skip
+    body = r.json()  # ROCK: a timeout is Failed, whatever `check` says
+    assert body["status"] == "Failed" and code(r) == 408 and "timeout after 0.3" in body["message"]
+    obs = body["result"]
     assert obs["exit_code"] == 124 and "timed out" in obs["failure_reason"]
     th.join(20)
     assert out["r"].json()["result"]["output"] == "slow-done\n"
@@ -52,12 +60,12 @@ def test_sessions_are_separate_shells(http: httpx.Client) -> None:
     _ok(http.post(f"{ROCK}/close_session", json={"sandbox_id": sid, "session": "s2"}))
     r = http.post(f"{ROCK}/run_in_session", json={"sandbox_id": sid, "session": "s2",
                                                   "command": "true"})  # fmt: skip
-    assert r.status_code == 404 and "session" in r.json()["message"]
+    assert code(r) == 404 and "session" in r.json()["message"]
     # `exit` ends a session; the next call says so and it can be created again
-    assert _run(http, sid, "s1", "exit 4")["exit_code"] == 4
+    assert _run(http, sid, "s1", "exit 4", check="silent")["exit_code"] == 4
     r = http.post(f"{ROCK}/run_in_session", json={"sandbox_id": sid, "session": "s1",
                                                   "command": "true"})  # fmt: skip
-    assert r.status_code == 404 and "ended" in r.json()["message"]
+    assert code(r) == 404 and "ended" in r.json()["message"]
     _ok(http.post(f"{ROCK}/create_session", json={"sandbox_id": sid, "session": "s1"}))
     assert _run(http, sid, "s1", "echo again")["output"] == "again\n"
     # stop ends every session: no process of the sandbox is left

@@ -18,7 +18,9 @@ Step indexes are 0-based positions in each format's main list (see corral.audit.
 line (a Claude Code session or OpenHands event file: all of its lines). A trajectory passes when its
 verdict is allow, or ask under a policy whose gate.ask is "allow", or unreadable with
 --keep-unreadable. Malformed records go to neither.
-The exit status is 0 when the run completes (verdicts are data, not errors), 2 on bad arguments.
+The exit status is 0 when the run completes (verdicts are data, not errors), 1 when it read no
+trajectory at all (empty inputs, or none in a format corral reads), 2 on bad arguments (a --ray
+address where no cluster answers included).
 """
 
 from __future__ import annotations
@@ -41,6 +43,9 @@ from corral.audit.sources import discover, plan
 from corral.policy import PolicyError, load_policy
 
 VERDICT_STYLE = {"deny": "bold red", "ask": "yellow", "allow": "green", "unreadable": "magenta"}
+
+
+RAY_CONNECT_S = 5.0
 
 
 def register(app: typer.Typer) -> None:
@@ -83,7 +88,12 @@ def audit(
     if workers < 1:
         err.print(f"--workers must be at least 1 (got {workers})")
         raise typer.Exit(2)
-    if not ray_address:
+    if ray_address:
+        problem = _ray_unreachable(ray_address)
+        if problem:
+            err.print(f"[red]error:[/] --ray {escape(ray_address)}: {escape(problem)}")
+            raise typer.Exit(2)
+    else:
         start_workers(workers)  # the forkserver warms up while we walk the paths
     try:
         policy = load_policy(policy_spec)
@@ -104,7 +114,7 @@ def audit(
             transient=False,
         ) as progress:  # fmt: skip
             task = progress.add_task("", total=total or 1)
-            for result in run_chunks(chunks, options, workers, ray_address):
+            for result in _guarded(run_chunks(chunks, options, workers, ray_address), ray_address):
                 sink.add_chunk(result)
                 v = sink.verdicts
                 progress.update(
@@ -126,6 +136,38 @@ def audit(
             encoding="utf-8",
         )  # fmt: skip
     _print_summary(Console(), summary, sink, elapsed, report, json_out, keep, drop)
+    if not sink.trajectories:
+        err.print(f"[red]read no trajectory[/] from {len(paths)} path(s): empty, or not a format "
+                  f"corral reads ({', '.join(FORMAT_NAMES)}); check the paths or --format")  # fmt: skip
+        raise typer.Exit(1)
+
+
+def _ray_unreachable(address: str) -> str | None:
+    """Why nothing can answer at a `host:port` Ray address (checked in seconds; Ray itself retries
+    for minutes), or None. `auto` and other forms are left to Ray, which fails fast on them."""
+    import socket
+
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        return None
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=RAY_CONNECT_S):
+            return None
+    except OSError as e:
+        why = e.strerror or type(e).__name__.replace("TimeoutError", "timed out")
+        return (f"no Ray cluster answers there within {RAY_CONNECT_S:g}s ({why}); start one "
+                "(ray start --head) or fix the address")  # fmt: skip
+
+
+def _guarded(results, ray_address: str | None):  # type: ignore[no-untyped-def]  # noqa: ANN001, ANN202
+    """Ray's connection errors as one line and exit 2, not a traceback."""
+    try:
+        yield from results
+    except (ConnectionError, TimeoutError) as e:
+        if not ray_address:
+            raise
+        Console(stderr=True).print(f"[red]error:[/] --ray {escape(ray_address)}: {escape(str(e))}")
+        raise typer.Exit(2) from None
 
 
 def _print_summary(con: Console, s: dict, sink: AuditSink, elapsed: float, report: Path | None,

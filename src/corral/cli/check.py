@@ -17,6 +17,7 @@ import typer
 from corral.policy.loader import PolicyError, load_policy
 from corral.policy.model import Policy
 from corral.rules import Finding, RuleEngine, verdict
+from corral.rules.bounded import bounded_findings
 
 EXIT = {"allow": 0, "ask": 1, "deny": 2}
 BAD_INPUT = 3
@@ -31,7 +32,7 @@ def register(app: typer.Typer) -> None:
 
 def check_line(engine: RuleEngine, command: str, policy: Policy) -> dict[str, Any]:
     """The `--json` object for one command (field names are a contract)."""
-    findings = engine.check_command(command)
+    findings = bounded_findings(command, engine)
     return {"command": command, "verdict": verdict(findings, policy),
             "findings": [f.brief() for f in findings]}  # fmt: skip
 
@@ -63,7 +64,7 @@ def check(
         if as_json:
             typer.echo(json.dumps(result))
         else:
-            _print_one(command, result["verdict"], engine.check_command(command), pol.name)
+            _print_one(command, result["verdict"], bounded_findings(command, engine), pol.name)
         raise typer.Exit(EXIT[result["verdict"]])
     try:
         stream: TextIO = sys.stdin if str(batch) == "-" else batch.open(encoding="utf-8",
@@ -117,7 +118,7 @@ def _print_batch(engine: RuleEngine, stream: TextIO, policy: Policy) -> int:
     counts = {"allow": 0, "ask": 0, "deny": 0}
     for i, line in enumerate(stream, 1):
         command = line.rstrip("\r\n")
-        findings = engine.check_command(command)
+        findings = bounded_findings(command, engine)
         v = verdict(findings, policy)
         counts[v] += 1
         worst = max(worst, EXIT[v])

@@ -30,8 +30,12 @@ def export(
     if fmt not in FORMATS:
         typer.echo(f"--format must be one of {', '.join(FORMATS)} (got {fmt!r})", err=True)
         raise typer.Exit(2)
-    store = EventStore()
+    import sqlite3
+
+    from corral.store.sqlite import StoreReadError
+
     try:
+        store = EventStore(timeout=5)
         text = (
             json.dumps(to_atif(store, episode), indent=2)
             if fmt == "atif"
@@ -40,8 +44,15 @@ def export(
     except NoSuchEpisode as err:
         typer.echo(str(err), err=True)
         raise typer.Exit(1) from None
+    except (StoreReadError, sqlite3.Error) as err:
+        typer.echo(f"corral export: {err}", err=True)
+        raise typer.Exit(1) from None
     if out is None:
         typer.echo(text)
     else:
-        out.write_text(text + "\n")
+        try:
+            out.write_text(text + "\n")
+        except OSError as err:
+            typer.echo(f"--out {out}: {err.strerror}", err=True)
+            raise typer.Exit(1) from None
         typer.echo(f"wrote {out}", err=True)

@@ -1,9 +1,16 @@
-"""The two clients share one table of calls; only the transport differs."""
+"""The two clients share one table of calls; only the transport differs.
+
+Both send the service's token (see `corral.server.auth`): the `token` argument, else the
+`CORRAL_TOKEN` environment variable, else (for a server on this host only) the admin token that
+`corral serve` made in `$CORRAL_HOME/serve.token`.
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -21,14 +28,43 @@ class CorralAPIError(RuntimeError):
         super().__init__(f"HTTP {status_code}: {self.message}")
 
 
+def _token(base_url: str, token: str | None) -> str | None:
+    if token:
+        return token
+    if os.environ.get("CORRAL_TOKEN"):
+        return os.environ["CORRAL_TOKEN"].strip()
+    host = urlsplit(base_url).hostname or ""
+    if host in ("127.0.0.1", "localhost", "::1"):
+        from corral.store.paths import corral_home
+
+        try:
+            return (corral_home() / "serve.token").read_text().strip() or None
+        except OSError:
+            return None
+    return None
+
+
+def _headers(base_url: str, token: str | None) -> dict[str, str]:
+    t = _token(base_url, token)
+    return {"Authorization": f"Bearer {t}"} if t else {}
+
+
 def _check(resp: httpx.Response) -> dict[str, Any]:
     try:
         body = resp.json()
     except ValueError:
         body = resp.text
     if resp.status_code >= 400 or not isinstance(body, dict) or body.get("status") == "Failed":
-        raise CorralAPIError(resp.status_code, body)
+        # ROCK routes answer failures as HTTP 200 (as ROCK does) with corral's status in a header
+        raise CorralAPIError(int(resp.headers.get("X-Corral-Status", resp.status_code)), body)
     return body
+
+
+def _body(resp: httpx.Response) -> dict[str, Any] | str:
+    try:
+        return resp.json()
+    except ValueError:
+        return resp.text
 
 
 def pending(body: dict[str, Any]) -> dict[str, Any] | None:
@@ -58,9 +94,18 @@ def _start_body(episode_id: str | None, auto_clear_minutes: float | None) -> dic
 class CorralClient:
     """Synchronous client; `with CorralClient(url) as c: sid = c.start()["result"]["sandbox_id"]`."""
 
-    def __init__(self, base_url: str = "http://127.0.0.1:8000", timeout: float = 660.0) -> None:
+    def __init__(self, base_url: str = "http://127.0.0.1:8000", timeout: float = 660.0,
+                 token: str | None = None, verify: Any = True) -> None:  # fmt: skip
+        """`token`: the service's token (default: CORRAL_TOKEN); `verify`: TLS verification, as
+        httpx takes it (a CA bundle path for a self-signed --ssl-certfile)."""
         self.base_url = base_url.rstrip("/")
-        self.http = httpx.Client(base_url=self.base_url, timeout=timeout, trust_env=False)
+        self.http = httpx.Client(
+            base_url=self.base_url,
+            timeout=timeout,
+            trust_env=False,
+            headers=_headers(self.base_url, token),
+            verify=verify,
+        )
 
     def __enter__(self) -> CorralClient:
         return self
@@ -95,9 +140,11 @@ class CorralClient:
                           {"sandbox_id": sandbox_id, "session": session, "env": env})  # fmt: skip
 
     def run_in_session(self, sandbox_id: str, command: str, session: str = "default",
-                       timeout: float | None = None) -> dict[str, Any]:  # fmt: skip
+                       timeout: float | None = None, check: str = "silent") -> dict[str, Any]:  # fmt: skip
+        """`check`: ROCK's; "silent" (corral's default) answers a non-zero exit as a result,
+        "raise" (ROCK's default) as a failure."""
         return self._post(f"{ROCK}/run_in_session", {"sandbox_id": sandbox_id, "command": command,
-                          "session": session, "timeout": timeout})  # fmt: skip
+                          "session": session, "timeout": timeout, "check": check})  # fmt: skip
 
     def execute(self, sandbox_id: str, command: str | list[str], timeout: float | None = None,
                 cwd: str | None = None, env: dict[str, str] | None = None) -> dict[str, Any]:  # fmt: skip
@@ -125,7 +172,7 @@ class CorralClient:
     def run_code(self, code: str, language: str = "python", **fields: Any) -> dict[str, Any]:
         resp = self.http.post("/run_code", json={"code": code, "language": language, **fields})
         if resp.status_code >= 400:
-            raise CorralAPIError(resp.status_code, resp.json())
+            raise CorralAPIError(resp.status_code, _body(resp))
         return resp.json()
 
     # env
@@ -167,9 +214,18 @@ class CorralClient:
 class AsyncCorralClient:
     """Async twin of `CorralClient` (same methods, awaitable)."""
 
-    def __init__(self, base_url: str = "http://127.0.0.1:8000", timeout: float = 660.0) -> None:
+    def __init__(self, base_url: str = "http://127.0.0.1:8000", timeout: float = 660.0,
+                 token: str | None = None, verify: Any = True) -> None:  # fmt: skip
+        """`token`: the service's token (default: CORRAL_TOKEN); `verify`: TLS verification, as
+        httpx takes it (a CA bundle path for a self-signed --ssl-certfile)."""
         self.base_url = base_url.rstrip("/")
-        self.http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout, trust_env=False)
+        self.http = httpx.AsyncClient(
+            base_url=self.base_url,
+            timeout=timeout,
+            trust_env=False,
+            headers=_headers(self.base_url, token),
+            verify=verify,
+        )
 
     async def __aenter__(self) -> AsyncCorralClient:
         return self
@@ -202,9 +258,10 @@ class AsyncCorralClient:
                                 {"sandbox_id": sandbox_id, "session": session, "env": env})  # fmt: skip
 
     async def run_in_session(self, sandbox_id: str, command: str, session: str = "default",
-                             timeout: float | None = None) -> dict[str, Any]:  # fmt: skip
+                             timeout: float | None = None, check: str = "silent") -> dict[str, Any]:  # fmt: skip
         return await self._post(f"{ROCK}/run_in_session", {"sandbox_id": sandbox_id,
-                                "command": command, "session": session, "timeout": timeout})  # fmt: skip
+                                "command": command, "session": session, "timeout": timeout,
+                                "check": check})  # fmt: skip
 
     async def execute(self, sandbox_id: str, command: str | list[str], timeout: float | None = None,
                       cwd: str | None = None, env: dict[str, str] | None = None) -> dict[str, Any]:  # fmt: skip
@@ -233,7 +290,7 @@ class AsyncCorralClient:
             "/run_code", json={"code": code, "language": language, **fields}
         )
         if resp.status_code >= 400:
-            raise CorralAPIError(resp.status_code, resp.json())
+            raise CorralAPIError(resp.status_code, _body(resp))
         return resp.json()
 
     async def env_reset(self, task: dict[str, Any] | None = None, seed: int | None = None,

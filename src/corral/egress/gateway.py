@@ -15,6 +15,7 @@ import errno
 import functools
 import os
 import resource
+import shutil
 import socket
 import subprocess
 import threading
@@ -255,6 +256,7 @@ class Egress:
                 with contextlib.suppress(OSError):
                     os.close(fd)
             self._pipes = None
+        shutil.rmtree(corral_home() / "egress" / sandbox.id, ignore_errors=True)  # its resolv.conf
 
     async def _decide(self, host: str, port: int) -> Verdict:
         """Decisions are cached for a few seconds (names re-resolve after that), per policy."""

@@ -1,7 +1,15 @@
-"""Where a sandbox's events go: the store, an optional JSON-lines file, and live listeners."""
+"""Where a sandbox's events go: the store, an optional JSON-lines file, and live listeners.
+
+A write that fails (a full disk, an I/O error) loses nothing: the store and the JSON-lines file each
+keep what they could not write and write it first, in order, once they can. While either is failing,
+a command about to start is refused (`RecordingFailed` from its `sandbox.command_started` event): a
+command whose events cannot be recorded does not run. Other events (the monitor's, the gateway's,
+the sandbox's own stop) are held, never raised, so no thread dies and `close()` always completes.
+"""
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -13,6 +21,11 @@ if TYPE_CHECKING:
     from corral.store.sqlite import EventStore
 
 Listener = Callable[[Event], None]
+FAIL_CLOSED_AT = "sandbox.command_started"
+
+
+class RecordingFailed(RuntimeError):
+    """Events cannot be recorded now (held in memory): the command was not run."""
 
 
 class EventSink:
@@ -21,25 +34,75 @@ class EventSink:
     def __init__(self, store: EventStore | None = None, jsonl: str | Path | None = None) -> None:
         self.store = store
         self.jsonl_path = Path(jsonl) if jsonl else None
-        self._jsonl = open(self.jsonl_path, "a", buffering=1) if self.jsonl_path else None  # noqa: SIM115
+        self._fd: int | None = None
+        if self.jsonl_path is not None:
+            self._fd = os.open(self.jsonl_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
+                               0o644)  # fmt: skip
+        self._unwritten = bytearray()  # JSON lines the file did not take yet
         self._lock = threading.Lock()
         self.listeners: list[Listener] = []
+        self.failure: str | None = None
 
     def emit(self, event: Event) -> Event:
+        fail_closed = event.rule == FAIL_CLOSED_AT
+        failures = []
+        stored = True
         if self.store is not None:
-            self.store.add(event)
-        if self._jsonl is not None:
-            with self._lock:
-                self._jsonl.write(event.to_json() + "\n")
+            from corral.store.sqlite import StoreWriteError
+
+            try:  # a command refused for this failure must not be recorded as started later
+                self.store.add(event, keep=not fail_closed)
+            except StoreWriteError as err:
+                failures.append(str(err))
+                stored = False
+        if self._fd is not None and (stored or not fail_closed):
+            err_text = self._append((event.to_json() + "\n").encode())
+            if err_text:
+                failures.append(err_text)
+        self.failure = "; ".join(failures) or None
+        if self.failure and fail_closed:
+            if stored and self.store is not None:  # the store has it, the file will: close it
+                self.emit(event.model_copy(update={
+                    "rule": "sandbox.command_ended", "message": "not run: events cannot be recorded",
+                    "evidence": {"exit_code": None, "not_run": True}}))  # fmt: skip
+            raise RecordingFailed(f"command not run: {self.failure}")
         for listener in list(self.listeners):
             try:
                 listener(event)
             except Exception as err:  # noqa: BLE001 - a listener bug must not drop events
-                if self._jsonl is not None:
-                    self._jsonl.write(f'{{"listener_error": {str(err)!r}}}\n')
+                self._append(f'{{"listener_error": {str(err)!r}}}\n'.encode())
         return event
 
+    def _append(self, data: bytes, keep: bool = True) -> str | None:
+        """Write what is held, then `data`; keep whatever the file did not take (of `data` only
+        with `keep`, or when part of its line is already written)."""
+        with self._lock:
+            if self._fd is None:
+                return None
+            held = len(self._unwritten)
+            self._unwritten += data
+            try:
+                while self._unwritten:
+                    n = os.write(self._fd, self._unwritten)
+                    del self._unwritten[:n]
+                    held = max(0, held - n)
+            except OSError as err:
+                if not keep and len(self._unwritten) == held + len(data):
+                    del self._unwritten[held:]
+                return (f"the events file {self.jsonl_path} cannot be written ({err.strerror}); "
+                        f"{len(self._unwritten)} bytes held in memory until it can")  # fmt: skip
+            return None
+
     def close(self) -> None:
-        if self._jsonl is not None:
-            self._jsonl.close()
-            self._jsonl = None
+        """Close; a last try for what is held, then it goes to stderr rather than nowhere."""
+        if self._fd is None:
+            return
+        if self._append(b""):
+            import sys
+
+            print(f"corral: the events file {self.jsonl_path} did not take these lines:",
+                  file=sys.stderr)  # fmt: skip
+            sys.stderr.write(self._unwritten.decode(errors="replace"))
+        with self._lock:
+            os.close(self._fd)
+            self._fd = None

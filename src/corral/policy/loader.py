@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextvars
 import functools
+import math
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -69,19 +71,65 @@ def _format_validation(err: ValidationError, origin: str) -> str:
     return "\n".join(lines)
 
 
+# the policies being loaded in this context, outermost first: an `extends:` loop is named, not a
+# RecursionError
+_LOADING: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("corral_policy_chain",
+                                                                          default=())  # fmt: skip
+MAX_EXTENDS = 16
+
+
+def _non_finite(data: Any, where: str = "") -> str | None:
+    """The first field holding a NaN or an infinity (YAML `.inf`), which no limit may be."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return where or "(top level)"
+    if isinstance(data, dict):
+        for k, v in data.items():
+            found = _non_finite(v, f"{where}.{k}" if where else str(k))
+            if found:
+                return found
+    if isinstance(data, list):
+        for i, v in enumerate(data):
+            found = _non_finite(v, f"{where}.{i}")
+            if found:
+                return found
+    return None
+
+
 def policy_from_mapping(data: Any, origin: str = "<mapping>") -> Policy:
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise PolicyError(f"invalid policy {origin}: top level must be a mapping of sections")
+    data = dict(data)
+    bad = _non_finite(data)
+    if bad:
+        raise PolicyError(f"invalid policy {origin}:\n  {bad}: must be a finite number (got "
+                          "an infinity or NaN); use null for no limit")  # fmt: skip
     base_name = data.pop("extends", None) if "extends" in data else None
     try:
         if base_name:
-            base = load_policy(str(base_name)).model_dump()
+            if not isinstance(base_name, str):
+                raise PolicyError(f"invalid policy {origin}:\n  extends: must be a preset name or "
+                                  f"a file path (got {base_name!r})")  # fmt: skip
+            base = _load_base(base_name, origin).model_dump()
             data = _deep_merge(base, data)
         return Policy.model_validate(data)
     except ValidationError as err:
         raise PolicyError(_format_validation(err, origin)) from None
+
+
+def _load_base(name: str, origin: str) -> Policy:
+    chain = _LOADING.get()
+    key = name if name in preset_names() else str(Path(name).resolve())
+    if key in chain or len(chain) >= MAX_EXTENDS:
+        loop = " -> ".join([*chain, key])
+        raise PolicyError(f"invalid policy {origin}:\n  extends: a loop ({loop}); a policy may "
+                          "not extend itself, directly or through others")  # fmt: skip
+    token = _LOADING.set((*chain, key))
+    try:
+        return load_policy(name)
+    finally:
+        _LOADING.reset(token)
 
 
 def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -108,8 +156,28 @@ def load_policy(spec: str | Path | Policy | None = None) -> Policy:
             raise PolicyError(
                 f"no policy {spec!r}: not a preset ({', '.join(preset_names())}) nor a readable file"
             )
-        text = path.read_text()
         origin = str(path)
+        try:
+            raw = path.read_bytes()
+        except OSError as err:
+            raise PolicyError(f"invalid policy {origin}: cannot read it ({err.strerror})") from None
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise PolicyError(f"invalid policy {origin}: not UTF-8 text (byte {raw[err.start]:#04x} "
+                              f"at offset {err.start}); save it as UTF-8") from None  # fmt: skip
+        if "\x00" in text:
+            raise PolicyError(f"invalid policy {origin}: holds a NUL byte; it is not a YAML text")
+        if not _LOADING.get():  # the outermost file is the first link of its chain
+            token = _LOADING.set((str(path.resolve()),))
+            try:
+                return _parse(text, origin)
+            finally:
+                _LOADING.reset(token)
+    return _parse(text, origin)
+
+
+def _parse(text: str, origin: str) -> Policy:
     try:
         data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as err:

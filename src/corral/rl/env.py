@@ -3,10 +3,17 @@
 The same env runs in-process (a sandbox on this host), over the HTTP service (`client=`), or on a
 Ray pool (`SandboxPool.env()`); the backend is the only difference, the step logic is `Episode`'s.
 `info["safety"]` holds the step's findings and penalty; a policy-driven end sets `terminated`.
+
+GEM (`gem-llm`): when gem is imported, SandboxEnv is registered as a `gem.Env` (a virtual subclass:
+importing gem costs seconds, so corral never imports it for you), and it has what GEM's `make`,
+`make_vec` and wrappers use: a `seed` argument, `unwrapped`, `max_turns`, `spawn` and
+`sample_random_action`. `corral.integrations.gem` registers `corral/shell` with `gem.make`.
 """
 
 from __future__ import annotations
 
+import random
+import sys
 import uuid
 from typing import Any, Protocol
 
@@ -83,8 +90,23 @@ class HttpBackend:
             self.episode_id = None
 
 
+# harmless commands for `sample_random_action` (GEM's random-policy baseline)
+RANDOM_ACTIONS = ("ls", "pwd", "ls -la", "echo hello", "cat /etc/os-release", "date", "id",
+                  "env | sort | head -5", "find . -maxdepth 2 -type f | head", "uname -a")  # fmt: skip
+
+
+def _register_with_gem() -> None:
+    """Make SandboxEnv a `gem.Env` once gem has been imported (a virtual subclass)."""
+    core = sys.modules.get("gem.core")
+    if core is not None and not issubclass(SandboxEnv, core.Env):
+        core.Env.register(SandboxEnv)
+
+
 class SandboxEnv:
-    """reset(seed=None, options=None) -> (observation, info); step(action) -> 5-tuple."""
+    """reset(seed=None, options=None) -> (observation, info); step(action) -> 5-tuple.
+
+    `seed`: the default seed of `reset` (GEM's `make(id, seed=...)`); `task`, `policy`, `client`
+    and `store` are what `spawn()` copies into a new env."""
 
     def __init__(
         self,
@@ -94,7 +116,18 @@ class SandboxEnv:
         client: Any = None,
         backend: EnvBackend | None = None,
         store: EventStore | None = None,
+        seed: int | None = None,
     ) -> None:
+        _register_with_gem()
+        self._config = {
+            "task": task,
+            "policy": policy,
+            "client": client,
+            "store": store,
+            "seed": seed,
+        }
+        self.seed = seed
+        self._rng = random.Random(seed)
         self.task = TaskSpec.model_validate(task or {})
         if backend is None:
             if client is not None:
@@ -112,6 +145,10 @@ class SandboxEnv:
 
     def reset(self, seed: int | None = None, options: dict[str, Any] | None = None
               ) -> tuple[str, dict[str, Any]]:  # fmt: skip
+        if seed is None:
+            seed, self.seed = self.seed, None  # the constructor's seed serves the first reset
+        if seed is not None:
+            self._rng.seed(seed)
         options = dict(options or {})
         if "task" in options:
             self.task = TaskSpec.model_validate(options.pop("task"))
@@ -135,6 +172,28 @@ class SandboxEnv:
     def close(self) -> None:
         self.backend.close()
         self.done = True
+
+    # ---------------------------------------------------------------- GEM's Env interface
+    @property
+    def unwrapped(self) -> SandboxEnv:
+        return self
+
+    @property
+    def max_turns(self) -> int:
+        """Steps before the episode is truncated (the task's `max_steps`)."""
+        return self.task.max_steps
+
+    def spawn(self, same_state: bool = False, **kwargs: Any) -> SandboxEnv:
+        """A new env with this one's task, policy and backend kind (kwargs override them). A
+        sandbox's state cannot be copied, so `same_state=True` is refused."""
+        if same_state:
+            raise NotImplementedError("SandboxEnv.spawn(same_state=True): a running sandbox's "
+                                      "processes and files cannot be copied; spawn a fresh env")  # fmt: skip
+        return SandboxEnv(**{**self._config, "task": self.task, **kwargs})
+
+    def sample_random_action(self) -> str:
+        """A harmless shell command, drawn with the env's seeded generator."""
+        return self._rng.choice(RANDOM_ACTIONS)
 
     def __enter__(self) -> SandboxEnv:
         return self

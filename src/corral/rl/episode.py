@@ -173,7 +173,9 @@ class Episode:
                     exit_code, obs = 0, "submitted (this task has no check)"
                     task_reward = self.task.reward_pass
                 else:
-                    # the grade never runs in the agent's shell (see Sandbox.harness_exec)
+                    # the grade never runs in the agent's shell, and nothing of the agent runs
+                    # while it does (see Sandbox.harness_exec, Sandbox.stop_agent)
+                    await self.sandbox.stop_agent()
                     res = await self.sandbox.harness_exec(self.task.check, step=step,
                                                           timeout=self.task.check_timeout)  # fmt: skip
                     exit_code, obs = res.exit_code, res.output

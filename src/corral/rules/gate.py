@@ -3,10 +3,13 @@
 deny: not run (the sandbox records `source=policy, action=blocked`). ask: the `approve` callback
 decides (sync or async); without a person in the loop the policy's `gate.ask` says what ask means:
 `deny` (the RL presets), `allow`, or `callback` (no callback given: deny, failing closed).
+A command the gate cannot analyse within its time and memory bounds (`corral.rules.bounded`) is
+denied as `gate.unanalysable` whatever the thresholds.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import inspect
 import sys
@@ -15,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from corral.policy.model import Policy
+from corral.rules import bounded
 from corral.rules.finding import Finding, severity_rank
 from corral.rules.verdict import effective_severity, verdict
 
@@ -46,15 +50,34 @@ def make_gate(policy: Policy, approve: Approve | None = None,
     mode = policy.gate.ask
 
     def decide(command: str, sandbox: Sandbox, step: int) -> GateDecision | Awaitable[GateDecision]:
+        """Small commands are judged at once; a larger one is analysed by the bounded worker
+        (`corral.rules.bounded`) without holding the event loop."""
+        pre = bounded.precheck(command)
+        if pre is not None:
+            return judge(command, [pre])
+        eng = engine or _default_engine()
+        if bounded.inline(command):
+            return judge(command, eng.check_command(command))
+
+        async def later() -> GateDecision:
+            findings = await asyncio.to_thread(bounded.bounded_findings, command, eng)
+            out = judge(command, findings)
+            return await out if inspect.isawaitable(out) else out
+
+        return later()
+
+    def judge(command: str, findings: list[Finding]) -> GateDecision | Awaitable[GateDecision]:
         from corral.sandbox.sandbox import GateDecision
 
-        findings = (engine or _default_engine()).check_command(command)
         v = verdict(findings, policy)
         briefs = [_brief(f, policy) for f in findings]
         top = max(
             findings, key=lambda f: severity_rank(effective_severity(f, policy)), default=None
         )
         why = f"{top.rule} ({top.severity}): {top.message}" if top else ""
+        unanalysable = any(f.rule == bounded.UNANALYSABLE for f in findings)
+        if unanalysable and ("\x00" in command or not policy.observe_only):  # NUL: bash cannot
+            return GateDecision(verdict="deny", findings=briefs, reason=why)
         if policy.observe_only and v != "allow":
             return GateDecision(verdict="allow", findings=briefs, reason=f"observe only; {why}")
         if v == "allow":

@@ -30,6 +30,9 @@ class BwrapSpec:
     extra_env: dict[str, str] = field(default_factory=dict)
     extra_args: list[str] = field(default_factory=list)
     gpu_devices: list[str] = field(default_factory=list)
+    # empty private tmpfs directories at these absolute paths (ROCK images let harnesses create
+    # /tests, /app): made before the root turns read-only, gone with the sandbox
+    scratch_dirs: list[str] = field(default_factory=list)
     host_uid: int | None = None  # root supervisor: the unprivileged host id bwrap runs as
     seccomp_fd: int | None = None
     tmp_size: int | None = None
@@ -74,7 +77,7 @@ def _bind(spec: BwrapSpec, opt: str, src: str, dest: str) -> list[str]:
     staged = _staged(spec, src)
     if staged is not None:
         return [opt, staged, dest]
-    if opt == "--ro-bind" and os.path.isfile(src) and not reachable(src):
+    if opt == "--ro-bind" and os.path.isfile(src) and not reachable(src, spec.host_uid):
         fd = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
         spec.fds.append(fd)
         return ["--ro-bind-data", str(fd), dest]
@@ -88,14 +91,16 @@ def _staged(spec: BwrapSpec, src: str) -> str | None:
     return None
 
 
-def reachable(path: str) -> bool:
-    """Can any host id walk down to `path` (every parent directory searchable by others)?"""
+def reachable(path: str, uid: int | None = None) -> bool:
+    """Can host id `uid` (any id, when None) walk down to `path`: every parent directory searchable
+    by others, or owned by `uid` and searchable by its owner?"""
     p = os.path.dirname(os.path.abspath(path))
     while True:
         try:
-            if not os.stat(p).st_mode & 0o001:
-                return False
+            st = os.stat(p)
         except OSError:
+            return False
+        if not (st.st_mode & 0o001 or uid is not None and st.st_uid == uid and st.st_mode & 0o100):
             return False
         if p == "/":
             return True
@@ -148,7 +153,7 @@ def isolation_args(spec: BwrapSpec) -> list[str]:
     return argv
 
 
-def kernel_surface_args() -> list[str]:
+def kernel_surface_args(shm_size: int | None = None) -> list[str]:
     """/proc with the kernel's writable and secret files covered, and a private /dev: the same
     for a host root and an image root."""
     argv = ["--proc", "/proc"]
@@ -158,7 +163,14 @@ def kernel_surface_args() -> list[str]:
     for f in PROC_MASKED:
         if os.path.exists(f):
             argv += ["--ro-bind", "/dev/null", f]
-    return [*argv, "--dev", "/dev"]
+    # /dev/shm a capped tmpfs of its own; /dev itself is made read-only at the end (dev_read_only)
+    shm = ["--size", str(shm_size)] if shm_size else []
+    return [*argv, "--dev", "/dev", *shm, "--tmpfs", "/dev/shm"]
+
+
+def dev_read_only() -> list[str]:
+    """After the last device is bound: nothing can be written to /dev but /dev/shm."""
+    return ["--remount-ro", "/dev"]
 
 
 def identity_prefix(spec: BwrapSpec, argv: list[str]) -> list[str]:
@@ -181,7 +193,7 @@ def build_argv(bwrap: str, spec: BwrapSpec, command: list[str]) -> list[str]:
         elif p.is_dir():
             argv += ["--ro-bind", d, d]
             bound.append(d)
-    argv += kernel_surface_args()
+    argv += kernel_surface_args(spec.tmp_size)
     if spec.tmp_size:
         argv += ["--size", str(spec.tmp_size)]
     argv += ["--tmpfs", "/tmp", "--dir", SANDBOX_HOME]
@@ -201,6 +213,14 @@ def build_argv(bwrap: str, spec: BwrapSpec, command: list[str]) -> list[str]:
             continue
         host = spec.workspace / rel
         if host.exists() and not host.is_symlink():
+            # each parent of a nested protected path becomes a mount point of its own, so the
+            # agent cannot rename it away (`mv pkg pkg_old && mkdir -p pkg/tests`): EBUSY
+            parts = rel.strip("/").split("/")
+            for i in range(1, len(parts)):
+                anc = "/".join(parts[:i])
+                if (spec.workspace / anc).is_dir() and not (spec.workspace / anc).is_symlink():
+                    argv += _bind(spec, mode, str(spec.workspace / anc),
+                                  f"{ws_in.rstrip('/')}/{anc}")  # fmt: skip
             argv += _bind(spec, "--ro-bind", str(host), f"{ws_in.rstrip('/')}/{rel}")
     # Hide what lies under a bound tree: secrets by name, and anything of the supervisor's.
     for p in dict.fromkeys([*DEFAULT_HIDDEN, *fs.hidden, *spec.supervisor_paths]):
@@ -212,8 +232,10 @@ def build_argv(bwrap: str, spec: BwrapSpec, command: list[str]) -> list[str]:
             argv += ["--ro-bind", "/dev/null", p]
     for dev in spec.gpu_devices:
         argv += ["--dev-bind", dev, dev]
+    for d in spec.scratch_dirs:  # sized as /tmp is
+        argv += [*(["--size", str(spec.tmp_size)] if spec.tmp_size else []), "--tmpfs", d]
     # the sandbox's own root is a tmpfs: make it read-only too, once every mount point exists
-    argv += ["--remount-ro", "/"]
+    argv += [*dev_read_only(), "--remount-ro", "/"]
     env = {
         "PATH": SANDBOX_PATH,
         "HOME": SANDBOX_HOME,
@@ -245,7 +267,7 @@ def build_image_argv(bwrap: str, spec: BwrapSpec, command: list[str]) -> list[st
     assert img is not None
     fs = spec.policy.filesystem
     argv = [bwrap, *isolation_args(spec), "--bind", str(img.merged), "/"]
-    argv += kernel_surface_args()
+    argv += kernel_surface_args(spec.tmp_size)
     for p in fs.read_only:
         if Path(p).exists():
             argv += _bind(spec, "--ro-bind", p, p)
@@ -260,6 +282,7 @@ def build_image_argv(bwrap: str, spec: BwrapSpec, command: list[str]) -> list[st
             argv += _bind(spec, "--ro-bind", str(host), inside)
     for dev in spec.gpu_devices:
         argv += ["--dev-bind", dev, dev]
+    argv += dev_read_only()
     env = {
         "HOME": img.home,
         "TERM": "dumb",

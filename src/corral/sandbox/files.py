@@ -8,9 +8,12 @@ symlinks planted by the agent (including ones swapped in while we walk).
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path, PurePosixPath
 
 from corral.sandbox.errors import PathOutsideWorkspace, ProtectedPath
+
+MAX_READ = 256 * 1024 * 1024  # bytes read_file returns when the caller sets no limit
 
 
 def _relative(inside_root: str, path: str) -> list[str]:
@@ -63,8 +66,15 @@ def write(ws: Path, inside_root: str, path: str, data: bytes, mode: int = 0o644,
     parts = _relative(inside_root, path)
     dfd = _open_parent(ws, parts, create=True, owner=owner)
     try:
-        fd = os.open(parts[-1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode,
+        # O_NONBLOCK: a FIFO the agent planted must not hang the supervisor (no reader: ENXIO);
+        # truncated only once it is known to be a regular file
+        fd = os.open(parts[-1], os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, mode,
                      dir_fd=dfd)  # fmt: skip
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise PathOutsideWorkspace(f"{path!r} is not a regular file; refusing to write it")
+        os.set_blocking(fd, True)
+        os.ftruncate(fd, 0)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             if owner is not None:
@@ -72,6 +82,10 @@ def write(ws: Path, inside_root: str, path: str, data: bytes, mode: int = 0o644,
     except OSError as err:
         if err.errno == 40:  # ELOOP: the last component is a symlink
             raise PathOutsideWorkspace(f"{path!r} is a symlink; refusing to follow it") from None
+        if err.errno == 6:  # ENXIO: a FIFO nobody reads
+            raise PathOutsideWorkspace(
+                f"{path!r} is not a regular file; refusing to write it"
+            ) from None
         raise
     finally:
         os.close(dfd)
@@ -97,15 +111,29 @@ def read(ws: Path, inside_root: str, path: str, max_bytes: int | None = None) ->
     parts = _relative(inside_root, path)
     dfd = _open_parent(ws, parts, create=False)
     try:
-        fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dfd)
+        fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dfd)
     except OSError as err:
         if err.errno == 40:
             raise PathOutsideWorkspace(f"{path!r} is a symlink; refusing to follow it") from None
         raise
     finally:
         os.close(dfd)
+    st = os.fstat(fd)
+    if stat.S_ISDIR(st.st_mode):
+        os.close(fd)
+        raise IsADirectoryError(21, "Is a directory", path)
+    if not stat.S_ISREG(st.st_mode):  # a FIFO or socket the agent planted would hang us
+        os.close(fd)
+        raise PathOutsideWorkspace(f"{path!r} is not a regular file; refusing to read it")
+    limit = MAX_READ if max_bytes is None else max_bytes
+    if max_bytes is None and st.st_size > MAX_READ:  # e.g. a sparse 1 TB file: no memory for it
+        os.close(fd)
+        raise PathOutsideWorkspace(
+            f"{path!r} is {st.st_size} bytes, over the {MAX_READ}-byte read limit; pass max_bytes"
+        )
+    os.set_blocking(fd, True)
     with os.fdopen(fd, "rb") as f:
-        return f.read(max_bytes) if max_bytes is not None else f.read()
+        return f.read(limit)
 
 
 def upload(ws: Path, inside_root: str, local: Path, path: str,

@@ -26,6 +26,8 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from corral.sandbox import treewalk
+
 DEFAULT_BASE = 1_500_000_000
 DEFAULT_COUNT = 65536
 LOCK_DIR = Path("/run/corral/ids")
@@ -87,57 +89,85 @@ def allocate() -> HostIdentity:
 
 
 # ------------------------------------------------------------------ workspace ownership
-Owners = dict[str, tuple[int, int]]
-
-
-def _walk(root: Path):  # noqa: ANN202 - a plain generator of paths
-    """Every path under root, never following a symlink (agent-made links lead nowhere)."""
-    yield str(root)
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        for name in dirnames + filenames:
-            yield os.path.join(dirpath, name)
+# (st_dev, st_ino) -> (uid, gid, mode) of every entry before the sandbox started
+Owners = dict[tuple[int, int], tuple[int, int, int]]
+_SUID = stat.S_ISUID | stat.S_ISGID
 
 
 def hand_over(workspace: Path, uid: int, gid: int, keep: list[str] | None = None) -> Owners:
     """Give the workspace to the sandbox's id; returns the original owners to restore at close.
     Paths under `keep` (protected ones) stay with their owners: read-only to the agent twice over."""
     owners: Owners = {}
-    kept = tuple(k.rstrip("/") for k in keep or [])
-    for path in _walk(workspace):
-        if any(path == k or path.startswith(k + "/") for k in kept):
-            continue
-        try:
-            st = os.lstat(path)
-        except OSError:
-            continue
-        owners[path] = (st.st_uid, st.st_gid)
+
+    def record(st: os.stat_result) -> None:
+        owners.setdefault((st.st_dev, st.st_ino), (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)))
+
+    def give(fd: int, name: str, st: os.stat_result) -> None:
+        record(st)
         if (st.st_uid, st.st_gid) != (uid, gid):
             with contextlib.suppress(OSError):
-                os.lchown(path, uid, gid)
+                os.chown(name, uid, gid, dir_fd=fd, follow_symlinks=False)
+
+    def restore(fd: int | None, name: str, st: os.stat_result) -> None:
+        before = owners.get((st.st_dev, st.st_ino))
+        if before is not None and (st.st_uid, st.st_gid) != before[:2]:
+            where: dict = {"dir_fd": fd} if fd is not None else {}
+            with contextlib.suppress(OSError):
+                os.chown(name, *before[:2], follow_symlinks=False, **where)
+
+    root = os.lstat(workspace)
+    record(root)
+    with contextlib.suppress(OSError):
+        os.chown(workspace, uid, gid, follow_symlinks=False)
+    treewalk.walk(str(workspace), give)
+    for k in keep or []:  # the protected ones go back to their owners
+        if os.path.lexists(k) and not os.path.islink(k):
+            treewalk.walk(k, restore)
+            restore(None, k, os.lstat(k))
     return owners
 
 
 def take_back(workspace: Path, owners: Owners, sandbox_uid: int | None) -> int:
-    """Return the workspace to its owners: files that existed get their old owner, files the agent
-    made get the workspace's owner; setuid/setgid bits the agent set are cleared (a setuid file must
-    never outlive the sandbox). Returns how many setuid/setgid bits were cleared."""
-    default = owners.get(str(workspace), (os.geteuid(), os.getegid()))
+    """Return the workspace to its owners: entries that existed get their old owner and mode back,
+    entries the agent made get the workspace's owner and lose group/other write; every
+    setuid/setgid bit on a regular file is cleared (a setuid file must never outlive the sandbox).
+    Returns how many setuid/setgid bits were cleared. Iterative (treewalk): no depth or path length
+    the agent builds can stop it."""
+    root = os.lstat(workspace)
+    default = owners.get((root.st_dev, root.st_ino), (os.geteuid(), os.getegid(), 0o755))[:2]
     cleared = 0
-    for path in _walk(workspace):
-        try:
-            st = os.lstat(path)
-        except OSError:
-            continue
-        if stat.S_ISREG(st.st_mode) and st.st_mode & (stat.S_ISUID | stat.S_ISGID):
+
+    def fix(fd: int | None, name: str, st: os.stat_result) -> None:
+        nonlocal cleared
+        where: dict = {"dir_fd": fd} if fd is not None else {}
+        if stat.S_ISLNK(st.st_mode):
+            if sandbox_uid is not None and st.st_uid == sandbox_uid:
+                with contextlib.suppress(OSError):
+                    os.chown(name, *default, follow_symlinks=False, **where)
+            return
+        mode = stat.S_IMODE(st.st_mode)
+        want_mode = mode
+        if stat.S_ISREG(st.st_mode) and mode & _SUID:
+            want_mode &= ~_SUID
+            cleared += 1
+        if sandbox_uid is not None:
+            before = owners.get((st.st_dev, st.st_ino))
+            if before is not None:
+                want_owner = before[:2]
+                if not stat.S_ISREG(st.st_mode) or not before[2] & _SUID:
+                    want_mode = before[2] & ~(_SUID if stat.S_ISREG(st.st_mode) else 0)
+            else:
+                want_owner = default
+                want_mode &= ~0o022 & ~(stat.S_ISGID if stat.S_ISDIR(st.st_mode) else 0)
+            if (st.st_uid, st.st_gid) != want_owner:
+                with contextlib.suppress(OSError):
+                    os.chown(name, *want_owner, follow_symlinks=False, **where)
+        if want_mode != mode:
             with contextlib.suppress(OSError):
-                os.chmod(path, stat.S_IMODE(st.st_mode) & ~(stat.S_ISUID | stat.S_ISGID))
-                cleared += 1
-        if sandbox_uid is None:
-            continue  # an ordinary-user supervisor: the files are already its own
-        want = owners.get(path, default)
-        if st.st_uid == sandbox_uid or (st.st_uid, st.st_gid) != want and path in owners:
-            with contextlib.suppress(OSError):
-                os.lchown(path, *want)
+                os.chmod(name, want_mode, **where)
+
+    treewalk.walk(str(workspace), fix)
+    fix(None, str(workspace), root)
     return cleared
 
 

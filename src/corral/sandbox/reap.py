@@ -18,11 +18,10 @@ import asyncio
 import contextlib
 import os
 import select
-import shutil
 import signal
 import subprocess
 import time
-from pathlib import Path
+from collections.abc import Callable
 
 
 def pidfd_open(pid: int) -> int | None:
@@ -157,13 +156,13 @@ async def stop_bwrap(proc: subprocess.Popen[bytes] | None, init_pid: int | None,
     await finish(proc, kill_init(proc, init_pid), timeout)
 
 
-_removals: set[asyncio.Future[None]] = set()
+_removals: set[asyncio.Future[object]] = set()
 
 
-def remove_later(path: Path) -> None:
-    """Delete a closed sandbox's own workspace on the loop's default executor, without waiting.
-    `asyncio.run` (the CLI) waits for that executor before the process exits; a supervisor killed
-    meanwhile leaves the directory (`<pid>-<sandbox>-*`) to the next supervisor's sweep."""
-    fut = asyncio.get_running_loop().run_in_executor(None, shutil.rmtree, path, True)
+def remove_later(path: str, remove: Callable[[str], object]) -> None:
+    """Delete a closed sandbox's own workspace with `remove` on the loop's default executor,
+    without waiting. `asyncio.run` (the CLI) waits for that executor before the process exits; a
+    supervisor killed meanwhile leaves the directory (`<pid>-<sandbox>-*`) to the next sweep."""
+    fut = asyncio.get_running_loop().run_in_executor(None, remove, path)
     _removals.add(fut)
     fut.add_done_callback(_removals.discard)

@@ -28,7 +28,7 @@ from corral.events.model import Event, severity_rank
 from corral.events.sink import EventSink
 from corral.policy.loader import load_policy
 from corral.policy.model import Policy
-from corral.sandbox import files, identity, stage, syscalls, usage
+from corral.sandbox import files, identity, stage, syscalls, treewalk, usage
 from corral.sandbox.bwrap import BwrapSpec, build_argv, build_image_argv
 from corral.sandbox.errors import (
     PathOutsideWorkspace,
@@ -85,7 +85,7 @@ def _sweep_workspaces(root: Path) -> None:
         try:
             os.kill(int(head), 0)
         except ProcessLookupError:
-            shutil.rmtree(d, ignore_errors=True)
+            treewalk.rmtree(str(d))
         except PermissionError:
             continue
 
@@ -164,6 +164,7 @@ class Sandbox:
         egress: Attachment | bool | None = True,
         image: str | None = None,
         keep: bool = False,
+        scratch_dirs: list[str] | None = None,
     ) -> None:
         self.policy = load_policy(policy)
         # the task's image as the sandbox's root (None: the host's read-only root); `keep` leaves
@@ -200,6 +201,7 @@ class Sandbox:
         self.gate = gate
         self.extra_env = dict(extra_env or {})
         self.extra_bwrap_args = list(extra_bwrap_args or [])
+        self.scratch_dirs = list(scratch_dirs or [])
         if egress is True:
             # the gateway is the only way out and the firewall log; False leaves the sandbox with
             # no network at all and nothing recorded of its attempts
@@ -417,7 +419,7 @@ class Sandbox:
             host_ws = (None if self._workspace_arg is None
                        else check_workspace(self._workspace_arg, [str(corral_home())]))  # fmt: skip
         except BaseException:
-            shutil.rmtree(state, ignore_errors=True)
+            treewalk.rmtree(str(state))
             raise
         try:
             sroot = SandboxRoot.create(ImageStore(), self.image, state, keep=self.keep)
@@ -427,12 +429,12 @@ class Sandbox:
                 sroot.release()
                 raise
         except ImageError as err:
-            shutil.rmtree(state, ignore_errors=True)
+            treewalk.rmtree(str(state))
             raise SandboxRefused(
                 str(err), "see `corral images list`; import it with `corral images import PATH`"
             ) from None
         except OSError as err:
-            shutil.rmtree(state, ignore_errors=True)
+            treewalk.rmtree(str(state))
             raise SandboxRefused(f"image {self.image!r}: {err}", "run `corral doctor`") from None
         self._root = sroot
         self.workspace = host_ws or state
@@ -568,6 +570,7 @@ class Sandbox:
             extra_args=["--block-fd", str(block_r), *self.extra_bwrap_args],
             gpu_devices=self._gpu_devices(caps),
             image=self._root.spec if self._root is not None else None,
+            scratch_dirs=self.scratch_dirs,
             host_uid=self.identity.uid if self.identity else None,
             tmp_size=self.policy.limits.disk,
             staged=self._stage_sources(),
@@ -982,9 +985,10 @@ class Sandbox:
             base = self._disk_base
             cap = base.inodes + lim.inodes if lim.inodes else None
             now = usage.measure(str(self.workspace), cap)
+            hidden = usage.unlinked_bytes(self.host_pids(), os.stat(self.workspace).st_dev)
             if lim.inodes and now.inodes - base.inodes > lim.inodes:
                 over["workspace_inodes"] = f"more than {lim.inodes} files added to the workspace"
-            if lim.disk and now.bytes - base.bytes > lim.disk:
+            if lim.disk and now.bytes + hidden - base.bytes > lim.disk:
                 over["workspace_disk"] = f"workspace grew past {lim.disk} bytes"
         tmp = usage.tmp_fill(self._init_pid)
         if lim.disk and tmp is not None and tmp[1] and tmp[0] >= tmp[1] - 64 * 1024:
@@ -1123,24 +1127,47 @@ class Sandbox:
         """
         if self.closed_reason:
             raise SandboxClosed(self.closed_reason)
-        harness = await self._harness_sandbox()
+        # frozen first: no agent process may watch the harness start or race its files; a fresh
+        # harness sandbox each time, so nothing a graded run left behind (a daemon started by the
+        # code under test) lives on to the next one
         frozen = await asyncio.to_thread(self._freeze_agent, True)
         try:
-            result = await harness.exec(command, step=step, timeout=timeout)
+            harness = await self._new_harness_sandbox()
+            try:
+                result = await harness.exec(command, step=step, timeout=timeout)
+            finally:
+                await harness.close()
         finally:
             if frozen:
                 await asyncio.to_thread(self._freeze_agent, False)
         return result  # its events are in the store under `<id>-harness`, not the agent's
 
+    async def stop_agent(self) -> None:
+        """End every agent process now (its shell, background jobs, a write in flight) but keep
+        the sandbox and its workspace: before a final grade, so nothing of the agent runs while the
+        harness writes hidden tests or grades. A later `exec` starts a fresh shell."""
+        async with self._lock:
+            if self._proc is not None:
+                await self._teardown()
+
     async def _harness_sandbox(self) -> Sandbox:
+        """The long-lived harness sandbox behind `open_session(..., harness=True)`."""
         if self._harness is not None and self._harness.closed_reason is None:
             return self._harness
+        self._harness = await self._new_harness_sandbox()
+        return self._harness
+
+    async def _new_harness_sandbox(self) -> Sandbox:
         assert self.workspace is not None
         policy = self.policy.model_copy(deep=True)
         policy.gate.enabled = False
         # git config the agent wrote (core.fsmonitor, hooks) must not run its code in the harness
         git_safe = "'core.fsmonitor'='' 'core.hooksPath'='/dev/null' 'core.pager'='cat'"
-        env = {**self.extra_env, "PYTHONDONTWRITEBYTECODE": "1", "GIT_CONFIG_PARAMETERS": git_safe}
+        env = {**self.extra_env, "GIT_CONFIG_PARAMETERS": git_safe,
+               # bytecode only from and to a cache of the harness's own: a .pyc the agent planted
+               # in __pycache__ (a forged conftest) is never loaded, by Python or pytest
+               "PYTHONDONTWRITEBYTECODE": "1", "PYTHONPYCACHEPREFIX": "/tmp/.harness-pycache",
+               "PYTHONNOUSERSITE": "1"}  # fmt: skip
         if self._root is not None:  # an image root: the harness runs on the same mounted root
             host_ws = self._root.spec.host_workspace
             harness = Sandbox(policy, workspace=host_ws, image=self.image,
@@ -1154,7 +1181,6 @@ class Sandbox:
         harness.identity = self.identity
         harness._borrowed_identity = True
         await harness.start()
-        self._harness = harness
         return harness
 
     def _freeze_agent(self, freeze: bool) -> bool:
@@ -1359,10 +1385,19 @@ class Sandbox:
             self.identity = None  # the agent sandbox's, given back by it
         elif self._own_workspace and self.workspace is not None:
             if self.kept_layer is None:  # (an image root's state dir holds a kept layer)
-                remove_later(self.workspace)  # off the close path (`reap.remove_later`)
+                # off the close path, however deep (`reap.remove_later`, `treewalk.rmtree`)
+                remove_later(str(self.workspace), treewalk.rmtree)
         else:
-            await asyncio.to_thread(self._drop_placeholders)
-            await asyncio.to_thread(self._give_back_workspace)
+            try:
+                await asyncio.to_thread(self._drop_placeholders)
+                await asyncio.to_thread(self._give_back_workspace)
+            except OSError as err:
+                self.emit(source="sandbox", rule="sandbox.give_back_failed", severity="high",
+                          message=f"the workspace could not be fully handed back: {err}")  # fmt: skip
+        if self.kept_layer is not None and not self._borrowed_identity:
+            # a kept layer outlives the sandbox: no setuid file and nothing of its id in it
+            uid = self.identity.uid if self.identity else None
+            await asyncio.to_thread(identity.take_back, self.kept_layer, {}, uid)
         if self.identity is not None:
             self.identity.release()
             self.identity = None

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 
 OutputCallback = Callable[[str, bytes], None]
 MAX_CAPTURE = 8 * 1024 * 1024
+MAX_FORGED_EVENTS = 20  # per shell: the first are evidence, the rest a flood
+MAX_CTL_LINE = 4096  # a report is "KEY CODE\n": anything longer is not ours
 INTERRUPTED_EXIT = 124
 
 
@@ -97,6 +99,7 @@ class ShellChannel:
         self._ctl_buf = b""
         self._waiters: dict[str, asyncio.Future[int]] = {}
         self.on_forged: Callable[[str], None] | None = None  # a report nobody was waiting for
+        self.forged_count = 0
         self.eof = False
         self.eof_event = asyncio.Event()
         loop.add_reader(stdout, self._on_stream, stdout, "stdout")
@@ -144,6 +147,11 @@ class ShellChannel:
                     fut.set_exception(EOFError("shell ended"))
             return
         self._ctl_buf += data
+        if len(self._ctl_buf) > MAX_CTL_LINE and b"\n" not in self._ctl_buf[-MAX_CTL_LINE:]:
+            # a flood without newlines (someone else writing the pipe): keep nothing of it
+            self._forged(self._ctl_buf[:80] + b"...")
+            self._ctl_buf = b""
+            return
         while b"\n" in self._ctl_buf:
             line, self._ctl_buf = self._ctl_buf.split(b"\n", 1)
             key, _, rc = line.decode(errors="replace").partition(" ")
@@ -158,8 +166,10 @@ class ShellChannel:
                 self._forged(line)
 
     def _forged(self, line: bytes) -> None:
-        if self.on_forged is not None:
-            self.on_forged(line[:200].decode(errors="replace"))
+        self.forged_count += 1
+        if self.on_forged is not None and self.forged_count <= MAX_FORGED_EVENTS:
+            suffix = "" if self.forged_count < MAX_FORGED_EVENTS else " (further ones not recorded)"
+            self.on_forged(line[:200].decode(errors="replace") + suffix)
 
     def expect(self, key: str) -> asyncio.Future[int]:
         fut: asyncio.Future[int] = self.loop.create_future()

@@ -7,7 +7,7 @@ refuses every other syscall ABI (i386 `int 0x80`, x32): a filter on x86-64 numbe
 walked around through the 32-bit numbers of the same calls.
 
 Refused with EPERM: io_uring (its ring performs connects and opens no later filter sees), bpf,
-perf_event_open, userfaultfd (the usual race primitive), the keyring, kexec, module loading, the
+perf_event_open, userfaultfd (the usual race primitive), pidfd_getfd, the keyring, kexec, module loading, the
 whole mount family, namespace changes (unshare, setns), open_by_handle_at and friends, and clock,
 swap, reboot and accounting calls. `socket`/`socketpair` are refused with EAFNOSUPPORT for every
 family but unix, inet, inet6 and netlink-route: no vsock (the hypervisor), packet, alg, bluetooth...
@@ -33,6 +33,7 @@ DENIED = (
     "open_by_handle_at", "name_to_handle_at", "fanotify_init", "lookup_dcookie",
     "swapon", "swapoff", "reboot", "acct", "quotactl", "settimeofday", "clock_settime",
     "clock_adjtime", "adjtimex", "syslog", "vhangup", "iopl", "ioperm",
+    "pidfd_getfd",  # copying another process's fds (the shell's own control pipe)
 )  # fmt: skip
 ALLOWED_FAMILIES = (1, 2, 10, 16)  # AF_UNIX, AF_INET, AF_INET6, AF_NETLINK (route only)
 NETLINK_ROUTE = 0
@@ -44,12 +45,18 @@ class SeccompUnavailable(RuntimeError):
 
 
 def _seccomp():  # noqa: ANN202 - the libseccomp module
-    if "/usr/lib/python3/dist-packages" not in sys.path:
+    # the system's dist-packages only for this import: left on sys.path, a later import of a module
+    # the venv lacks (pyOpenSSL, under the rl-rock SDK) would load the system's, built for other libs
+    added = "/usr/lib/python3/dist-packages" not in sys.path
+    if added:
         sys.path.append("/usr/lib/python3/dist-packages")
     try:
         import seccomp
     except ImportError as err:
         raise SeccompUnavailable(f"python3-seccomp (libseccomp) is not importable: {err}") from None
+    finally:
+        if added:
+            sys.path.remove("/usr/lib/python3/dist-packages")
     return seccomp
 
 

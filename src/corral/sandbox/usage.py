@@ -13,6 +13,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from corral.sandbox import treewalk
+
 
 @dataclass(frozen=True)
 class Usage:
@@ -22,27 +24,39 @@ class Usage:
 
 
 def measure(root: str, max_inodes: int | None = None) -> Usage:
-    """Bytes (allocated blocks) and entries under root, never following a symlink."""
+    """Bytes (allocated blocks) and entries under root, never following a symlink; iterative, so
+    no depth or path length stops it (treewalk)."""
     total = count = 0
-    stack = [root]
-    while stack:
-        path = stack.pop()
+
+    def add(fd: int, name: str, st: os.stat_result) -> bool:
+        nonlocal total, count
+        count += 1
+        total += st.st_blocks * 512
+        return not (max_inodes is not None and count > max_inodes)
+
+    complete = treewalk.walk(root, add)
+    return Usage(total, count, complete=complete)
+
+
+def unlinked_bytes(pids: list[int], device: int) -> int:
+    """Bytes held by deleted files still open in the sandbox's processes on `device` (a file
+    unlinked after opening fills the disk without showing in any walk)."""
+    seen: set[int] = set()
+    total = 0
+    for pid in pids:
         try:
-            with os.scandir(path) as it:
-                for entry in it:
-                    count += 1
-                    try:
-                        st = entry.stat(follow_symlinks=False)
-                    except OSError:
-                        continue
-                    total += st.st_blocks * 512
-                    if entry.is_dir(follow_symlinks=False):
-                        stack.append(entry.path)
-                    if max_inodes is not None and count > max_inodes:
-                        return Usage(total, count, complete=False)
+            fds = os.listdir(f"/proc/{pid}/fd")
         except OSError:
             continue
-    return Usage(total, count)
+        for fd in fds:
+            try:
+                st = os.stat(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if st.st_nlink == 0 and st.st_dev == device and st.st_ino not in seen:
+                seen.add(st.st_ino)
+                total += st.st_blocks * 512
+    return total
 
 
 def tmp_fill(init_pid: int | None) -> tuple[int, int] | None:
@@ -57,4 +71,4 @@ def tmp_fill(init_pid: int | None) -> tuple[int, int] | None:
     return (size - st.f_bfree * st.f_frsize, size)
 
 
-__all__ = ["Usage", "measure", "tmp_fill"]
+__all__ = ["Usage", "measure", "tmp_fill", "unlinked_bytes"]

@@ -9,36 +9,60 @@ for a decision at `/apis/corral/v1/approvals/{id}` (see `corral.server.approvals
 
 from __future__ import annotations
 
+import errno
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from corral import __version__
+from corral.events.sink import RecordingFailed
 from corral.policy.loader import load_policy
 from corral.policy.model import Policy
 from corral.rl.reward import EMPTY_SAFETY
 from corral.sandbox.errors import PathOutsideWorkspace, SandboxClosed, SandboxRefused
-from corral.server import approval_routes, env_routes, fusion, rock
+from corral.server import approval_routes, env_routes, fusion, gem_routes, rock, swerex
+from corral.server.auth import AuthError, Tokens, dependency, may_use
+from corral.server.limits import BodyTooLarge, Limits, body_limit, too_large_body
 from corral.server.manager import ApiError, SandboxManager
-from corral.store.sqlite import EventStore
+from corral.store.sqlite import EventStore, StoreWriteError
+
+
+def os_error_status(err: OSError) -> tuple[int, str]:
+    """An OS error of a request (a path too long, a full disk) as an HTTP status and a message."""
+    what = f"{err.strerror or err}" + (f": {str(err.filename)[:120]!r}" if err.filename else "")
+    if err.errno in (errno.ENAMETOOLONG, errno.ELOOP, errno.ENOTDIR, errno.EISDIR, errno.EINVAL,
+                     errno.EEXIST):  # fmt: skip
+        return 400, f"path: {what}"
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return 507, f"the server is out of disk space ({what}); free some and retry"
+    if err.errno == errno.EFBIG:
+        return 413, f"file too large for the sandbox's limit ({what})"
+    return 500, f"the server could not do it: {what}"
 
 
 def _field(loc: tuple[Any, ...]) -> str:
+    if len(loc) == 2 and loc[0] == "body" and isinstance(loc[1], int):  # a JSON syntax error
+        return f"body (character {loc[1]})"
     parts = [str(p) for p in loc if p not in ("body", "query", "form")]
     return ".".join(parts) or "body"
 
 
 def create_app(policy: Policy | str | None = None, store: EventStore | None = None,
-               approval_timeout: float = 300.0, warm: int = 0) -> FastAPI:  # fmt: skip
+               approval_timeout: float = 300.0, tokens: Tokens | None = None,
+               limits: Limits | None = None, warm: int = 0) -> FastAPI:  # fmt: skip
     """`approval_timeout`: seconds a command the gate asked about waits for a decision (policy
-    `gate.ask: callback`) before it is refused as expired. `warm`: sandboxes kept started per
-    image, ready to hand out (`corral.sandbox.warm`)."""
+    `gate.ask: callback`) before it is refused as expired. `tokens`: who may call (see
+    `corral.server.auth`; `corral serve` always passes them; None, for an app embedded in-process,
+    asks for none). `limits`: request body and file transfer sizes (413 beyond). `warm`:
+    sandboxes kept started per image, ready to hand out (`corral.sandbox.warm`)."""
+    limits = limits or Limits()
     manager = SandboxManager(load_policy(policy), store, approval_timeout=approval_timeout,
-                             warm=warm)  # fmt: skip
+                             limits=limits, warm=warm)  # fmt: skip
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -53,14 +77,37 @@ def create_app(policy: Policy | str | None = None, store: EventStore | None = No
         description="Contained sandboxes for agentic RL: ROCK-compatible sandbox API, "
         "SandboxFusion /run_code, and a gym-style env API. Every response carries `safety`.",
         lifespan=lifespan,
+        dependencies=[Depends(dependency(tokens or Tokens(open=True)))],
     )
     app.state.manager = manager
+    app.add_middleware(body_limit, max_bytes=limits.max_request_bytes)
+
+    @app.exception_handler(AuthError)
+    async def _auth(request: Request, err: AuthError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if err.status == 401 else None
+        return JSONResponse(status_code=err.status, headers=headers, content={
+            "status": "Failed", "message": err.message, "error": err.message, "result": None,
+            "safety": dict(EMPTY_SAFETY)})  # fmt: skip
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, err: ApiError) -> JSONResponse:
         return JSONResponse(status_code=err.status, content={
             "status": "Failed", "message": err.message, "error": err.message,
             "result": err.result, "safety": err.safety})  # fmt: skip
+
+    @app.exception_handler(BodyTooLarge)
+    async def _too_large(request: Request, err: BodyTooLarge) -> JSONResponse:
+        return JSONResponse(status_code=413, content=too_large_body(err))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, err: StarletteHTTPException) -> JSONResponse:
+        """Starlette's own errors (an unknown path, a body that is not UTF-8) in the envelope."""
+        msg = str(err.detail)
+        if err.status_code == 400 and "parsing the body" in msg:
+            msg = "body: cannot be read as JSON (not UTF-8 text, or not JSON)"
+        return JSONResponse(status_code=err.status_code, headers=err.headers, content={
+            "status": "Failed", "message": msg, "error": msg, "result": None,
+            "safety": dict(EMPTY_SAFETY)})  # fmt: skip
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, err: RequestValidationError) -> JSONResponse:
@@ -91,14 +138,37 @@ def create_app(policy: Policy | str | None = None, store: EventStore | None = No
             "status": "Failed", "message": f"path: {err}", "error": str(err), "result": None,
             "safety": dict(EMPTY_SAFETY)})  # fmt: skip
 
+    @app.exception_handler(RecordingFailed)
+    @app.exception_handler(StoreWriteError)
+    async def _unrecorded(request: Request, err: Exception) -> JSONResponse:
+        msg = f"events cannot be recorded, so nothing was run: {err}"
+        return JSONResponse(status_code=507, content={
+            "status": "Failed", "message": msg, "error": msg, "result": None,
+            "safety": dict(EMPTY_SAFETY)})  # fmt: skip
+
+    @app.exception_handler(OSError)
+    async def _os_error(request: Request, err: OSError) -> JSONResponse:
+        status, msg = os_error_status(err)
+        return JSONResponse(status_code=status, content={
+            "status": "Failed", "message": msg, "error": msg, "result": None,
+            "safety": dict(EMPTY_SAFETY)})  # fmt: skip
+
     @app.get("/apis/corral/v1/health", tags=["corral"])
     async def health() -> dict[str, Any]:
         return {"status": "Success", "result": {"version": __version__,
-                "policy": manager.policy.name, "sandboxes": len(manager.live)},
+                "policy": manager.policy.name,
+                "sandboxes": sum(1 for e in manager.live.values() if may_use(e.owner))},
                 "safety": dict(EMPTY_SAFETY)}  # fmt: skip
 
     app.include_router(rock.router(manager), prefix="/apis/envs/sandbox/v1", tags=["rock"])
     app.include_router(fusion.router(manager), tags=["sandboxfusion"])
+    # SWE-ReX: /start behind the app's authentication; the per-sandbox routes are mounted apart
+    # (RemoteRuntime sends only X-API-Key) and check their own per-sandbox token
+    swerex_tokens: dict[str, str] = {}
+    app.include_router(swerex.start_router(manager, swerex_tokens), prefix=swerex.PREFIX,
+                       tags=["swe-rex"])  # fmt: skip
+    app.mount(swerex.PREFIX, swerex.runtime_app(manager, swerex_tokens))
+    app.include_router(gem_routes.router(manager), prefix=gem_routes.PREFIX, tags=["rock-gem"])
     app.include_router(env_routes.router(manager), prefix="/apis/corral/v1/env", tags=["env"])
     app.include_router(approval_routes.router(manager), prefix="/apis/corral/v1/approvals",
                        tags=["approvals"])  # fmt: skip

@@ -15,6 +15,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query
 
 from corral.rl.reward import EMPTY_SAFETY
+from corral.server import auth
 from corral.server.approvals import Approval
 from corral.server.manager import ApiError, SandboxManager
 from corral.server.models import ApprovalDecision, ApprovalInfo, Envelope
@@ -32,7 +33,12 @@ def router(m: SandboxManager) -> APIRouter:
         if ap is None:
             raise ApiError(404, f"approval_id: no approval {approval_id!r} on this server "
                            "(GET /apis/corral/v1/approvals lists the pending ones)")  # fmt: skip
+        auth.check_owner(owner(ap), f"approval {approval_id!r}")
         return ap
+
+    def owner(ap: Approval) -> str | None:
+        entry = m.live.get(ap.sandbox.id) or m.gone.get(ap.sandbox.id)
+        return entry.owner if entry is not None else None
 
     def safety(ap: Approval) -> dict:
         entry = m.live.get(ap.sandbox.id) or m.gone.get(ap.sandbox.id)
@@ -46,7 +52,8 @@ def router(m: SandboxManager) -> APIRouter:
         """Approvals, oldest first: the pending ones unless `status` says otherwise."""
         items = [ap.view() for ap in book.items.values()
                  if (status == "all" or ap.status == status)
-                 and (sandbox_id is None or ap.sandbox.id == sandbox_id)]  # fmt: skip
+                 and (sandbox_id is None or ap.sandbox.id == sandbox_id)
+                 and auth.may_use(owner(ap))]  # fmt: skip
         return {"status": "Success", "result": items, "safety": dict(EMPTY_SAFETY)}
 
     @r.get("/{approval_id}", response_model=Envelope[ApprovalInfo])

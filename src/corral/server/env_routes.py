@@ -8,6 +8,7 @@ from pydantic import ValidationError
 from corral.rl.episode import Episode, EpisodeOver
 from corral.rl.reward import EMPTY_SAFETY
 from corral.rl.task import TaskSpec
+from corral.server import auth
 from corral.server.manager import ApiError, SandboxManager
 from corral.server.models import (
     EnvCloseRequest,
@@ -26,6 +27,7 @@ def router(m: SandboxManager) -> APIRouter:
         ep = m.episodes.get(episode_id)
         if ep is None:
             raise ApiError(404, f"no episode {episode_id!r} on this server: call /env/reset")
+        auth.check_owner(m.episode_owners.get(episode_id), f"episode {episode_id!r}")
         return ep
 
     @r.post("/reset", response_model=Envelope[EnvResetResult])
@@ -37,10 +39,12 @@ def router(m: SandboxManager) -> APIRouter:
             loc = ".".join(str(p) for p in e["loc"])
             raise ApiError(422, f"task.{loc}: {e['msg']}") from None
         if req.episode_id and req.episode_id in m.episodes:
+            auth.check_owner(m.episode_owners.get(req.episode_id), f"episode {req.episode_id!r}")
             raise ApiError(409, f"episode {req.episode_id!r} already exists")
         ep = Episode.new(m.policy, task, episode_id=req.episode_id, store=m.store)
         obs, info = await ep.reset()
         m.episodes[ep.episode_id] = ep
+        m.episode_owners[ep.episode_id] = auth.owner_name()
         return {"status": "Success", "result": EnvResetResult(episode_id=ep.episode_id,
                 observation=obs, info=info), "safety": ep.safety()}  # fmt: skip
 
@@ -56,7 +60,10 @@ def router(m: SandboxManager) -> APIRouter:
 
     @r.post("/close", response_model=Envelope[str])
     async def close(req: EnvCloseRequest) -> dict:
+        if req.episode_id in m.episodes:
+            auth.check_owner(m.episode_owners.get(req.episode_id), f"episode {req.episode_id!r}")
         ep = m.episodes.pop(req.episode_id, None)
+        m.episode_owners.pop(req.episode_id, None)
         if ep is None:
             return {"status": "Success", "result": "unknown or already closed",
                     "safety": dict(EMPTY_SAFETY)}  # fmt: skip

@@ -21,14 +21,21 @@ from corral.policy.model import Policy
 from corral.rl.episode import Episode, ensure_gate, start_sandbox
 from corral.rl.reward import EMPTY_SAFETY, RewardShaper, enforce, safety_state
 from corral.rules.gate import make_gate
+from corral.sandbox.procs import children_of
 from corral.sandbox.sandbox import ExecResult, Sandbox
 from corral.sandbox.session import SessionEnded, ShellSession
 from corral.sandbox.warm import WarmPool
+from corral.server import auth
 from corral.server.approvals import CURRENT, Approval, ApprovalBook, Ticket, shell_of
-from corral.store.sqlite import EventStore
+from corral.server.limits import Limits
+from corral.store.recovery import recover
+from corral.store.sqlite import EventStore, StoreWriteError
 from corral.store.steps import StepRecord
 
 KEEP_GONE = 10_000
+# named sessions kept per sandbox: past this the least recently used idle one is closed, SDK
+# per-call sessions (`bash-<ns>`) first, so clients that never close theirs cannot exhaust the pids
+MAX_SESSIONS = 32
 
 
 class ApiError(Exception):
@@ -53,51 +60,69 @@ class Entry:
     idle_limit: float | None = None
     gone: str | None = None
     seen: int = 0
+    owner: str | None = None  # the tenant whose token started it (corral.server.auth)
+    # session name -> when it last ran a command (monotonic), for closing idle ones
+    session_used: dict[str, float] = field(default_factory=dict)
+    # what the start request asked for, to start it again on /restart
+    start_args: dict[str, Any] = field(default_factory=dict)
 
 
 class SandboxManager:
     def __init__(self, policy: Policy, store: EventStore | None = None,
-                 approval_timeout: float = 300.0, warm: int = 0) -> None:  # fmt: skip
+                 approval_timeout: float = 300.0, limits: Limits | None = None,
+                 warm: int = 0) -> None:  # fmt: skip
         self.policy = policy
+        self.limits = limits or Limits()
         self.approvals = ApprovalBook(approval_timeout)
         self.asks_people = (policy.gate.enabled and policy.gate.ask == "callback"
                             and not policy.observe_only)  # fmt: skip
         self.shaper = RewardShaper(policy)
         self.store = store if store is not None else EventStore()
+        recover(self.store)  # episodes of a server that died are marked interrupted
         self.live: dict[str, Entry] = {}
         self.gone: OrderedDict[str, Entry] = OrderedDict()
         self.episodes: dict[str, Episode] = {}
+        self.episode_owners: dict[str, str | None] = {}
         self.host_name = socket.gethostname()
         self._reaper: asyncio.Task[None] | None = None
         # `corral serve --warm N`: N sandboxes per image kept started, handed out once each
         self.warm = WarmPool(self._pooled, warm) if warm > 0 else None
 
     # ---------------------------------------------------------------- lifecycle
-    def safety(self, entry: Entry) -> dict[str, Any]:
-        return safety_state(entry.sandbox, self.shaper)
-
     def _pooled(self, image: object, episode_id: str) -> Sandbox:
         return Sandbox(self.policy, episode_id=episode_id, store=self.store)
 
-    async def fresh_sandbox(self, policy: Policy | None = None, *, episode_id: str | None = None,
-                            image: str | None = None) -> Sandbox:  # fmt: skip
-        """A started sandbox no command has run in: from the warm pool when one is ready for this
-        policy and image, else started now."""
-        if self.warm is not None and (policy is None or policy is self.policy):
-            sandbox = await self.warm.take(image, episode_id=episode_id)
-            if sandbox is not None:
-                return ensure_gate(sandbox)
-        sandbox = ensure_gate(Sandbox(policy or self.policy, episode_id=episode_id,
-                                      store=self.store))  # fmt: skip
-        await start_sandbox(sandbox)
-        return sandbox
+    async def _from_pool(self, episode_id: str | None, image: str | None) -> Sandbox | None:
+        """A started sandbox no command has run in, from the warm pool, or None (start one)."""
+        if self.warm is None:
+            return None
+        sandbox = await self.warm.take(image, episode_id=episode_id)
+        return ensure_gate(sandbox) if sandbox is not None else None
+
+    def safety(self, entry: Entry) -> dict[str, Any]:
+        return safety_state(entry.sandbox, self.shaper)
 
     async def start(self, *, episode_id: str | None = None, image: str | None = None,
-                    idle_minutes: float | None = None) -> Entry:  # fmt: skip
-        sandbox = await self.fresh_sandbox(episode_id=episode_id, image=image)
+                    idle_minutes: float | None = None, policy: Policy | None = None,
+                    scratch_dirs: list[str] | None = None,
+                    sandbox_id: str | None = None) -> Entry:  # fmt: skip
+        """`policy`: this sandbox's own copy of the server's policy (a client's resource request
+        within the policy's ceiling); `scratch_dirs`: empty private tmpfs directories."""
+        plain = policy is None and not scratch_dirs and sandbox_id is None
+        pooled = await self._from_pool(episode_id, image) if plain else None
+        sandbox = pooled or Sandbox(policy or self.policy, episode_id=episode_id,
+                                    store=self.store, scratch_dirs=scratch_dirs,
+                                    sandbox_id=sandbox_id)  # fmt: skip
         if self.asks_people:  # ask becomes a pending approval instead of a refusal
             sandbox.gate = make_gate(self.policy, approve=self.approvals.approver(sandbox))
-        entry = Entry(sandbox, image=image, idle_limit=idle_minutes * 60 if idle_minutes else None)
+        ensure_gate(sandbox)
+        if pooled is None:
+            await start_sandbox(sandbox)
+        entry = Entry(sandbox, image=image, idle_limit=idle_minutes * 60 if idle_minutes else None,
+                      owner=auth.owner_name(),
+                      start_args={"episode_id": episode_id, "image": image,
+                                  "idle_minutes": idle_minutes, "policy": policy,
+                                  "scratch_dirs": scratch_dirs})  # fmt: skip
         entry.seen = len(sandbox.events)
         self.live[sandbox.id] = entry
         if entry.idle_limit and self._reaper is None:
@@ -109,6 +134,7 @@ class SandboxManager:
         if entry is None:
             raise ApiError(404, f"no sandbox {sandbox_id!r} on this server: start one with "
                            "POST /apis/envs/sandbox/v1/start")  # fmt: skip
+        auth.check_owner(entry.owner, f"sandbox {sandbox_id!r}")
         return entry
 
     def get(self, sandbox_id: str) -> Entry:
@@ -137,6 +163,35 @@ class SandboxManager:
             await entry.sandbox.close()
         return entry
 
+    def forget(self, sandbox_id: str) -> bool:
+        """Drop an ended sandbox's record (ROCK's delete); False when it is still running."""
+        if sandbox_id in self.live:
+            return False
+        self.gone.pop(sandbox_id, None)
+        return True
+
+    # ---------------------------------------------------------------- sessions
+    async def make_room(self, entry: Entry) -> None:
+        """Close idle sessions until a new one fits under MAX_SESSIONS: SDK per-call sessions
+        first, then the least recently used. A session running a command is never closed."""
+        named = [n for n, sh in entry.sessions.items() if sh is not None]
+        while len(named) >= MAX_SESSIONS:
+            idle = [n for n in named if not entry.sessions[n]._lock.locked()]  # type: ignore[union-attr]
+            if not idle:
+                raise ApiError(429, f"session: {len(named)} sessions are running commands in "
+                               f"sandbox {entry.sandbox.id!r}; close one first",
+                               safety=self.safety(entry))  # fmt: skip
+            # a session with jobs still running (an SDK nohup job it polls) goes last
+            idle.sort(key=lambda n: (_has_jobs(entry.sessions[n]), not _per_call(n),
+                                     entry.session_used.get(n, 0.0)))  # fmt: skip
+            victim = idle[0]
+            shell = entry.sessions.pop(victim)
+            entry.session_used.pop(victim, None)
+            named.remove(victim)
+            self.approvals.cancel_session(entry.sandbox.id, victim, "session closed")
+            if shell is not None:
+                await shell.close(f"closed to make room: more than {MAX_SESSIONS} sessions")
+
     async def shutdown(self) -> None:
         if self._reaper is not None:
             self._reaper.cancel()
@@ -151,6 +206,7 @@ class SandboxManager:
 
     async def _reap(self) -> None:
         """ROCK's auto_clear_time: stop sandboxes left idle."""
+        auth.TENANT.set(None)  # the server's own task, not the request that happened to start it
         while True:
             await asyncio.sleep(5)
             now = time.monotonic()
@@ -165,6 +221,7 @@ class SandboxManager:
             raise ApiError(404, f"session: no session {name!r} in sandbox {entry.sandbox.id!r}: "
                            "create it with /create_session", safety=self.safety(entry))  # fmt: skip
         shell = entry.sessions[name]
+        entry.session_used[name] = time.monotonic()
         if shell is not None and not shell.alive:
             del entry.sessions[name]
             raise ApiError(404, f"session: {name!r} ended ({shell.ended}); create it again with "
@@ -181,6 +238,7 @@ class SandboxManager:
         route: str,
         finish: Callable[[ExecResult], Any],
         shell: ShellSession | None = None,
+        shown: str | None = None,
     ) -> Any:
         """Run a command for a route: the route's result, or an `Approval` when the gate asked a
         person. `finish(res)` turns the run into the route's result; on a pending command it runs
@@ -191,12 +249,12 @@ class SandboxManager:
                            f"{held.command[:80]!r}: decide it first (POST "
                            f"/apis/corral/v1/approvals/{held.id})", safety=self.safety(entry))  # fmt: skip
         if not self.asks_people:
-            return finish(await self.run(entry, command, timeout, shell))
+            return finish(await self.run(entry, command, timeout, shell, shown))
         loop = asyncio.get_running_loop()
         ticket = Ticket(session=session, route=route, parked=loop.create_future())
         token = CURRENT.set(ticket)
         try:
-            task = loop.create_task(self.run(entry, command, timeout, shell))
+            task = loop.create_task(self.run(entry, command, timeout, shell, shown))
         finally:
             CURRENT.reset(token)
         await asyncio.wait({task, ticket.parked}, return_when=asyncio.FIRST_COMPLETED)
@@ -225,9 +283,14 @@ class SandboxManager:
         ap.finished.set()
 
     async def run(self, entry: Entry, command: str, timeout: float | None,
-                  shell: ShellSession | None = None) -> ExecResult:  # fmt: skip
-        """Run one command as one recorded step, then apply the policy's terminate response."""
+                  shell: ShellSession | None = None, shown: str | None = None) -> ExecResult:  # fmt: skip
+        """Run one command as one recorded step, then apply the policy's terminate response.
+        `shown`: the command as the client sent it, for the record, when corral added to it."""
         sb = entry.sandbox
+        if "\x00" in command and sb.gate is None:  # with a gate, it records the refusal itself
+            raise ApiError(400, "command: holds a NUL byte, which bash cannot run",
+                           safety=self.safety(entry))  # fmt: skip
+        timeout = capped(timeout, sb.policy.limits.command_timeout)
         started = datetime.now(UTC)
         try:
             res = await (shell or sb).exec(command, timeout=timeout)
@@ -240,13 +303,14 @@ class SandboxManager:
         events = sb.events[entry.seen :]
         entry.seen = len(sb.events)
         entry.last_used = time.monotonic()
-        self.store.add_step(StepRecord(
-            episode_id=sb.episode_id, sandbox_id=sb.id, step=res.step, action=command,
-            observation=res.output[:65536], exit_code=res.exit_code,
-            penalty=self.shaper.penalty(events), terminated=sb.terminated, started=started,
-            ended=datetime.now(UTC), info={"event_rules": [e.rule for e in events],
-                                          "timed_out": res.timed_out, "blocked": res.blocked},
-        ))  # fmt: skip
+        with contextlib.suppress(StoreWriteError):  # held in memory; the command's answer stands
+            self.store.add_step(StepRecord(
+                episode_id=sb.episode_id, sandbox_id=sb.id, step=res.step, action=shown or command,
+                observation=res.output[:65536], exit_code=res.exit_code,
+                penalty=self.shaper.penalty(events), terminated=sb.terminated, started=started,
+                ended=datetime.now(UTC), info={"event_rules": [e.rule for e in events],
+                                              "timed_out": res.timed_out, "blocked": res.blocked},
+            ))  # fmt: skip
         if entry.gone is None and sb.closed_reason:
             self._retire(entry, sb.closed_reason)
         return res
@@ -260,6 +324,24 @@ class SandboxManager:
             pre.append(f"cd {shlex.quote(cwd)} || exit 1")
         for k, v in (env or {}).items():
             if not k.isidentifier():
-                raise ApiError(422, f"env: {k!r} is not a valid variable name")
+                raise ApiError(422, f"env: {k[:80]!r} is not a valid variable name")
+            if "\x00" in v:
+                raise ApiError(422, f"env: the value of {k} holds a NUL byte")
             pre.append(f"export {k}={shlex.quote(v)}")
         return "(" + "; ".join([*pre, cmd]) + "\n)"
+
+
+def _per_call(name: str) -> bool:
+    """A session the rl-rock SDK opens for one call (`bash-<time_ns>`) and never closes."""
+    return name.startswith("bash-") and name[5:].isdigit()
+
+
+def _has_jobs(shell: ShellSession | None) -> bool:
+    return shell is not None and bool(children_of(shell.bash_pid))
+
+
+def capped(asked: float | None, ceiling: float | None) -> float | None:
+    """A client's command timeout, never above the policy's: a request may lower it only."""
+    if asked is None or ceiling is None:
+        return asked if asked is not None else ceiling
+    return min(asked, ceiling)

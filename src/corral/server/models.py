@@ -15,7 +15,11 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-NonBlank = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
+# ids, session names and paths: no NUL (no file or shell name can hold one) and a sane length
+NonBlank = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=4096, pattern=r"^[^\x00]*$"),
+]
 T = TypeVar("T")
 
 
@@ -45,13 +49,16 @@ class StartRequest(_Rock):
     image: str | None = Field(
         None, description="accepted for ROCK compatibility; corral runs the host's read-only root"
     )
-    memory: str | None = None
-    cpus: float | None = None
-    auto_clear_time: float | None = Field(
-        None, description="minutes idle before the sandbox is stopped"
+    memory: str | int | None = Field(
+        None, description="e.g. '8g' (binary units, as docker); capped at the policy's limit"
     )
-    auto_clear_time_minutes: float | None = None
-    startup_timeout: float | None = None
+    cpus: float | None = Field(None, description="CPU cores; capped at the policy's limit")
+    sandbox_id: str | None = Field(None, description="the id to give the sandbox (ROCK)")
+    auto_clear_time: float | None = Field(
+        None, ge=0, allow_inf_nan=False, description="minutes idle before the sandbox is stopped"
+    )
+    auto_clear_time_minutes: float | None = Field(None, ge=0, allow_inf_nan=False)
+    startup_timeout: float | None = Field(None, allow_inf_nan=False)
     episode_id: str | None = Field(None, description="corral: the RL episode this sandbox serves")
 
 
@@ -62,8 +69,8 @@ class SandboxRef(_Rock):
 class CommandRequest(_Rock):
     sandbox_id: NonBlank
     command: str | list[str]
-    timeout: float | None = Field(None, gt=0)
-    cwd: str | None = None
+    timeout: float | None = Field(None, gt=0, allow_inf_nan=False)
+    cwd: NonBlank | None = None
     env: dict[str, str] | None = None
 
 
@@ -86,7 +93,7 @@ class BashActionRequest(_Rock):
     sandbox_id: NonBlank
     command: str
     session: NonBlank = "default"
-    timeout: float | None = Field(None, gt=0)
+    timeout: float | None = Field(None, gt=0, allow_inf_nan=False)
     check: Literal["silent", "raise", "ignore"] = "raise"
     action_type: Literal["bash"] = "bash"
 
@@ -175,22 +182,36 @@ class UploadResult(BaseModel):
 
 
 # ---------------------------------------------------------------- SandboxFusion
+FusionLanguage = Literal[
+    "python", "python2", "cpp", "nodejs", "js", "go", "go_test", "java", "php", "csharp", "bash",
+    "typescript", "ts", "sql", "rust", "cuda", "lua", "R", "perl", "D_ut", "ruby", "scala",
+    "julia", "pytest", "junit", "kotlin_script", "jest", "verilog", "python_gpu", "lean", "swift",
+    "racket", "gtest", "react",
+]  # fmt: skip
+
+
 class RunCodeRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     code: str = Field(..., description="the code to run")
-    language: Literal["python", "bash"] = Field(..., description="python or bash")
-    compile_timeout: float = Field(10, gt=0, description="unused: python and bash are not compiled")
-    run_timeout: float = Field(10, gt=0, description="seconds the code may run")
-    memory_limit_MB: int = Field(-1, description="memory limit in MB; -1 keeps the policy's")
+    language: FusionLanguage = Field(..., description="the language or execution mode")
+    compile_timeout: float = Field(
+        10, gt=0, allow_inf_nan=False, description="seconds the compile step may take"
+    )
+    run_timeout: float = Field(
+        10, gt=0, allow_inf_nan=False, description="seconds the code may run"
+    )
+    memory_limit_MB: int = Field(-1, description="memory limit in MB (capped at the policy's)")
     stdin: str | None = None
-    files: dict[str, str | None] = Field({}, description="workspace path -> base64 content")
+    files: dict[str, str | None] = Field({}, description="sandbox path -> base64 content")
     fetch_files: list[str] = Field([], description="paths to return, base64, after the run")
+    args: list[str] = Field([], description="extra command-line arguments passed to pytest")
 
 
 class CommandRunResult(BaseModel):
     status: Literal["Finished", "Error", "TimeLimitExceeded"]
     execution_time: float | None = None
+    cpu_time: float | None = None
     return_code: int | None = None
     stdout: str | None = None
     stderr: str | None = None
@@ -201,6 +222,34 @@ class RunCodeResponse(BaseModel):
     message: str = ""
     compile_result: CommandRunResult | None = None
     run_result: CommandRunResult | None = None
+    executor_pod_name: str | None = None
+    files: dict[str, str] = {}
+    safety: Safety = Safety()
+
+
+class RunJupyterRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    cells: list[str] = Field(..., description="code blocks run one after another in one namespace")
+    cell_timeout: float = Field(0, ge=0, description="seconds per cell (0: no limit)")
+    total_timeout: float = Field(45, ge=0, description="seconds for all the cells")
+    kernel: Literal["python3"] = "python3"
+    files: dict[str, str] = Field({}, description="sandbox path -> base64 content")
+    fetch_files: list[str] = Field([], description="paths to return, base64, after the run")
+
+
+class CellRunResult(BaseModel):
+    stdout: str
+    stderr: str
+    display: list[dict[str, Any]]
+    error: list[dict[str, Any]]
+
+
+class RunJupyterResponse(BaseModel):
+    status: Literal["Success", "Failed", "SandboxError"]
+    message: str = ""
+    driver: CommandRunResult | None = None
+    cells: list[CellRunResult] = []
     executor_pod_name: str | None = None
     files: dict[str, str] = {}
     safety: Safety = Safety()

@@ -3,11 +3,19 @@
 One table keyed by time with the join columns (sandbox, episode, step) indexed, so the ROME forensics
 ("which step opened this connection?") is one indexed query. WAL lets the CLI read while a supervisor
 writes; many supervisors on one host may share the file.
+
+Faults: a write that fails (a full disk, an I/O error, a lock held too long) keeps its rows in memory
+and raises `StoreWriteError`; every later write tries those first, in order, so nothing accepted is
+lost once the disk has room again. The `live` table says which supervisor runs which sandbox and
+which step it is running, so the next start can mark a dead supervisor's episodes `interrupted`
+(`corral.store.recovery`). A damaged file is read row by row (`salvage`), skipping what cannot be read.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
+import itertools
 import json
 import sqlite3
 import sys
@@ -18,7 +26,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from corral.events.model import Event
+from corral.events.model import Event, format_ts
 from corral.store.paths import default_db_path
 from corral.store.steps import StepRecord
 
@@ -65,7 +73,62 @@ CREATE TABLE IF NOT EXISTS steps (
     info TEXT
 );
 CREATE INDEX IF NOT EXISTS steps_episode ON steps(episode_id, step);
+CREATE TABLE IF NOT EXISTS live (
+    sandbox_id TEXT PRIMARY KEY,
+    episode_id TEXT,
+    pid INTEGER NOT NULL,
+    pid_start REAL,
+    pid_ns INTEGER,
+    boot_id TEXT,
+    started TEXT NOT NULL,
+    workspace TEXT
+);
+CREATE TABLE IF NOT EXISTS running (
+    sandbox_id TEXT NOT NULL,
+    step INTEGER NOT NULL,
+    command TEXT NOT NULL,
+    session TEXT,
+    since TEXT NOT NULL,
+    PRIMARY KEY (sandbox_id, step)
+);
 """
+
+
+class StoreWriteError(RuntimeError):
+    """The store could not write (kept in memory, retried on the next write); says where and why."""
+
+
+class StoreReadError(RuntimeError):
+    """The store cannot be opened or read at all; says which file and what to do (`cause`: the
+    database's own words)."""
+
+    def __init__(self, message: str, cause: str = "") -> None:
+        super().__init__(message)
+        self.cause = cause or message
+
+
+def _supervisor() -> tuple[int, float | None, int | None, str | None]:
+    """This process as the `live` table names a supervisor: pid, start time, pid namespace, boot."""
+    import os
+
+    pid = os.getpid()
+    start = ns = boot = None
+    try:
+        import psutil
+
+        start = psutil.Process(pid).create_time()
+    except Exception:  # noqa: BLE001 - best effort: the pid alone still identifies it
+        start = None
+    try:
+        ns = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        ns = None
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        boot = None
+    return pid, start, ns, boot
+
 
 _STEP_COLUMNS = [
     "episode_id",
@@ -104,12 +167,29 @@ _COLUMNS = [
 ]
 
 
-# An event waits at most this long for the transaction of the command it belongs to.
-FLUSH_AFTER_S = 0.05
-# Written at once, with whatever waits before them: the end of a command or of a sandbox (so a
-# command's events land in one transaction), and every event that is not plain information.
-FLUSH_RULES = frozenset({"sandbox.command_ended", "sandbox.stopped", "sandbox.terminated"})
-FLUSH_MAX = 512
+_INSERT_EVENT = (
+    f"INSERT INTO events ({','.join(_COLUMNS)}) VALUES ({','.join('?' * len(_COLUMNS))})"
+)
+_INSERT_STEP = (
+    f"INSERT INTO steps ({','.join(_STEP_COLUMNS)}) VALUES ({','.join('?' * len(_STEP_COLUMNS))})"
+)
+
+
+def _explain(path: Path, err: sqlite3.Error) -> str:
+    text = str(err)
+    if "locked" in text or "busy" in text:
+        return (f"{path} is locked by another process ({text}): wait for it to finish, or find it "
+                f"with `fuser {path}`")  # fmt: skip
+    if "not a database" in text or "malformed" in text or "corrupt" in text:
+        return (f"{path} is damaged ({text}): `corral events` reads what is intact; move the "
+                "file aside to start a new store")  # fmt: skip
+    return f"{path}: cannot open the event store ({text})"
+
+
+# Plain information from inside a command (an allowed connection, an exec the monitor saw) waits
+# at most this long, or until the next event written at once, to share its transaction.
+HOLD_S = 0.05
+HOLD_MAX = 512
 
 _open_stores: weakref.WeakSet[EventStore] = weakref.WeakSet()
 
@@ -117,34 +197,48 @@ _open_stores: weakref.WeakSet[EventStore] = weakref.WeakSet()
 @atexit.register
 def _flush_open_stores() -> None:
     for store in list(_open_stores):
-        try:
-            store.flush()
-        except Exception as err:  # noqa: BLE001 - exiting: say so, on one line
-            print(f"corral: events not written to {store.path}: {err}", file=sys.stderr)
+        if not store._closed:
+            try:
+                store.flush()
+            except Exception as err:  # noqa: BLE001 - exiting: say so, on one line
+                print(f"corral: events not written to {store.path}: {err}", file=sys.stderr)
 
 
 class EventStore:
     """A thread-safe handle on the events database.
 
-    `add` batches: a command's events are written in one transaction when it ends (or a sandbox
-    stops, or an event above `info` arrives), and nothing waits longer than `FLUSH_AFTER_S`; one
-    commit per event cost more than the rest of a warm step. Reads through this handle, `close()`
-    and interpreter exit write what waits first, so a reader in this process never misses one.
+    A sandbox's own lifecycle events (start, each command's start and end, stop), findings and
+    refusals are written at once: a command is recorded as started before it runs, and a full
+    disk refuses it rather than run it unrecorded. Plain information from inside a command (egress
+    and monitor events at `info`) is held, at most `HOLD_S`, and lands in the transaction of the
+    next event written at once (the command's end): one commit per command, not one per event.
+    Reads through this handle, `flush()`, `close()` and interpreter exit write what is held first.
     """
 
-    def __init__(self, path: str | Path | None = None) -> None:
+    def __init__(self, path: str | Path | None = None, timeout: float = 30.0) -> None:
         self.path = Path(path) if path else default_db_path()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._closed = False
-        self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
-        self._pending: list[Event] = []
-        self._flush_lock = threading.Lock()  # one flush at a time, so batches land in order
+        self._pending: list[tuple[str, tuple[Any, ...]]] = []  # (sql, row) not yet written
+        self._held: list[Event] = []  # plain information waiting for its command's transaction
+        self._held_lock = threading.Lock()
+        self._order = threading.Lock()  # held events are taken and written in the order they came
         self._wake = threading.Condition(threading.Lock())
         self._flusher: threading.Thread | None = None
+        self._me_cache: tuple[int, float | None, int | None, str | None] | None = None
+        try:
+            self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=timeout)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+            cols = {r[1] for r in self._db.execute("PRAGMA table_info(live)")}
+            if "workspace" not in cols:  # a store made before the column
+                self._db.execute("ALTER TABLE live ADD COLUMN workspace TEXT")
+        except sqlite3.DatabaseError as err:
+            with contextlib.suppress(Exception):
+                self._db.close()
+            raise StoreReadError(_explain(self.path, err), str(err)) from None
         _open_stores.add(self)
 
     _shared: dict[Path, EventStore] = {}
@@ -158,38 +252,51 @@ class EventStore:
             store = cls._shared.get(key)
             if store is None or store._closed:
                 store = cls._shared[key] = cls(key)
+                from corral.store.recovery import recover
+
+                recover(store)  # a supervisor starts: what a dead one left is marked and swept
             return store
 
-    def add(self, event: Event) -> None:
-        """Record one event: at once if it ends a command or matters, else with its command."""
-        with self._lock:
-            if self._closed:
-                raise sqlite3.ProgrammingError("Cannot operate on a closed database.")
-            self._pending.append(event)
-            now = (event.rule in FLUSH_RULES or event.severity != "info"
-                   or len(self._pending) >= FLUSH_MAX)  # fmt: skip
-        if now:
-            self.flush()
-        else:
-            self._schedule()
+    def add(self, event: Event, keep: bool = True) -> None:
+        if keep and event.source != "sandbox" and event.severity == "info" and not self._closed:
+            with self._held_lock:
+                self._held.append(event)
+                full = len(self._held) >= HOLD_MAX
+            if full:
+                self.flush()
+            else:
+                self._schedule()
+            return
+        self.add_many([event], keep=keep)
 
-    def flush(self) -> None:
-        """Write every waiting event in one transaction; on failure they stay queued (in order)
-        and the error is raised."""
-        with self._flush_lock:
-            with self._lock:
-                batch, self._pending = self._pending, []
-            if not batch:
-                return
-            try:
-                self.add_many(batch)
-            except BaseException:
-                with self._lock:
-                    self._pending[:0] = batch
-                raise
+    def add_many(self, events: Iterable[Event], keep: bool = True) -> None:
+        """Record events (after what is held, in the same transaction); `keep=False`: on failure
+        these are dropped, not held (a command that will not run because of the failure must not
+        be recorded as started later)."""
+        events = list(events)
+        writes = [(_INSERT_EVENT, self._row(e)) for e in events]
+        writes += [w for e in events for w in self._live_writes(e)]
+        with self._order:
+            held = self._take_held()
+            if held and not keep:  # what was held is kept whatever becomes of these
+                self._write(held)
+                held = []
+            if held or writes:
+                self._write(held + writes, keep=keep)
+
+    def _take_held(self) -> list[tuple[str, tuple[Any, ...]]]:
+        with self._held_lock:
+            held, self._held = self._held, []
+        return [(_INSERT_EVENT, self._row(e)) for e in held]
+
+    def _flush_for_read(self) -> None:
+        """What is held, written before a read; a failing disk does not stop the read."""
+        if self._held:
+            with contextlib.suppress(StoreWriteError):
+                self.flush()
 
     def _schedule(self) -> None:
-        """Make sure a flush comes within FLUSH_AFTER_S (one daemon thread per store)."""
+        """A flush within HOLD_S (one daemon thread per store, gone after a second idle)."""
         with self._wake:
             if self._flusher is None:
                 self._flusher = threading.Thread(target=self._flush_loop, name="corral-store",
@@ -198,35 +305,89 @@ class EventStore:
             self._wake.notify()
 
     def _flush_loop(self) -> None:
-        """Flush what waits, FLUSH_AFTER_S after it began to wait; ends after a second idle."""
         warned = False
         while True:
             with self._wake:
-                if not self._pending and not self._closed:
+                if not self._held and not self._closed:
                     self._wake.wait(1.0)
-                if self._closed or not self._pending:
+                if self._closed or not self._held:
                     self._flusher = None
                     return
-            time.sleep(FLUSH_AFTER_S)
+            time.sleep(HOLD_S)
             try:
                 self.flush()
                 warned = False
             except sqlite3.ProgrammingError:  # closed meanwhile: close() wrote what it could
                 return
-            except Exception as err:  # noqa: BLE001 - kept queued; said once, retried later
+            except Exception as err:  # noqa: BLE001 - kept in memory; said once, tried again
                 if not warned:
-                    print(f"corral: events not yet written to {self.path}: {err}", file=sys.stderr)
+                    print(f"corral: {err}", file=sys.stderr)
                     warned = True
 
-    def add_many(self, events: Iterable[Event]) -> None:
-        rows = [self._row(e) for e in events]
-        if not rows:
-            return
-        placeholders = ",".join("?" * len(_COLUMNS))
-        with self._lock, self._db:
-            self._db.executemany(
-                f"INSERT INTO events ({','.join(_COLUMNS)}) VALUES ({placeholders})", rows
-            )
+    @property
+    def _me(self) -> tuple[int, float | None, int | None, str | None]:
+        """This supervisor, looked up again in a forked child (its sandboxes are its own)."""
+        import os
+
+        if self._me_cache is None or self._me_cache[0] != os.getpid():
+            self._me_cache = _supervisor()
+        return self._me_cache
+
+    @property
+    def failing(self) -> bool:
+        """Writes are waiting in memory for the disk to take them."""
+        return bool(self._pending)
+
+    def flush(self) -> None:
+        """Write what is held and what earlier failures left in memory (StoreWriteError if it
+        still cannot)."""
+        with self._order:
+            self._write(self._take_held())
+
+    def _write(self, writes: list[tuple[str, tuple[Any, ...]]], keep: bool = True) -> None:
+        """All pending writes then these, in one transaction; on failure all are kept, in order
+        (these only with `keep`)."""
+        with self._lock:
+            batch = self._pending + writes
+            if not batch:
+                return
+            try:
+                with self._db:
+                    for sql, rows in itertools.groupby(batch, key=lambda w: w[0]):
+                        self._db.executemany(sql, [r for _, r in rows])
+            except sqlite3.Error as err:
+                self._pending = batch if keep else self._pending
+                raise StoreWriteError(
+                    f"the event store {self.path} cannot record ({err}); {len(self._pending)} "
+                    "write(s) held in memory until it can: free disk space or fix the file"
+                ) from None
+            self._pending = []
+
+    def _live_writes(self, e: Event) -> list[tuple[str, tuple[Any, ...]]]:
+        """Keep `live` and `running` in step with a sandbox's lifecycle events, for the next
+        start's recovery of a supervisor that died (`corral.store.recovery`)."""
+        sid = e.sandbox_id
+        if sid is None or e.source != "sandbox":
+            return []
+        ts = format_ts(e.ts)
+        if e.rule == "sandbox.started":
+            pid, start, ns, boot = self._me
+            ws = e.evidence.get("workspace")
+            return [("INSERT OR REPLACE INTO live (sandbox_id, episode_id, pid, pid_start, pid_ns, "
+                     "boot_id, started, workspace) VALUES (?,?,?,?,?,?,?,?)",
+                     (sid, e.episode_id, pid, start, ns, boot, ts,
+                      ws if isinstance(ws, str) else None))]  # fmt: skip
+        if e.rule == "sandbox.command_started" and e.step is not None:
+            cmd = e.argv[2] if e.argv and len(e.argv) > 2 else e.message
+            return [("INSERT OR REPLACE INTO running (sandbox_id, step, command, session, since) "
+                     "VALUES (?,?,?,?,?)",
+                     (sid, e.step, cmd[:65536], e.evidence.get("session"), ts))]  # fmt: skip
+        if e.rule == "sandbox.command_ended" and e.step is not None:
+            return [("DELETE FROM running WHERE sandbox_id = ? AND step = ?", (sid, e.step))]
+        if e.rule == "sandbox.stopped":
+            return [("DELETE FROM live WHERE sandbox_id = ?", (sid,)),
+                    ("DELETE FROM running WHERE sandbox_id = ?", (sid,))]  # fmt: skip
+        return []
 
     @staticmethod
     def _row(e: Event) -> tuple[Any, ...]:
@@ -295,7 +456,7 @@ class EventStore:
         if since is not None:
             where.append("ts >= ?")
             args.append(since)
-        self.flush()
+        self._flush_for_read()
         sql = f"SELECT {','.join(_COLUMNS)} FROM events"
         if where:
             sql += " WHERE " + " AND ".join(where)
@@ -305,29 +466,19 @@ class EventStore:
         with self._lock:
             rows = self._db.execute(sql, args).fetchall()
         for row in rows:
-            d = dict(zip(_COLUMNS, row, strict=True))
-            d["argv"] = json.loads(d["argv"]) if d["argv"] else None
-            d["dst"] = json.loads(d["dst"]) if d["dst"] else None
-            d["evidence"] = json.loads(d["evidence"]) if d["evidence"] else {}
-            d["message"] = d["message"] or ""
-            yield Event.model_validate(d)
+            yield _event(dict(zip(_COLUMNS, row, strict=True)))
 
     # ---------------------------------------------------------------- steps (RL episodes)
     def add_step(self, record: StepRecord) -> None:
-        self.flush()  # the step's events first
         d = record.model_dump(mode="json")
         d["terminated"] = int(d["terminated"])
         d["truncated"] = int(d["truncated"])
         d["info"] = json.dumps(d["info"], default=str)
         row = tuple(d[c] for c in _STEP_COLUMNS)
-        placeholders = ",".join("?" * len(_STEP_COLUMNS))
-        with self._lock, self._db:
-            self._db.execute(
-                f"INSERT INTO steps ({','.join(_STEP_COLUMNS)}) VALUES ({placeholders})", row
-            )
+        self._write([(_INSERT_STEP, row)])
 
     def steps(self, episode_id: str) -> list[StepRecord]:
-        self.flush()
+        self._flush_for_read()
         sql = f"SELECT {','.join(_STEP_COLUMNS)} FROM steps WHERE episode_id = ? ORDER BY step, id"
         with self._lock:
             rows = self._db.execute(sql, (episode_id,)).fetchall()
@@ -342,7 +493,7 @@ class EventStore:
 
     def episodes(self, limit: int | None = None) -> list[str]:
         """Episodes that recorded steps, newest first."""
-        self.flush()
+        self._flush_for_read()
         sql = "SELECT episode_id FROM steps GROUP BY episode_id ORDER BY MAX(id) DESC"
         if limit:
             sql += f" LIMIT {int(limit)}"
@@ -350,11 +501,95 @@ class EventStore:
             return [r[0] for r in self._db.execute(sql).fetchall()]
 
     def close(self) -> None:
-        try:
+        """Close; writes still held in memory are tried once more, then printed to stderr as
+        JSON lines (so a full disk loses nothing that reaches a log)."""
+        with contextlib.suppress(StoreWriteError):
             self.flush()
-        finally:
-            with self._lock:
-                self._closed = True
-                self._db.close()
-            with self._wake:
-                self._wake.notify()
+        with self._lock:
+            if self._pending:
+                import sys
+
+                print(f"corral: {len(self._pending)} write(s) to {self.path} could not be recorded; "
+                      "they follow as JSON lines", file=sys.stderr)  # fmt: skip
+                for sql, row in self._pending:
+                    print(json.dumps({"unrecorded": sql.split("(")[0].strip(), "row": row},
+                                     default=str), file=sys.stderr)  # fmt: skip
+                self._pending = []
+            self._closed = True
+            self._db.close()
+        with self._wake:
+            self._wake.notify()
+
+
+# ---------------------------------------------------------------- reading a damaged file
+SALVAGE_BATCH = 256
+
+
+def salvage_events(path: Path) -> tuple[list[Event], list[str]]:
+    """Every event of a damaged store that can still be read, oldest first by id, and a line for
+    each part that could not be (a range of ids, a row that does not decode). Read-only."""
+    problems: list[str] = []
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    except sqlite3.Error as err:
+        return [], [f"{path}: cannot open ({err})"]
+    try:
+        try:
+            db.execute("SELECT name FROM sqlite_master").fetchall()
+        except sqlite3.DatabaseError as err:
+            return [], [f"{path}: no table can be read ({err})"]
+        try:
+            top = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+            last = int(top[0]) if top else None
+        except sqlite3.Error:
+            last = None
+        if last is None:  # no sequence to go by: scan as far as the rows go
+            last = 1 << 40
+        out: list[Event] = []
+        sql = f"SELECT id, {','.join(_COLUMNS)} FROM events WHERE id >= ? ORDER BY id LIMIT ?"
+
+        def read(start: int, n: int) -> list[Any] | None:
+            try:
+                return db.execute(sql, (start, n)).fetchall()
+            except sqlite3.DatabaseError:
+                return None
+
+        next_id = 1
+        lost: list[list[int]] = []  # [first, last] id ranges that could not be read
+        while next_id <= last:
+            rows = read(next_id, SALVAGE_BATCH) or read(next_id, 1)
+            if rows is None:  # damaged from here: find the first id a read works from again
+                lo, step = next_id, 1
+                while next_id + step <= last and read(next_id + step, 1) is None:
+                    lo, step = next_id + step, step * 2
+                hi = min(next_id + step, last + 1)
+                while hi - lo > 1:  # lo fails, hi works (or is past the end)
+                    mid = (lo + hi) // 2
+                    lo, hi = (mid, hi) if read(mid, 1) is None else (lo, mid)
+                if lost and lost[-1][1] == next_id - 1:
+                    lost[-1][1] = hi - 1
+                else:
+                    lost.append([next_id, hi - 1])
+                next_id = hi
+                continue
+            if not rows:
+                break
+            for row in rows:
+                try:
+                    out.append(_event(dict(zip(_COLUMNS, row[1:], strict=True))))
+                except (ValueError, TypeError) as err:
+                    problems.append(f"id {row[0]}: does not decode ({str(err).splitlines()[0]})")
+            next_id = rows[-1][0] + 1
+        for a, b in lost:
+            problems.append(f"ids {a}-{b}: unreadable (damaged pages); the rows there may be fewer")
+        return out, problems
+    finally:
+        db.close()
+
+
+def _event(d: dict[str, Any]) -> Event:
+    d["argv"] = json.loads(d["argv"]) if d["argv"] else None
+    d["dst"] = json.loads(d["dst"]) if d["dst"] else None
+    d["evidence"] = json.loads(d["evidence"]) if d["evidence"] else {}
+    d["message"] = d["message"] or ""
+    return Event.model_validate(d)

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_serializer
 
 from corral.events.model import format_ts, utcnow
 
-StepKind = Literal["reset", "action", "check", "lost"]
+StepKind = Literal["reset", "action", "check", "lost", "interrupted"]
 
 
 class StepRecord(BaseModel):
