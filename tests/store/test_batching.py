@@ -12,11 +12,12 @@ from pathlib import Path
 import pytest
 
 from corral.events.model import Event
+from corral.store import sqlite as sqlite_store
 from corral.store.sqlite import EventStore, StoreWriteError
 
 
 def _event(rule: str, step: int | None = 1, severity: str = "info") -> Event:
-    return Event(source="sandbox", rule=rule, severity=severity, sandbox_id="sb-t",
+    return Event(source=rule.split(".")[0], rule=rule, severity=severity, sandbox_id="sb-t",
                  episode_id="ep-t", step=step, message=rule)  # fmt: skip
 
 
@@ -27,7 +28,9 @@ def _rules_on_disk(path: Path) -> list[str]:
 
 
 @pytest.fixture
-def store(tmp_path: Path):  # type: ignore[no-untyped-def]
+def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    """A store whose held events wait for an event written at once (no timer in the way)."""
+    monkeypatch.setattr(sqlite_store, "HOLD_S", 600.0)
     s = EventStore(tmp_path / "events.db")
     yield s
     s.close()
@@ -60,12 +63,14 @@ def test_a_finding_is_written_at_once(store: EventStore, tmp_path: Path) -> None
     assert _rules_on_disk(tmp_path / "events.db") == ["egress.connection", "egress.denied"]
 
 
-def test_a_lone_event_is_written_soon(store: EventStore, tmp_path: Path) -> None:
+def test_a_lone_event_is_written_soon(tmp_path: Path) -> None:
+    store = EventStore(tmp_path / "events.db")
     store.add(_event("egress.connection", step=None))
     deadline = time.monotonic() + 10
     while not _rules_on_disk(tmp_path / "events.db") and time.monotonic() < deadline:
         time.sleep(0.01)
     assert _rules_on_disk(tmp_path / "events.db") == ["egress.connection"]
+    store.close()
 
 
 def test_reads_through_the_handle_see_waiting_events(store: EventStore) -> None:
@@ -73,7 +78,8 @@ def test_reads_through_the_handle_see_waiting_events(store: EventStore) -> None:
     assert [e.rule for e in store.query(episode_id="ep-t")] == ["egress.connection"]
 
 
-def test_close_writes_what_waits(tmp_path: Path) -> None:
+def test_close_writes_what_waits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sqlite_store, "HOLD_S", 600.0)
     s = EventStore(tmp_path / "events.db")
     s.add(_event("egress.connection"))
     s.close()
@@ -84,7 +90,9 @@ def test_process_exit_writes_what_waits(tmp_path: Path) -> None:
     db = tmp_path / "events.db"
     code = (
         "from corral.events.model import Event\n"
+        "from corral.store import sqlite\n"
         "from corral.store.sqlite import EventStore\n"
+        "sqlite.HOLD_S = 600.0\n"
         f"s = EventStore({str(db)!r})\n"
         "s.add(Event(source='egress', rule='egress.connection', message='x'))\n"
     )

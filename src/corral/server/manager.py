@@ -85,18 +85,24 @@ class SandboxManager:
         self.episode_owners: dict[str, str | None] = {}
         self.host_name = socket.gethostname()
         self._reaper: asyncio.Task[None] | None = None
-        # `corral serve --warm N`: N sandboxes per image kept started, handed out once each
-        self.warm = WarmPool(self._pooled, warm) if warm > 0 else None
+        # `corral serve --warm N`: N sandboxes kept started per shape (image, scratch dirs) asked
+        # for since the server started, each handed out once
+        self.warm = WarmPool(self._pooled, warm, keys=[]) if warm > 0 else None
 
     # ---------------------------------------------------------------- lifecycle
-    def _pooled(self, image: object, episode_id: str) -> Sandbox:
-        return Sandbox(self.policy, episode_id=episode_id, store=self.store)
+    def _pooled(self, key: Any, episode_id: str) -> Sandbox:
+        _image, scratch = key
+        return Sandbox(self.policy, episode_id=episode_id, store=self.store,
+                       scratch_dirs=list(scratch) or None)  # fmt: skip
 
-    async def _from_pool(self, episode_id: str | None, image: str | None) -> Sandbox | None:
-        """A started sandbox no command has run in, from the warm pool, or None (start one)."""
+    async def _from_pool(self, episode_id: str | None, image: str | None,
+                         scratch_dirs: list[str] | None = None) -> Sandbox | None:  # fmt: skip
+        """A started sandbox no command has run in, from the warm pool, or None (start one; the
+        shape is kept warm from now on)."""
         if self.warm is None:
             return None
-        sandbox = await self.warm.take(image, episode_id=episode_id)
+        key = (image, tuple(scratch_dirs or ()))
+        sandbox = await self.warm.take(key, episode_id=episode_id)
         return ensure_gate(sandbox) if sandbox is not None else None
 
     def safety(self, entry: Entry) -> dict[str, Any]:
@@ -108,8 +114,8 @@ class SandboxManager:
                     sandbox_id: str | None = None) -> Entry:  # fmt: skip
         """`policy`: this sandbox's own copy of the server's policy (a client's resource request
         within the policy's ceiling); `scratch_dirs`: empty private tmpfs directories."""
-        plain = policy is None and not scratch_dirs and sandbox_id is None
-        pooled = await self._from_pool(episode_id, image) if plain else None
+        plain = (policy is None or policy is self.policy) and sandbox_id is None
+        pooled = await self._from_pool(episode_id, image, scratch_dirs) if plain else None
         sandbox = pooled or Sandbox(policy or self.policy, episode_id=episode_id,
                                     store=self.store, scratch_dirs=scratch_dirs,
                                     sandbox_id=sandbox_id)  # fmt: skip
