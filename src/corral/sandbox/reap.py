@@ -21,7 +21,6 @@ import select
 import signal
 import subprocess
 import time
-from collections.abc import Callable
 
 
 def pidfd_open(pid: int) -> int | None:
@@ -154,15 +153,3 @@ async def stop_bwrap(proc: subprocess.Popen[bytes] | None, init_pid: int | None,
                      timeout: float = 5.0) -> None:  # fmt: skip
     """`kill_init` then `finish`: every process of the sandbox dead and bwrap reaped."""
     await finish(proc, kill_init(proc, init_pid), timeout)
-
-
-_removals: set[asyncio.Future[object]] = set()
-
-
-def remove_later(path: str, remove: Callable[[str], object]) -> None:
-    """Delete a closed sandbox's own workspace with `remove` on the loop's default executor,
-    without waiting. `asyncio.run` (the CLI) waits for that executor before the process exits; a
-    supervisor killed meanwhile leaves the directory (`<pid>-<sandbox>-*`) to the next sweep."""
-    fut = asyncio.get_running_loop().run_in_executor(None, remove, path)
-    _removals.add(fut)
-    fut.add_done_callback(_removals.discard)

@@ -46,7 +46,7 @@ from corral.sandbox.limits import (
 )
 from corral.sandbox.probe import Capabilities, probe
 from corral.sandbox.procs import children_of
-from corral.sandbox.reap import finish, kill_init, remove_later
+from corral.sandbox.reap import finish, kill_init
 from corral.sandbox.session import ShellSession, open_session
 from corral.sandbox.shell import (
     Capture,
@@ -1385,8 +1385,7 @@ class Sandbox:
             self.identity = None  # the agent sandbox's, given back by it
         elif self._own_workspace and self.workspace is not None:
             if self.kept_layer is None:  # (an image root's state dir holds a kept layer)
-                # off the close path, however deep (`reap.remove_later`, `treewalk.rmtree`)
-                remove_later(str(self.workspace), treewalk.rmtree)
+                await asyncio.to_thread(treewalk.rmtree, str(self.workspace))
         else:
             try:
                 await asyncio.to_thread(self._drop_placeholders)
