@@ -4,6 +4,7 @@ sandbox nodes offering `corral_slot`. One cluster for the module; Ray is heavy o
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -132,3 +133,27 @@ def test_dead_host_is_restarted_and_its_episodes_reported_terminated(
     assert lost and lost[0].action == "terminated" and lost[0].step == 2
     assert store.steps(env.episode_id)[-1].kind == "lost"
     store.close()
+
+
+def test_warm_hosts_hand_out_each_started_sandbox_once(cluster: Cluster, corral_home: Path) -> None:
+    p = SandboxPool(2, per_host=2, corral_home=str(corral_home), warm=1)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if all((h["warm"] or {}).get("ready", {}).get("None", 0) >= 1 for h in p.hosts_info()):
+                break
+            time.sleep(0.2)
+        seen: set[str] = set()
+        warm = 0
+        for i in range(4):
+            with p.acquire(TASK) as env:
+                _, info = env.reset(seed=i)
+                warm += bool(info.get("warm"))
+                assert info["sandbox_id"] not in seen  # never a sandbox another episode had
+                seen.add(info["sandbox_id"])
+                env.step("echo 42 > answer.txt")
+                _, reward, term, _, _ = env.step("submit")  # the task's files landed after start
+                assert term and reward == 1.0
+        assert warm >= 2
+    finally:
+        p.shutdown()

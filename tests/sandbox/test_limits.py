@@ -104,6 +104,14 @@ SUPERVISOR = textwrap.dedent(
 
 
 @pytest.mark.unprivileged
+def _running(pid: int) -> bool:
+    """Alive and not a zombie; a process that vanishes while we look is not running."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def test_sigkill_supervisor_leaves_no_sandbox_process() -> None:
     sup = subprocess.Popen(
         [sys.executable, "-c", SUPERVISOR],
@@ -126,9 +134,7 @@ def test_sigkill_supervisor_leaves_no_sandbox_process() -> None:
     deadline = time.monotonic() + 5
     alive = inside
     while time.monotonic() < deadline:
-        alive = {
-            p for p in inside if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"
-        }
+        alive = {p for p in inside if _running(p)}
         if not alive:
             break
         time.sleep(0.05)

@@ -13,9 +13,6 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 
 from corral.policy.loader import PolicyError, load_policy
 from corral.policy.model import Policy
@@ -94,6 +91,10 @@ def check(
 
 
 def _print_one(command: str, v: str, findings: list[Finding], policy: str) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
     console = Console()
     console.print(f"[{VERDICT_STYLE[v]}]{v}[/] under {escape(policy)}: {escape(command)}")
     if not findings:
@@ -109,6 +110,10 @@ def _print_one(command: str, v: str, findings: list[Finding], policy: str) -> No
 
 
 def _print_batch(engine: RuleEngine, stream: TextIO, policy: Policy) -> int:
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
     console = Console()
     table = Table(show_header=True, header_style="bold")
     for col in ("#", "verdict", "command", "findings"):

@@ -1,25 +1,99 @@
-"""The `corral` command. Each part registers its own subcommands from its own module."""
+"""The `corral` command. Each part registers its own subcommands from its own module.
+
+A call imports only the module of the subcommand it names: `corral run` does not pay for the audit
+readers, the HTML report or the server, and `corral --version` imports nothing of corral's parts
+(nor typer). `--help`, no arguments or an unknown name load every command, so the listing and the
+"no such command" hint stay whole. `app` (the full application) is built on first access, for
+`typer.testing.CliRunner` and anything else that wants the object.
+"""
 
 from __future__ import annotations
 
-import typer
+import importlib
+import sys
+from typing import TYPE_CHECKING, Any
 
-from corral.cli import audit, check, demo, doctor, events, export, images, rules, run, serve
+if TYPE_CHECKING:
+    import typer
 
-app = typer.Typer(
-    name="corral",
-    help="Contain, watch and audit autonomous AI agents.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
+# command name -> module under corral.cli, in the order `corral --help` lists them
+COMMANDS: dict[str, str] = {
+    "run": "run",
+    "doctor": "doctor",
+    "events": "events",
+    "check": "check",
+    "audit": "audit",
+    "rules": "rules",
+    "serve": "serve",
+    "demo": "demo",
+    "export": "export",
+    "images": "images",
+}
 
-for module in (run, doctor, events, check, audit, rules, serve, demo, export, images):
-    module.register(app)
+
+def _version_text() -> str:
+    from corral import __version__
+
+    return f"corral {__version__}"
 
 
-def main() -> None:
-    app()
+def build_app(commands: list[str] | None = None) -> typer.Typer:
+    """The typer application with `commands` registered (all of them when None)."""
+    import typer
+
+    app = typer.Typer(
+        name="corral",
+        help="Contain, watch and audit autonomous AI agents.",
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+    )
+
+    def _show_version(value: bool) -> None:
+        if value:
+            typer.echo(_version_text())
+            raise typer.Exit(0)
+
+    @app.callback()
+    def _root(
+        version: bool = typer.Option(
+            False,
+            "--version",
+            help="print the version and exit",
+            is_eager=True,
+            callback=_show_version,
+        ),  # fmt: skip
+    ) -> None:
+        """Contain, watch and audit autonomous AI agents."""
+
+    modules = dict.fromkeys(COMMANDS[c] for c in (commands or COMMANDS))
+    for name in modules:
+        importlib.import_module(f"corral.cli.{name}").register(app)
+    return app
+
+
+def _named_command(args: list[str]) -> str | None:
+    """The subcommand a call names, when it is one we know (options come after it)."""
+    if args and not args[0].startswith("-") and args[0] in COMMANDS:
+        return args[0]
+    return None
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else list(argv)
+    if args == ["--version"]:
+        print(_version_text())
+        return
+    name = _named_command(args)
+    build_app([name] if name else None)(args=args, prog_name="corral")
+
+
+def __getattr__(attr: str) -> Any:
+    if attr == "app":
+        app = build_app()
+        globals()["app"] = app
+        return app
+    raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")
 
 
 if __name__ == "__main__":

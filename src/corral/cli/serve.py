@@ -26,6 +26,9 @@ def serve(
     port: int = typer.Option(8000, "--port", min=0, max=65535, help="TCP port"),
     policy: str = typer.Option("rl-strict", "--policy", help="preset name or YAML file"),
     log_level: str = typer.Option("warning", "--log-level", help="uvicorn log level"),
+    warm: int = typer.Option(
+        0, "--warm", min=0, help="sandboxes kept started per image, ready to hand out (0: none)"
+    ),
     approval_timeout: float = typer.Option(
         300.0,
         "--approval-timeout",
@@ -103,7 +106,8 @@ def serve(
     from corral.store.sqlite import StoreReadError
 
     try:
-        app = create_app(pol, approval_timeout=approval_timeout, tokens=tokens, limits=limits)
+        app = create_app(pol, approval_timeout=approval_timeout, tokens=tokens, limits=limits,
+                         warm=warm)  # fmt: skip
     except StoreReadError as err:  # damaged or locked: nothing could be recorded
         raise fail(str(err)) from None
     typer.echo(f"corral serve: policy {pol.name} on {scheme}://{host}:{port} (OpenAPI: "

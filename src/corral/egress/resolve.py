@@ -7,10 +7,12 @@ exactly what the map says, and to nothing else.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
-import dns.asyncresolver
 import dns.exception
-import dns.resolver
+
+if TYPE_CHECKING:
+    import dns.asyncresolver
 
 
 class Resolver:
@@ -32,6 +34,12 @@ class Resolver:
         if not self.use_dns:
             return []
         if self._dns is None:
+            # imported on the first name to resolve: dnspython's resolver pulls in its DNS over
+            # HTTPS client (httpx, h2) where those are installed, ~80 ms every sandbox process
+            # would pay at start, `corral run` included
+            import dns.asyncresolver
+            import dns.resolver
+
             try:
                 self._dns = dns.asyncresolver.Resolver()
             except dns.resolver.NoResolverConfiguration:

@@ -22,9 +22,11 @@ from corral.events.model import Event
 from corral.policy.loader import load_policy
 from corral.policy.model import Policy
 from corral.rl.env import SandboxEnv, StepResult
-from corral.rl.episode import Episode, EpisodeOver
+from corral.rl.episode import Episode, EpisodeOver, ensure_gate
 from corral.rl.reward import EMPTY_SAFETY
 from corral.rl.task import TaskSpec
+from corral.sandbox.sandbox import Sandbox
+from corral.sandbox.warm import WarmPool
 from corral.store.sqlite import EventStore
 from corral.store.steps import StepRecord
 
@@ -39,23 +41,39 @@ class UnknownEpisode(KeyError):
 class SandboxHost:
     """An async actor: its sandboxes' shells are driven on the actor's one event loop."""
 
-    def __init__(self, policy: dict[str, Any], corral_home: str | None) -> None:
+    def __init__(self, policy: dict[str, Any], corral_home: str | None, warm: int = 0) -> None:
         if corral_home:
             os.environ["CORRAL_HOME"] = corral_home
         self.policy = Policy.model_validate(policy)
         self.store = EventStore()
         self.episodes: dict[str, Episode] = {}
         self.incarnation = uuid.uuid4().hex[:8]
+        self.warm = WarmPool(self._pooled, warm) if warm > 0 else None
+
+    def _pooled(self, image: object, episode_id: str) -> Sandbox:
+        return ensure_gate(Sandbox(self.policy, episode_id=episode_id, store=self.store))
+
+    async def warm_up(self) -> None:
+        """Start filling the warm pool now rather than at the first reset."""
+        if self.warm is not None:
+            self.warm.start()
 
     async def info(self) -> dict[str, Any]:
         ctx = ray.get_runtime_context()
         return {"node_id": ctx.get_node_id(), "pid": os.getpid(), "incarnation": self.incarnation,
-                "episodes": len(self.episodes)}  # fmt: skip
+                "episodes": len(self.episodes),
+                "warm": self.warm.stats() if self.warm is not None else None}  # fmt: skip
 
     async def reset(self, task: dict[str, Any], episode_id: str) -> tuple[str, dict[str, Any]]:
-        ep = Episode.new(self.policy, TaskSpec.model_validate(task), episode_id=episode_id,
-                         store=self.store)  # fmt: skip
+        spec = TaskSpec.model_validate(task)
+        sb = await self.warm.take(None, episode_id=episode_id) if self.warm else None
+        if sb is not None:  # started ahead; the task's files land after (protected ones too:
+            # their placeholders were bound read-only at the start)
+            ep = Episode(sb, spec, store=self.store)
+        else:
+            ep = Episode.new(self.policy, spec, episode_id=episode_id, store=self.store)
         obs, info = await ep.reset()
+        info["warm"] = sb is not None
         info["host"] = self.incarnation
         self.episodes[episode_id] = ep
         return obs, info
@@ -149,7 +167,9 @@ class SandboxPool:
         policy: Policy | str | None = None,
         corral_home: str | None = None,
         resource: str = RESOURCE,
+        warm: int = 0,
     ) -> None:
+        """`warm`: sandboxes each host keeps started, ready for the next reset (never reused)."""
         if not ray.is_initialized():
             raise RuntimeError("ray is not initialized: call ray.init(address=...) first")
         offered = int(ray.cluster_resources().get(resource, 0))
@@ -163,19 +183,23 @@ class SandboxPool:
         self.policy = load_policy(policy)
         self.corral_home = corral_home or os.environ.get("CORRAL_HOME")
         self.resource = resource
+        self.warm = warm
         self.hosts = [self._spawn() for _ in range(self.num_hosts)]
         self._active = [0] * self.num_hosts
         self._cond = threading.Condition()
         self._store: EventStore | None = None
 
     def _spawn(self) -> Any:
-        return SandboxHost.options(
+        host = SandboxHost.options(
             num_cpus=0,
             resources={self.resource: 1},
             max_restarts=-1,
             max_task_retries=0,
             scheduling_strategy="SPREAD",
-        ).remote(self.policy.model_dump(), self.corral_home)
+        ).remote(self.policy.model_dump(), self.corral_home, self.warm)
+        if self.warm:
+            host.warm_up.remote()
+        return host
 
     @property
     def capacity(self) -> int:

@@ -11,10 +11,10 @@ import contextlib
 import fnmatch
 import json
 import re
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -514,13 +514,32 @@ def _expand_lists(cond: Any, lists: dict[str, list[str]], where: str) -> Any:
 
 
 def pack_files() -> list[Path]:
-    root = resources.files("corral.rules").joinpath("packs")
-    return sorted(Path(str(root)).glob("*.yaml"))
+    from corral.rules.cache import pack_files
+
+    return pack_files()
+
+
+_default_lock = threading.Lock()
+
+
+def _default_engine() -> RuleEngine:
+    """Built once per process (threads asking at once wait for the one build) from the parsed
+    packs kept on disk by content hash (`corral.rules.cache`)."""
+    with _default_lock:
+        return _build_default()
+
+
+def default_built() -> bool:
+    """Whether `RuleEngine.default()` would answer without building."""
+    return _build_default.cache_info().currsize > 0
 
 
 @lru_cache(maxsize=1)
-def _default_engine() -> RuleEngine:
-    return RuleEngine.load(pack_files())
+def _build_default() -> RuleEngine:
+    from corral.rules.cache import load_default
+
+    rules, sources, rep = load_default()
+    return RuleEngine(rules, rep, sources)
 
 
 def commands_of(analysis: Analysis) -> list[Command]:

@@ -10,17 +10,20 @@ denied as `gate.unanalysable` whatever the thresholds.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
+import sys
+import threading
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from corral.policy.model import Policy
 from corral.rules import bounded
-from corral.rules.engine import RuleEngine
 from corral.rules.finding import Finding, severity_rank
 from corral.rules.verdict import effective_severity, verdict
 
 if TYPE_CHECKING:
+    from corral.rules.engine import RuleEngine
     from corral.sandbox.sandbox import GateDecision, Sandbox
 
 Approve = Callable[[str, list[Finding]], "bool | Awaitable[bool]"]
@@ -39,7 +42,11 @@ def make_gate(policy: Policy, approve: Approve | None = None,
               engine: RuleEngine | None = None) -> Callable[[str, Sandbox, int], Any]:  # fmt: skip
     """A hook for `Sandbox(gate=...)`: (command, sandbox, step) -> GateDecision (awaitable when the
     approve callback is async). `approve(command, findings) -> bool` is asked on `ask` verdicts."""
-    eng = engine or RuleEngine.for_policy(policy)
+    if engine is None and not _default_ready():
+        # import and build the shipped engine on a thread while the caller starts its sandbox
+        # (tens of ms spent waiting on bubblewrap and the shell), not before: the first command
+        # waits for it if need be
+        threading.Thread(target=_prefetch, name="corral-rules", daemon=True).start()
     mode = policy.gate.ask
 
     def decide(command: str, sandbox: Sandbox, step: int) -> GateDecision | Awaitable[GateDecision]:
@@ -48,6 +55,7 @@ def make_gate(policy: Policy, approve: Approve | None = None,
         pre = bounded.precheck(command)
         if pre is not None:
             return judge(command, [pre], sandbox, step)
+        eng = engine or _policy_engine(policy)  # the shipped engine unless the policy tunes it
         if bounded.inline(command):
             return judge(command, eng.check_command(command), sandbox, step)
 
@@ -110,6 +118,29 @@ def _approved(sandbox: Any, step: int, findings: list[Finding]) -> None:
     ctx = getattr(sandbox, "ctx", None)
     if ctx is not None and hasattr(ctx, "approve"):
         ctx.approve(step, [f.rule for f in findings])
+
+
+def _default_engine() -> RuleEngine:
+    from corral.rules.engine import RuleEngine
+
+    return RuleEngine.default()
+
+
+def _policy_engine(policy: Policy) -> RuleEngine:
+    from corral.rules.engine import RuleEngine
+
+    return RuleEngine.for_policy(policy)
+
+
+def _prefetch() -> None:
+    """A failed build here is raised again, by the first command that needs the engine."""
+    with contextlib.suppress(Exception):
+        _default_engine()
+
+
+def _default_ready() -> bool:
+    mod = sys.modules.get("corral.rules.engine")
+    return mod is not None and mod.default_built()
 
 
 def _asked(ok: bool, briefs: list[dict[str, Any]], why: str) -> GateDecision:

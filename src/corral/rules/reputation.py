@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 
 import yaml
@@ -102,13 +101,16 @@ def load(path: str | Path | None = None) -> Reputation:
 
 @lru_cache(maxsize=1)
 def _default() -> Reputation:
-    text = resources.files("corral.rules").joinpath("data/reputation.yaml").read_text()
-    return _parse(text, "corral/rules/data/reputation.yaml")
+    """The shipped file, parsed once per content and kept on disk with the rule packs (the same
+    object the default rule engine holds)."""
+    from corral.rules.cache import load_default
+
+    return load_default()[2]
 
 
 def _parse(text: str, origin: str) -> Reputation:
     try:
-        data = yaml.safe_load(text) or {}
+        data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}  # noqa: S506
         return Reputation.model_validate(data)
     except yaml.YAMLError as err:
         raise ReputationError(f"{origin}: not valid YAML: {err}") from None

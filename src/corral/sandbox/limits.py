@@ -11,10 +11,12 @@ import os
 import resource
 import signal
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from corral.policy.model import LimitsPolicy
+from corral.sandbox import reap
 from corral.sandbox.probe import CGROUP_ROOT, Capabilities
 
 
@@ -130,12 +132,57 @@ class Cgroup:
                 report.mechanisms["cpus"] = mech
 
     def join(self, *pids: int) -> None:
-        """Move processes in; v1 moves one task at a time, so callers move each before it forks."""
-        for d in self.dirs.values():
+        """Move processes in; v1 moves one task at a time, so callers move each before it forks.
+        A hierarchy where every one of them already is (born inside: `spawning`) is not written:
+        the write would take the kernel's global lock, and with it the wait below, for nothing."""
+        placed = {pid: _cgroups_of(f"/proc/{pid}") for pid in pids} if self.version == 1 else {}
+        for ctl, d in self.dirs.items():
+            want = self._relative(ctl)
+            if want is not None and all(placed[pid].get(ctl) == want for pid in pids):
+                continue
             with open(d / "cgroup.procs", "w") as f:
                 for pid in pids:
                     f.write(str(pid))
                     f.flush()
+
+    def _relative(self, ctl: str) -> str | None:
+        """This cgroup's path as /proc/<pid>/cgroup shows it, in `ctl`'s v1 hierarchy."""
+        d = self.dirs.get(ctl)
+        if d is None or self.version != 1:
+            return None
+        return "/" + str(d.relative_to(CGROUP_ROOT / ctl))
+
+    @contextlib.contextmanager
+    def spawning(self) -> Iterator[None]:
+        """Hold the calling thread inside this cgroup while it starts a process, so the process
+        is born inside and nothing has to be moved in afterwards.
+
+        Why: on cgroup v1, moving another process in (`cgroup.procs`) takes a global lock whose
+        first taker after an idle spell waits for an RCU grace period (0-15 ms, most of a cold
+        start). A thread moving itself (writing 0 to `tasks`) skips that lock, and a child is
+        born in the cgroup of the thread that forks it. The thread moves back to where it was as
+        soon as the block ends. v2 has no per-thread moves (CLONE_INTO_CGROUP would do it, but
+        Python's subprocess cannot pass it): there `join` moves the processes, as before.
+        """
+        if self.version != 1 or not self.dirs:
+            yield
+            return
+        home = _cgroups_of("/proc/thread-self")
+        entered: list[str] = []
+        try:
+            for ctl, d in self.dirs.items():
+                if ctl not in home:
+                    continue
+                with open(d / "tasks", "w") as f:
+                    f.write("0")
+                entered.append(ctl)
+        except OSError:
+            pass  # not all of them: `join` moves the children where they are not yet
+        try:
+            yield
+        finally:
+            for ctl in entered:
+                _move_self_back(ctl, home[ctl])
 
     def pids(self) -> list[int]:
         for ctl in ("pids", "memory", "unified", "freezer", "cpu"):
@@ -182,36 +229,87 @@ class Cgroup:
         return False
 
     def kill_all(self, deadline: float = 5.0) -> None:
-        """SIGKILL every task until the cgroup is empty. Frozen first, so a fork bomb cannot race
-        us; thawed after, so the kills land (and a later process may join)."""
-        end = time.monotonic() + deadline
-        if self.version == 2 and self._write("unified", "cgroup.kill", "1"):
-            while self.pids() and time.monotonic() < end:
-                time.sleep(0.005)
+        """SIGKILL every task until the cgroup is empty; returns at once when it already is (the
+        usual case: the sandbox's init was killed first and took its pid namespace with it).
+        v2 kills in one write (`cgroup.kill`). v1 freezes first, so a fork bomb cannot race the
+        kills, and thaws after, so they land. Exits are waited for on pidfds, not slept for."""
+        pids = self._others()
+        if not pids:
             return
-        while time.monotonic() < end:
-            frozen = self.freeze(True)
-            pids = self.pids()
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(pid, signal.SIGKILL)
+        end = time.monotonic() + deadline
+        killed_v2 = self.version == 2 and self._write("unified", "cgroup.kill", "1")
+        # never freeze a cgroup a thread of ours is in (`spawning`): it would freeze us with it
+        mine = os.getpid() in self.pids()
+        while pids and time.monotonic() < end:
+            frozen = not killed_v2 and not mine and self.freeze(True)
             if frozen:
-                self.freeze(False)
-            if not pids:
-                break
-            time.sleep(0.005)
+                pids = self._others()  # as they are now that none can fork
+            fds = [fd for fd in map(reap.pidfd_open, pids) if fd is not None]
+            try:
+                if not killed_v2:
+                    for pid in pids:
+                        with contextlib.suppress(ProcessLookupError, PermissionError):
+                            os.kill(pid, signal.SIGKILL)
+                if frozen:
+                    self.freeze(False)
+                if fds:
+                    reap.wait_pidfds(fds, min(1.0, max(0.0, end - time.monotonic())))
+                else:  # no pidfd support here: give the kills a moment to land
+                    time.sleep(0.001)
+            finally:
+                for fd in fds:
+                    os.close(fd)
+            pids = self._others()
+
+    def _others(self) -> list[int]:
+        """The cgroup's processes but this one: a thread of ours inside (`spawning`) must not
+        get the supervisor killed."""
+        me = os.getpid()
+        return [p for p in self.pids() if p != me]
 
     def destroy(self) -> None:
-        self.kill_all()
+        """Remove the cgroup's directories; a cgroup that still holds tasks is emptied first."""
         for d in self.dirs.values():
-            for _ in range(50):
+            for attempt in range(50):
                 try:
                     d.rmdir()
                     break
                 except FileNotFoundError:
                     break
                 except OSError:
-                    time.sleep(0.01)
+                    if attempt == 0:
+                        self.kill_all()
+                    else:
+                        time.sleep(0.01)
+
+
+def _cgroups_of(proc: str) -> dict[str, str]:
+    """v1 controller -> cgroup path of a process (`/proc/<pid>`) or thread (`/proc/thread-self`)."""
+    out: dict[str, str] = {}
+    try:
+        with open(f"{proc}/cgroup") as f:
+            for line in f:
+                _, names, path = line.rstrip("\n").split(":", 2)
+                for name in names.split(","):
+                    if name:
+                        out[name] = path
+    except (OSError, ValueError):
+        return {}
+    return out
+
+
+def _move_self_back(ctl: str, path: str) -> None:
+    """Back to the thread's own cgroup in `ctl` (or, if that went meanwhile, the nearest parent
+    left): a supervisor thread must never stay in a sandbox's cgroup, which is killed at close."""
+    here = Path(path)
+    for d in [here, *here.parents]:
+        try:
+            with open(CGROUP_ROOT / ctl / d.relative_to("/") / "tasks", "w") as f:
+                f.write("0")
+            return
+        except OSError:
+            continue
+    raise OSError(f"could not move the supervisor thread out of a sandbox cgroup ({ctl})")
 
 
 def cgroup_name(sandbox_id: str) -> str:

@@ -47,7 +47,10 @@ def _bwrap_version(path: str) -> str | None:
 
 
 def _try_userns(bwrap: str) -> tuple[bool, str | None]:
-    cmd = [bwrap, "--unshare-all", "--die-with-parent", "--ro-bind", "/", "/", "--", "/bin/true"]
+    # --as-pid-1: no bwrap init between, so the outer bwrap reaps /bin/true itself (with an init,
+    # the outer one exits on the status it reports and the init is left to the host's PID 1)
+    cmd = [bwrap, "--unshare-all", "--as-pid-1", "--die-with-parent", "--ro-bind", "/", "/", "--",
+           "/bin/true"]  # fmt: skip
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired) as err:

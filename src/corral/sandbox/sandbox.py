@@ -46,6 +46,7 @@ from corral.sandbox.limits import (
 )
 from corral.sandbox.probe import Capabilities, probe
 from corral.sandbox.procs import children_of
+from corral.sandbox.reap import finish, kill_init
 from corral.sandbox.session import ShellSession, open_session
 from corral.sandbox.shell import (
     Capture,
@@ -571,17 +572,19 @@ class Sandbox:
                                        idmap=spec.host_uid, join=join)  # fmt: skip
             else:
                 argv = build_argv(caps.bwrap, spec, command)
-            self._proc = subprocess.Popen(
-                argv,
-                stdin=in_r,
-                stdout=out_w,
-                stderr=err_w,
-                pass_fds=(ctl_w, info_w, block_r, spec.seccomp_fd, *spec.fds, *extra_fds),
-                close_fds=True,
-                # bwrap stays in the sandbox as its pid 1, /proc/1/environ readable by the agent:
-                # it must not carry the supervisor's environment (keys, tokens)
-                env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"},
-            )
+            # born in its cgroup (v1): no move later, so no wait for the kernel's global lock
+            with self.cgroup.spawning() if self.cgroup else contextlib.nullcontext():
+                self._proc = subprocess.Popen(
+                    argv,
+                    stdin=in_r,
+                    stdout=out_w,
+                    stderr=err_w,
+                    pass_fds=(ctl_w, info_w, block_r, spec.seccomp_fd, *spec.fds, *extra_fds),
+                    close_fds=True,
+                    # bwrap stays in the sandbox as its pid 1, /proc/1/environ readable by the
+                    # agent: it must not carry the supervisor's environment (keys, tokens)
+                    env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"},
+                )
         except OSError as err:
             for fd in (*child_ends, in_w, out_r, err_r, ctl_r, info_r, block_w):
                 os.close(fd)
@@ -1297,22 +1300,19 @@ class Sandbox:
         await self._teardown()
 
     async def _teardown(self) -> None:
-        for session in self.sessions.values():  # their processes go with the cgroup and init
+        # the init first: its pid namespace goes with it, the outer bwrap reaps it and is reaped in
+        # turn, so no process is left to the host's PID 1 (`corral.sandbox.reap`); the channel
+        # and the gateway are closed while the kernel tears the namespaces down
+        killed = kill_init(self._proc, self._init_pid)
+        for session in self.sessions.values():  # their processes went with the pid namespace
             session._close_channel(self.closed_reason or "the sandbox's shell ended")
-        if self.cgroup is not None:
-            await asyncio.to_thread(self.cgroup.kill_all)
-        if self._init_pid:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(self._init_pid, signal.SIGKILL)
-        if self._proc is not None:
-            with contextlib.suppress(ProcessLookupError):
-                self._proc.kill()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                await asyncio.to_thread(self._proc.wait, 5)
         if self._chan is not None:
             self._chan.close()
         if self.egress is not None:
             await self.egress.stopped(self)
+        await finish(self._proc, killed)
+        if self.cgroup is not None and self.cgroup.pids():  # what the namespace did not take
+            await asyncio.to_thread(self.cgroup.kill_all)
         self._proc = None
         self._chan = None
         self._init_pid = None
@@ -1353,7 +1353,10 @@ class Sandbox:
         await self._teardown()
         if self.cgroup is not None:
             self._check_counters(self.step or None)
-            await asyncio.to_thread(self.cgroup.destroy)
+            if self.cgroup.pids():  # emptying it may take a while: off the event loop
+                await asyncio.to_thread(self.cgroup.destroy)
+            else:  # a few rmdirs
+                self.cgroup.destroy()
             self.cgroup = None
         layer: dict[str, Any] = {}
         if self._root is not None:

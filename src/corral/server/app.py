@@ -40,17 +40,20 @@ from corral.store.sqlite import EventStore, StoreWriteError
 
 def create_app(policy: Policy | str | None = None, store: EventStore | None = None,
                approval_timeout: float = 300.0, tokens: Tokens | None = None,
-               limits: Limits | None = None) -> FastAPI:  # fmt: skip
+               limits: Limits | None = None, warm: int = 0) -> FastAPI:  # fmt: skip
     """`approval_timeout`: seconds a command the gate asked about waits for a decision (policy
     `gate.ask: callback`) before it is refused as expired. `tokens`: who may call (see
     `corral.server.auth`; `corral serve` always passes them; None, for an app embedded in-process,
-    asks for none). `limits`: request body and file transfer sizes (413 beyond)."""
+    asks for none). `limits`: request body and file transfer sizes (413 beyond). `warm`:
+    sandboxes kept started per image, ready to hand out (`corral.sandbox.warm`)."""
     limits = limits or Limits()
     manager = SandboxManager(load_policy(policy), store, approval_timeout=approval_timeout,
-                             limits=limits)  # fmt: skip
+                             limits=limits, warm=warm)  # fmt: skip
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if manager.warm is not None:
+            manager.warm.start()
         yield
         await manager.shutdown()
 

@@ -160,10 +160,15 @@ class _Run:
 
     def __init__(self, m: SandboxManager, memory_mb: int) -> None:
         self.m = m
-        self.sb = ensure_gate(Sandbox(_policy(m, memory_mb), store=m.store))
+        self.policy = _policy(m, memory_mb)
+        self.sb: Sandbox = None  # type: ignore[assignment]  # set on entry
 
     async def __aenter__(self) -> _Run:
-        await start_sandbox(self.sb)
+        # warm (`corral serve --warm N`) when the request keeps the server's policy
+        pooled = await self.m._from_pool(None, None) if self.policy is self.m.policy else None
+        self.sb = pooled or ensure_gate(Sandbox(self.policy, store=self.m.store))
+        if pooled is None:
+            await start_sandbox(self.sb)
         return self
 
     async def __aexit__(self, *exc: object) -> None:

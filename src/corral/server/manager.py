@@ -24,6 +24,7 @@ from corral.rules.gate import make_gate
 from corral.sandbox.procs import children_of
 from corral.sandbox.sandbox import ExecResult, Sandbox
 from corral.sandbox.session import SessionEnded, ShellSession
+from corral.sandbox.warm import WarmPool
 from corral.server import auth
 from corral.server.approvals import CURRENT, Approval, ApprovalBook, Ticket, shell_of
 from corral.server.limits import Limits
@@ -68,7 +69,8 @@ class Entry:
 
 class SandboxManager:
     def __init__(self, policy: Policy, store: EventStore | None = None,
-                 approval_timeout: float = 300.0, limits: Limits | None = None) -> None:  # fmt: skip
+                 approval_timeout: float = 300.0, limits: Limits | None = None,
+                 warm: int = 0) -> None:  # fmt: skip
         self.policy = policy
         self.limits = limits or Limits()
         self.approvals = ApprovalBook(approval_timeout)
@@ -83,8 +85,26 @@ class SandboxManager:
         self.episode_owners: dict[str, str | None] = {}
         self.host_name = socket.gethostname()
         self._reaper: asyncio.Task[None] | None = None
+        # `corral serve --warm N`: N sandboxes kept started per shape (image, scratch dirs) asked
+        # for since the server started, each handed out once
+        self.warm = WarmPool(self._pooled, warm, keys=[]) if warm > 0 else None
 
     # ---------------------------------------------------------------- lifecycle
+    def _pooled(self, key: Any, episode_id: str) -> Sandbox:
+        _image, scratch = key
+        return Sandbox(self.policy, episode_id=episode_id, store=self.store,
+                       scratch_dirs=list(scratch) or None)  # fmt: skip
+
+    async def _from_pool(self, episode_id: str | None, image: str | None,
+                         scratch_dirs: list[str] | None = None) -> Sandbox | None:  # fmt: skip
+        """A started sandbox no command has run in, from the warm pool, or None (start one; the
+        shape is kept warm from now on)."""
+        if self.warm is None:
+            return None
+        key = (image, tuple(scratch_dirs or ()))
+        sandbox = await self.warm.take(key, episode_id=episode_id)
+        return ensure_gate(sandbox) if sandbox is not None else None
+
     def safety(self, entry: Entry) -> dict[str, Any]:
         return safety_state(entry.sandbox, self.shaper)
 
@@ -94,12 +114,16 @@ class SandboxManager:
                     sandbox_id: str | None = None) -> Entry:  # fmt: skip
         """`policy`: this sandbox's own copy of the server's policy (a client's resource request
         within the policy's ceiling); `scratch_dirs`: empty private tmpfs directories."""
-        sandbox = Sandbox(policy or self.policy, episode_id=episode_id, store=self.store,
-                          scratch_dirs=scratch_dirs, sandbox_id=sandbox_id)  # fmt: skip
+        plain = (policy is None or policy is self.policy) and sandbox_id is None
+        pooled = await self._from_pool(episode_id, image, scratch_dirs) if plain else None
+        sandbox = pooled or Sandbox(policy or self.policy, episode_id=episode_id,
+                                    store=self.store, scratch_dirs=scratch_dirs,
+                                    sandbox_id=sandbox_id)  # fmt: skip
         if self.asks_people:  # ask becomes a pending approval instead of a refusal
             sandbox.gate = make_gate(self.policy, approve=self.approvals.approver(sandbox))
         ensure_gate(sandbox)
-        await start_sandbox(sandbox)
+        if pooled is None:
+            await start_sandbox(sandbox)
         entry = Entry(sandbox, image=image, idle_limit=idle_minutes * 60 if idle_minutes else None,
                       owner=auth.owner_name(),
                       start_args={"episode_id": episode_id, "image": image,
@@ -177,6 +201,8 @@ class SandboxManager:
     async def shutdown(self) -> None:
         if self._reaper is not None:
             self._reaper.cancel()
+        if self.warm is not None:
+            await self.warm.close()
         for ep in list(self.episodes.values()):
             with contextlib.suppress(Exception):
                 await ep.close()

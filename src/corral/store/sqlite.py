@@ -13,11 +13,15 @@ which step it is running, so the next start can mark a dead supervisor's episode
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import itertools
 import json
 import sqlite3
+import sys
 import threading
+import time
+import weakref
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -184,8 +188,34 @@ def _explain(path: Path, err: sqlite3.Error) -> str:
     return f"{path}: cannot open the event store ({text})"
 
 
+# Plain information from inside a command (an allowed connection, an exec the monitor saw) waits
+# at most this long, or until the next event written at once, to share its transaction.
+HOLD_S = 0.05
+HOLD_MAX = 512
+
+_open_stores: weakref.WeakSet[EventStore] = weakref.WeakSet()
+
+
+@atexit.register
+def _flush_open_stores() -> None:
+    for store in list(_open_stores):
+        if not store._closed:
+            try:
+                store.flush()
+            except Exception as err:  # noqa: BLE001 - exiting: say so, on one line
+                print(f"corral: events not written to {store.path}: {err}", file=sys.stderr)
+
+
 class EventStore:
-    """A thread-safe handle on the events database."""
+    """A thread-safe handle on the events database.
+
+    A sandbox's own lifecycle events (start, each command's start and end, stop), findings and
+    refusals are written at once: a command is recorded as started before it runs, and a full
+    disk refuses it rather than run it unrecorded. Plain information from inside a command (egress
+    and monitor events at `info`) is held, at most `HOLD_S`, and lands in the transaction of the
+    next event written at once (the command's end): one commit per command, not one per event.
+    Reads through this handle, `flush()`, `close()` and interpreter exit write what is held first.
+    """
 
     def __init__(self, path: str | Path | None = None, timeout: float = 30.0) -> None:
         self.path = Path(path) if path else default_db_path()
@@ -193,6 +223,11 @@ class EventStore:
         self._lock = threading.Lock()
         self._closed = False
         self._pending: list[tuple[str, tuple[Any, ...]]] = []  # (sql, row) not yet written
+        self._held: list[Event] = []  # plain information waiting for its command's transaction
+        self._held_lock = threading.Lock()
+        self._order = threading.Lock()  # held events are taken and written in the order they came
+        self._wake = threading.Condition(threading.Lock())
+        self._flusher: threading.Thread | None = None
         self._me_cache: tuple[int, float | None, int | None, str | None] | None = None
         try:
             self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=timeout)
@@ -209,6 +244,7 @@ class EventStore:
             with contextlib.suppress(Exception):
                 self._db.close()
             raise StoreReadError(_explain(self.path, err), str(err)) from None
+        _open_stores.add(self)
 
     _shared: dict[Path, EventStore] = {}
     _shared_lock = threading.Lock()
@@ -227,16 +263,71 @@ class EventStore:
             return store
 
     def add(self, event: Event, keep: bool = True) -> None:
+        if keep and event.source != "sandbox" and event.severity == "info" and not self._closed:
+            with self._held_lock:
+                self._held.append(event)
+                full = len(self._held) >= HOLD_MAX
+            if full:
+                self.flush()
+            else:
+                self._schedule()
+            return
         self.add_many([event], keep=keep)
 
     def add_many(self, events: Iterable[Event], keep: bool = True) -> None:
-        """Record events; `keep=False`: on failure these are dropped, not held (a command that
-        will not run because of the failure must not be recorded as started later)."""
+        """Record events (after what is held, in the same transaction); `keep=False`: on failure
+        these are dropped, not held (a command that will not run because of the failure must not
+        be recorded as started later)."""
         events = list(events)
         writes = [(_INSERT_EVENT, self._row(e)) for e in events]
         writes += [w for e in events for w in self._live_writes(e)]
-        if writes:
-            self._write(writes, keep=keep)
+        with self._order:
+            held = self._take_held()
+            if held and not keep:  # what was held is kept whatever becomes of these
+                self._write(held)
+                held = []
+            if held or writes:
+                self._write(held + writes, keep=keep)
+
+    def _take_held(self) -> list[tuple[str, tuple[Any, ...]]]:
+        with self._held_lock:
+            held, self._held = self._held, []
+        return [(_INSERT_EVENT, self._row(e)) for e in held]
+
+    def _flush_for_read(self) -> None:
+        """What is held, written before a read; a failing disk does not stop the read."""
+        if self._held:
+            with contextlib.suppress(StoreWriteError):
+                self.flush()
+
+    def _schedule(self) -> None:
+        """A flush within HOLD_S (one daemon thread per store, gone after a second idle)."""
+        with self._wake:
+            if self._flusher is None:
+                self._flusher = threading.Thread(target=self._flush_loop, name="corral-store",
+                                                 daemon=True)  # fmt: skip
+                self._flusher.start()
+            self._wake.notify()
+
+    def _flush_loop(self) -> None:
+        warned = False
+        while True:
+            with self._wake:
+                if not self._held and not self._closed:
+                    self._wake.wait(1.0)
+                if self._closed or not self._held:
+                    self._flusher = None
+                    return
+            time.sleep(HOLD_S)
+            try:
+                self.flush()
+                warned = False
+            except sqlite3.ProgrammingError:  # closed meanwhile: close() wrote what it could
+                return
+            except Exception as err:  # noqa: BLE001 - kept in memory; said once, tried again
+                if not warned:
+                    print(f"corral: {err}", file=sys.stderr)
+                    warned = True
 
     @property
     def _me(self) -> tuple[int, float | None, int | None, str | None]:
@@ -253,8 +344,10 @@ class EventStore:
         return bool(self._pending)
 
     def flush(self) -> None:
-        """Write what earlier failures left in memory (StoreWriteError if it still cannot)."""
-        self._write([])
+        """Write what is held and what earlier failures left in memory (StoreWriteError if it
+        still cannot)."""
+        with self._order:
+            self._write(self._take_held())
 
     def _write(self, writes: list[tuple[str, tuple[Any, ...]]], keep: bool = True) -> None:
         """All pending writes then these, in one transaction; on failure all are kept, in order
@@ -369,6 +462,7 @@ class EventStore:
         if since is not None:
             where.append("ts >= ?")
             args.append(since)
+        self._flush_for_read()
         sql = f"SELECT {','.join(_COLUMNS)} FROM events"
         if where:
             sql += " WHERE " + " AND ".join(where)
@@ -390,6 +484,7 @@ class EventStore:
         self._write([(_INSERT_STEP, row)])
 
     def steps(self, episode_id: str) -> list[StepRecord]:
+        self._flush_for_read()
         sql = f"SELECT {','.join(_STEP_COLUMNS)} FROM steps WHERE episode_id = ? ORDER BY step, id"
         with self._lock:
             rows = self._db.execute(sql, (episode_id,)).fetchall()
@@ -404,6 +499,7 @@ class EventStore:
 
     def episodes(self, limit: int | None = None) -> list[str]:
         """Episodes that recorded steps, newest first."""
+        self._flush_for_read()
         sql = "SELECT episode_id FROM steps GROUP BY episode_id ORDER BY MAX(id) DESC"
         if limit:
             sql += f" LIMIT {int(limit)}"
@@ -427,6 +523,8 @@ class EventStore:
                 self._pending = []
             self._closed = True
             self._db.close()
+        with self._wake:
+            self._wake.notify()
 
 
 # ---------------------------------------------------------------- reading a damaged file

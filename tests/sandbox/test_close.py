@@ -1,0 +1,125 @@
+"""Closing a sandbox ends every one of its processes and leaves none to anyone else to reap; a
+sandbox is born in its cgroup and the supervisor's thread is never left in one."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import psutil
+import pytest
+
+from corral import Sandbox
+from corral.sandbox import reap
+from corral.sandbox.limits import Cgroup, _cgroups_of, cgroup_name
+from corral.sandbox.probe import probe
+from tests.sandbox.helpers import sandbox_policy
+
+ROOT = Path(__file__).resolve().parents[2]
+cgroup_v1 = pytest.mark.skipif(
+    not (probe().cgroup_writable and probe().cgroup_version == 1),
+    reason="needs a writable cgroup v1 hierarchy (root)",
+)
+
+# A supervisor that is its descendants' reaper (PR_SET_CHILD_SUBREAPER): an orphaned bwrap lands
+# with it instead of the host's PID 1, so anything left behind is counted, not lost.
+SUBREAPER = textwrap.dedent(
+    """
+    import asyncio, ctypes, os
+    assert ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0) == 0
+    from corral import Sandbox
+    from tests.sandbox.helpers import sandbox_policy
+
+    def children():
+        me, out = os.getpid(), []
+        for p in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                stat = open(f"/proc/{p}/stat", "rb").read()
+            except OSError:
+                continue
+            fields = stat[stat.rindex(b")") + 2:].split()
+            if int(fields[1]) == me:
+                out.append(f"{p}:{fields[0].decode()}")
+        return out
+
+    async def main():
+        pol = sandbox_policy()
+        for i in range(ROUNDS):
+            sb = Sandbox(pol)
+            await sb.start()
+            await sb.exec("sleep 100 & true")
+            await sb.close()
+        print(" ".join(children()) or "none", flush=True)
+
+    asyncio.run(main())
+    """
+)
+
+
+def test_closed_sandboxes_leave_no_child_to_reap() -> None:
+    out = subprocess.run([sys.executable, "-c", SUBREAPER.replace("ROUNDS", "8")], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "none", f"left behind (pid:state): {out.stdout}"
+
+
+async def test_close_ends_background_jobs() -> None:
+    sb = Sandbox(sandbox_policy())
+    await sb.start()
+    r = await sb.exec("sleep 300 >/dev/null 2>&1 & echo $!")
+    assert r.exit_code == 0
+    init, outer = sb._init_pid, sb._proc.pid if sb._proc else None
+    inside = {p.pid for p in psutil.Process(init).children(recursive=True)}
+    assert len(inside) >= 2  # the shell and its sleep
+    await sb.close()
+    for pid in [init, outer, *inside]:
+        assert pid is not None
+        assert not psutil.pid_exists(pid), f"{pid} outlived close()"
+
+
+async def test_stop_bwrap_without_the_init_pid_still_reaps() -> None:
+    """The fallback path (the init unreachable): the outer bwrap is killed and reaped."""
+    sb = Sandbox(sandbox_policy())
+    await sb.start()
+    proc = sb._proc
+    assert proc is not None
+    await reap.stop_bwrap(proc, None)
+    assert proc.returncode is not None
+    await sb.close()
+
+
+@cgroup_v1
+async def test_born_in_its_cgroup_and_the_supervisor_thread_goes_back() -> None:
+    before = _cgroups_of("/proc/thread-self")
+    async with Sandbox(sandbox_policy()) as sb:
+        assert sb.cgroup is not None and sb._proc is not None and sb._init_pid
+        assert _cgroups_of("/proc/thread-self") == before
+        for pid in (sb._proc.pid, sb._init_pid):
+            where = _cgroups_of(f"/proc/{pid}")
+            for ctl in sb.cgroup.dirs:
+                assert where[ctl] == sb.cgroup._relative(ctl), (pid, ctl)
+        assert sb.limits.mechanisms["pids"] == "cgroup-v1"
+        r = await sb.exec("cat /proc/self/cgroup")
+        assert r.exit_code == 0
+
+
+@cgroup_v1
+def test_kill_all_empties_a_cgroup_and_spares_the_supervisor() -> None:
+    cg = Cgroup(cgroup_name("sb-killall-test"), probe())
+    cg.create()
+    try:
+        procs = [subprocess.Popen(["sh", "-c", "sleep 300 & sleep 300 & wait"]) for _ in range(3)]
+        cg.join(*(p.pid for p in procs))
+        with cg.spawning():  # this thread is inside too, as while a sandbox is spawned
+            assert os.getpid() in cg.pids()
+            cg.kill_all()
+            assert cg.pids() == [os.getpid()]
+        for p in procs:
+            assert p.wait(timeout=10) == -9
+        assert cg.pids() == []
+    finally:
+        cg.destroy()
+    assert not any(d.exists() for d in cg.dirs.values())

@@ -1,0 +1,124 @@
+"""A command's events share a transaction (its start is written before it runs, for the full-disk
+refusal and recovery), nothing held is lost, and this handle always sees what it was given."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from corral.events.model import Event
+from corral.store import sqlite as sqlite_store
+from corral.store.sqlite import EventStore, StoreWriteError
+
+
+def _event(rule: str, step: int | None = 1, severity: str = "info") -> Event:
+    return Event(source=rule.split(".")[0], rule=rule, severity=severity, sandbox_id="sb-t",
+                 episode_id="ep-t", step=step, message=rule)  # fmt: skip
+
+
+def _rules_on_disk(path: Path) -> list[str]:
+    """What another connection (another process, `corral events`) sees."""
+    with sqlite3.connect(path) as db:
+        return [r[0] for r in db.execute("SELECT rule FROM events ORDER BY id")]
+
+
+@pytest.fixture
+def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    """A store whose held events wait for an event written at once (no timer in the way)."""
+    monkeypatch.setattr(sqlite_store, "HOLD_S", 600.0)
+    s = EventStore(tmp_path / "events.db")
+    yield s
+    s.close()
+
+
+def test_a_command_is_written_in_its_start_and_its_end_transactions(
+    store: EventStore, tmp_path: Path
+) -> None:
+    db = tmp_path / "events.db"
+    statements: list[str] = []
+    store._db.set_trace_callback(statements.append)
+    store.add(_event("sandbox.command_started"))
+    assert _rules_on_disk(db) == ["sandbox.command_started"]  # before the command runs
+    for _ in range(5):
+        store.add(_event("egress.connection"))
+    store.add(Event(source="process", rule="process.exec", sandbox_id="sb-t", episode_id="ep-t",
+                    step=1, message="ls"))  # fmt: skip
+    assert _rules_on_disk(db) == ["sandbox.command_started"]  # held for the command's end
+    store.add(_event("sandbox.command_ended"))
+    assert _rules_on_disk(db) == ["sandbox.command_started", *["egress.connection"] * 5,
+                                  "process.exec", "sandbox.command_ended"]  # fmt: skip
+    commits = [s for s in statements if s.strip().upper().startswith("COMMIT")]
+    assert len(commits) == 2, statements
+
+
+def test_a_finding_is_written_at_once(store: EventStore, tmp_path: Path) -> None:
+    store.add(_event("egress.connection"))
+    store.add(Event(source="egress", rule="egress.denied", severity="medium", sandbox_id="sb-t",
+                    episode_id="ep-t", step=1, message="x"))  # fmt: skip
+    assert _rules_on_disk(tmp_path / "events.db") == ["egress.connection", "egress.denied"]
+
+
+def test_a_lone_event_is_written_soon(tmp_path: Path) -> None:
+    store = EventStore(tmp_path / "events.db")
+    store.add(_event("egress.connection", step=None))
+    deadline = time.monotonic() + 10
+    while not _rules_on_disk(tmp_path / "events.db") and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert _rules_on_disk(tmp_path / "events.db") == ["egress.connection"]
+    store.close()
+
+
+def test_reads_through_the_handle_see_waiting_events(store: EventStore) -> None:
+    store.add(_event("egress.connection"))
+    assert [e.rule for e in store.query(episode_id="ep-t")] == ["egress.connection"]
+
+
+def test_close_writes_what_waits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sqlite_store, "HOLD_S", 600.0)
+    s = EventStore(tmp_path / "events.db")
+    s.add(_event("egress.connection"))
+    s.close()
+    assert _rules_on_disk(tmp_path / "events.db") == ["egress.connection"]
+
+
+def test_process_exit_writes_what_waits(tmp_path: Path) -> None:
+    db = tmp_path / "events.db"
+    code = (
+        "from corral.events.model import Event\n"
+        "from corral.store import sqlite\n"
+        "from corral.store.sqlite import EventStore\n"
+        "sqlite.HOLD_S = 600.0\n"
+        f"s = EventStore({str(db)!r})\n"
+        "s.add(Event(source='egress', rule='egress.connection', message='x'))\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    assert _rules_on_disk(db) == ["egress.connection"]
+
+
+def test_a_failed_write_keeps_the_held_events_in_order(store: EventStore, tmp_path: Path) -> None:
+    store.add(_event("egress.connection"))
+    store._db.execute("CREATE TEMP TRIGGER full BEFORE INSERT ON events "
+                      "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END")  # fmt: skip
+    with pytest.raises(StoreWriteError, match="disk is full"):
+        store.add(_event("sandbox.command_ended"))
+    assert _rules_on_disk(tmp_path / "events.db") == []
+    store._db.execute("DROP TRIGGER full")
+    store.flush()
+    assert _rules_on_disk(tmp_path / "events.db") == ["egress.connection", "sandbox.command_ended"]
+
+
+def test_a_refused_start_drops_itself_but_keeps_what_was_held(store: EventStore,
+                                                              tmp_path: Path) -> None:  # fmt: skip
+    store.add(_event("egress.connection"))
+    store._db.execute("CREATE TEMP TRIGGER full BEFORE INSERT ON events "
+                      "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END")  # fmt: skip
+    with pytest.raises(StoreWriteError):
+        store.add(_event("sandbox.command_started"), keep=False)
+    store._db.execute("DROP TRIGGER full")
+    store.flush()
+    assert _rules_on_disk(tmp_path / "events.db") == ["egress.connection"]
