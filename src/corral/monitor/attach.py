@@ -22,14 +22,16 @@ def attach(ctx: Any) -> Any:
     return monitor
 
 
-def detach(ctx: Any) -> None:
+def detach(ctx: Any, record_steps: bool = True) -> None:
     """Stop watching (writes the episode's resource summary first) and put every step that no
-    caller recorded in the store; safe to call twice."""
+    caller recorded in the store (not for a harness sandbox: its commands are not the agent's
+    steps); safe to call twice."""
     monitor = getattr(ctx, "watch", None)
     if monitor is not None:
         ctx.watch = None
         monitor.unwatch(ctx, summarise=True)
-    record_missing_steps(ctx)
+    if record_steps:
+        record_missing_steps(ctx)
 
 
 def record_missing_steps(ctx: Any) -> int:

@@ -1336,7 +1336,7 @@ class Sandbox:
         if getattr(self, "ctx", None) is not None:
             from corral.monitor.attach import detach
 
-            detach(self.ctx)
+            detach(self.ctx, record_steps=not self._borrowed_identity)
         already = self.closed_reason is not None and self._proc is None and self.workspace is None
         if already:
             return
