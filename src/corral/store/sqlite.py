@@ -229,6 +229,21 @@ class EventStore:
         self._wake = threading.Condition(threading.Lock())
         self._flusher: threading.Thread | None = None
         self._me_cache: tuple[int, float | None, int | None, str | None] | None = None
+        deadline = time.monotonic() + timeout
+        while True:  # another process opening or migrating the store at this instant: wait for it
+            try:
+                self._open(timeout)
+                break
+            except sqlite3.OperationalError as err:
+                locked = "locked" in str(err) or "busy" in str(err)
+                if not locked or time.monotonic() > deadline:
+                    raise StoreReadError(_explain(self.path, err), str(err)) from None
+                time.sleep(0.05)
+            except sqlite3.DatabaseError as err:
+                raise StoreReadError(_explain(self.path, err), str(err)) from None
+        _open_stores.add(self)
+
+    def _open(self, timeout: float) -> None:
         try:
             self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=timeout)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -240,11 +255,10 @@ class EventStore:
             cols = {r[1] for r in self._db.execute("PRAGMA table_info(events)")}
             if "origin_step" not in cols:  # a store written before events carried origin steps
                 self._db.execute("ALTER TABLE events ADD COLUMN origin_step INTEGER")
-        except sqlite3.DatabaseError as err:
+        except sqlite3.DatabaseError:
             with contextlib.suppress(Exception):
                 self._db.close()
-            raise StoreReadError(_explain(self.path, err), str(err)) from None
-        _open_stores.add(self)
+            raise
 
     _shared: dict[Path, EventStore] = {}
     _shared_lock = threading.Lock()
