@@ -67,6 +67,20 @@ class Entry:
     start_args: dict[str, Any] = field(default_factory=dict)
 
 
+def local_image(name: str | None) -> str | None:
+    """ROCK's `image`, as the sandbox's root when corral's image store holds it (`corral images
+    import`); otherwise None: the host's read-only root, and the name is only echoed back (no
+    registry is pulled from inside a request)."""
+    if not name:
+        return None
+    try:
+        from corral.images.store import ImageStore
+
+        return name if ImageStore().get(name) is not None else None
+    except Exception:  # noqa: BLE001 - an unreadable cache: the host root, as before
+        return None
+
+
 class SandboxManager:
     def __init__(self, policy: Policy, store: EventStore | None = None,
                  approval_timeout: float = 300.0, limits: Limits | None = None,
@@ -114,11 +128,13 @@ class SandboxManager:
                     sandbox_id: str | None = None) -> Entry:  # fmt: skip
         """`policy`: this sandbox's own copy of the server's policy (a client's resource request
         within the policy's ceiling); `scratch_dirs`: empty private tmpfs directories."""
+        root_image = local_image(image)
         plain = (policy is None or policy is self.policy) and sandbox_id is None
+        plain = plain and root_image is None
         pooled = await self._from_pool(episode_id, image, scratch_dirs) if plain else None
         sandbox = pooled or Sandbox(policy or self.policy, episode_id=episode_id,
                                     store=self.store, scratch_dirs=scratch_dirs,
-                                    sandbox_id=sandbox_id)  # fmt: skip
+                                    sandbox_id=sandbox_id, image=root_image)  # fmt: skip
         if self.asks_people:  # ask becomes a pending approval instead of a refusal
             sandbox.gate = make_gate(self.policy, approve=self.approvals.approver(sandbox))
         ensure_gate(sandbox)
