@@ -282,6 +282,7 @@ class SandboxEpisode:
         if notifier is not None:
             self.exec_sensor = True
             notifier.on_exec = self._exec_hook
+            notifier.on_refused = getattr(self._sb, "syscall_refused", None)
 
     def set_exec_hook(self, hook: Callable[[ExecNote], None] | None) -> None:
         self._exec_hook = hook

@@ -116,3 +116,20 @@ print('RC', f())
         # refused: ENOSYS from corral's list, or SIGSYS from the gateway's stacked filter
         refused = "RC -38" in r.stdout or "RC 4294967258" in r.stdout or r.exit_code == 159
         assert refused and "RC 1" not in r.stdout, r.stdout + r.stderr
+
+
+@pytest.mark.unprivileged
+@pytest.mark.parametrize("egress", [True, False])
+async def test_escape_syscalls_are_recorded_with_who_tried(egress: bool) -> None:
+    async with open_box(egress=egress) as sb:
+        r = await sb.exec(py(SYSCALLS))
+        assert "BAD []" in r.stdout, r.stdout + r.stderr  # refused all the same
+        refused = [e for e in sb.events if e.rule == "escape.syscall_refused"]
+        names = {e.evidence["syscall"] for e in refused}
+        if sb.egress is None:  # no launcher at all (exec sensor off): the kernel's list alone
+            assert not refused
+            return
+        assert {"io_uring_setup", "bpf", "unshare", "mount", "keyctl"} <= names, names
+        first = refused[0]
+        assert first.pid and first.argv and "python3" in first.argv[0]
+        assert first.category == "escape" and first.step == 1

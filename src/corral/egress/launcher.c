@@ -105,7 +105,16 @@ int main(int argc, char **argv) {
     int dns_tcp = dns >= 0 ? listen_on(SOCK_STREAM, 53) : -1;
     if (dns >= 0 && dns_tcp < 0) { close(dns); dns = -1; } /* both or neither: bound from outside */
 
-    struct sock_filter f[] = {
+    /* Escape syscalls that corral's own deny list (sandbox/syscalls.py) leaves to this listener
+     * when it is present: the supervisor refuses each with EPERM and records who tried. */
+    static const int refused[] = {
+        __NR_io_uring_setup, __NR_bpf, __NR_perf_event_open, __NR_userfaultfd, __NR_keyctl,
+        __NR_add_key, __NR_unshare, __NR_setns, __NR_mount, __NR_pivot_root,
+        __NR_open_by_handle_at, __NR_init_module, __NR_finit_module, __NR_kexec_load,
+        __NR_kexec_file_load, __NR_pidfd_getfd, __NR_fsopen, __NR_open_tree,
+    };
+    enum { NREF = sizeof refused / sizeof refused[0] };
+    struct sock_filter head[] = {
         BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
         BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, ARCH, 1, 0),
         BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS),
@@ -117,20 +126,30 @@ int main(int argc, char **argv) {
         BPF_JUMP(BPF_JMP | BPF_JA, 0, 0, 0),
         BPF_JUMP(BPF_JMP | BPF_JA, 0, 0, 0),
 #endif
-        /* 6 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_execve, 9, 0),
-        /* 7 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_execveat, 8, 0),
-        /* 8 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_connect, 7, 0),
-        /* 9 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_sendmsg, 6, 0),
-        /* 10 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_sendmmsg, 5, 0),
-        /* 11 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_sendto, 0, 5),
-        /* 12: sendto's address argument: notify only when it is set */
-        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, ARG_LO(4)),
-        /* 13 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 0, 0, 2),
-        /* 14 */ BPF_STMT(BPF_LD | BPF_W | BPF_ABS, ARG_HI(4)),
-        /* 15 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 0, 1, 0),
-        /* 16 */ BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_USER_NOTIF),
-        /* 17 */ BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
     };
+    /* the tail's jumps are relative to itself: its USER_NOTIF return is tail[10] */
+    struct sock_filter tail[] = {
+        /* 0 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_execve, 9, 0),
+        /* 1 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_execveat, 8, 0),
+        /* 2 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_connect, 7, 0),
+        /* 3 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_sendmsg, 6, 0),
+        /* 4 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_sendmmsg, 5, 0),
+        /* 5 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_sendto, 0, 5),
+        /* 6: sendto's address argument: notify only when it is set */
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, ARG_LO(4)),
+        /* 7 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 0, 0, 2),
+        /* 8 */ BPF_STMT(BPF_LD | BPF_W | BPF_ABS, ARG_HI(4)),
+        /* 9 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 0, 1, 0),
+        /* 10 */ BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_USER_NOTIF),
+        /* 11 */ BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+    };
+    enum { NHEAD = sizeof head / sizeof head[0], NTAIL = sizeof tail / sizeof tail[0] };
+    struct sock_filter f[NHEAD + NREF + NTAIL];
+    memcpy(f, head, sizeof head);
+    for (int j = 0; j < NREF; j++) /* each jumps to the tail's USER_NOTIF when it matches */
+        f[NHEAD + j] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (unsigned)refused[j],
+                                                    (unsigned char)(NREF - 1 - j + 10), 0);
+    memcpy(f + NHEAD + NREF, tail, sizeof tail);
     struct sock_fprog prog = {.len = sizeof f / sizeof f[0], .filter = f};
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) fail("no_new_privs");
     int notify = (int)syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_NEW_LISTENER, &prog);

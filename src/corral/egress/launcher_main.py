@@ -55,6 +55,27 @@ def main() -> None:
         f.add_rule(seccomp.NOTIFY, "sendto", seccomp.Arg(4, seccomp.NE, 0))
         f.add_rule(seccomp.NOTIFY, "sendmsg")
         f.add_rule(seccomp.NOTIFY, "sendmmsg")
+        for name in (
+            "io_uring_setup",
+            "bpf",
+            "perf_event_open",
+            "userfaultfd",
+            "keyctl",
+            "add_key",
+            "unshare",
+            "setns",
+            "mount",
+            "pivot_root",
+            "open_by_handle_at",
+            "init_module",
+            "finit_module",
+            "kexec_load",
+            "kexec_file_load",
+            "pidfd_getfd",
+            "fsopen",
+            "open_tree",
+        ):  # refused and recorded by the supervisor
+            f.add_rule(seccomp.NOTIFY, name)
         f.load()
         fds["notify"] = f.get_notify_fd()
     except Exception as err:  # noqa: BLE001 - any failure must reach the supervisor

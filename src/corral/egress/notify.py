@@ -64,6 +64,12 @@ _NOTIF = struct.Struct("=QII iIQ6Q")
 _RESP = struct.Struct("=QqiI")
 NR = {42: "connect", 44: "sendto", 46: "sendmsg", 307: "sendmmsg"}  # x86_64
 EXEC_NR = {59: "execve", 322: "execveat"}
+# escape syscalls the launcher's filter sends here (sandbox/syscalls.py NOTIFIED): refused, recorded
+REFUSED_NR = {425: "io_uring_setup", 321: "bpf", 298: "perf_event_open", 323: "userfaultfd",
+              250: "keyctl", 248: "add_key", 272: "unshare", 308: "setns", 165: "mount",
+              155: "pivot_root", 304: "open_by_handle_at", 175: "init_module",
+              313: "finit_module", 246: "kexec_load", 320: "kexec_file_load", 438: "pidfd_getfd",
+              430: "fsopen", 428: "open_tree"}  # fmt: skip
 AT_FDCWD = -100
 AT_EMPTY_PATH = 0x1000
 MSG_FASTOPEN = 0x20000000
@@ -278,6 +284,8 @@ class Notifier:
         self.on_attempt = on_attempt
         # the exec sensor: set by the monitor when it watches this sandbox (None: continue at once)
         self.on_exec = on_exec
+        # an escape syscall refused here: (pid, name), set with the episode's context
+        self.on_refused: Callable[[int, str], None] | None = None
         self.loop = asyncio.get_running_loop()
         self.loop.add_reader(fd, self._ready)
         self.handled = 0
@@ -304,6 +312,13 @@ class Notifier:
         self.handled += 1
         if nr in EXEC_NR:
             self._exec(nid, pid, EXEC_NR[nr], args)
+            return
+        if nr in REFUSED_NR:  # never continued: refused, then recorded
+            self._respond(nid, -errno.EPERM, 0)
+            cb = self.on_refused
+            if cb is not None:
+                with contextlib.suppress(Exception):
+                    cb(pid, REFUSED_NR[nr])
             return
         name = NR.get(nr)
         if name is None:

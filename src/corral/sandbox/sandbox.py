@@ -45,7 +45,7 @@ from corral.sandbox.limits import (
     sweep_stale_cgroups,
 )
 from corral.sandbox.probe import Capabilities, probe
-from corral.sandbox.procs import children_of
+from corral.sandbox.procs import children_of, of_dead_supervisor
 from corral.sandbox.reap import finish, kill_init
 from corral.sandbox.session import ShellSession, open_session
 from corral.sandbox.shell import (
@@ -78,16 +78,8 @@ def _sweep_workspaces(root: Path) -> None:
     """Remove workspaces of supervisors that died without closing (named `<pid>-<sandbox>-*`)."""
     global _swept_workspaces
     _swept_workspaces = True
-    for d in root.iterdir():
-        head = d.name.split("-", 1)[0]
-        if not head.isdigit() or int(head) == os.getpid():
-            continue
-        try:
-            os.kill(int(head), 0)
-        except ProcessLookupError:
-            treewalk.rmtree(str(d))
-        except PermissionError:
-            continue
+    for d in of_dead_supervisor(root):
+        treewalk.rmtree(str(d))
 
 
 def rlimit_triples(rlimits: list[tuple[int, int]]) -> list[tuple[int, int, int]]:
@@ -162,6 +154,7 @@ class Sandbox:
         self._harness: Sandbox | None = None
         self._disk_base: usage.Usage | None = None
         self._disk_hit: set[str] = set()
+        self._refusals: dict[str, int] = {}
         self._borrowed_identity = False
         if sink is None:
             if store is True:
@@ -554,8 +547,8 @@ class Sandbox:
             staged=self._stage_sources(),
             rlimits=rlimit_triples(rlimits) if self.identity else [],
         )
-        try:
-            spec.seccomp_fd = syscalls.program_fd()
+        try:  # the launcher's user-notify filter refuses and records the escape calls itself
+            spec.seccomp_fd = syscalls.program_fd(notified=self.egress is not None)
         except syscalls.SeccompUnavailable as err:
             for fd in (ctl_r, ctl_w, info_r, info_w, block_r, block_w, in_r, in_w, out_r, out_w,
                        err_r, err_w):  # fmt: skip
@@ -1046,6 +1039,25 @@ class Sandbox:
                   f"files of {quota[0]} bytes, {quota[1] or 'unlimited'} files)",
                   evidence={"layer_bytes": used, "layer_inodes": files, "limit_bytes": quota[0],
                             "limit_inodes": quota[1]})  # fmt: skip
+
+    MAX_REFUSAL_EVENTS = 10  # per syscall and sandbox: evidence, not a flood
+
+    def syscall_refused(self, pid: int, name: str) -> None:
+        """An escape syscall (io_uring, bpf, mount, unshare...) refused by the seccomp listener:
+        recorded with who tried, the first few times per call."""
+        seen = self._refusals.get(name, 0) + 1
+        self._refusals[name] = seen
+        if seen > self.MAX_REFUSAL_EVENTS:
+            return
+        from corral.monitor import procfs
+
+        argv = procfs.cmdline(pid)
+        more = " (further ones not recorded)" if seen == self.MAX_REFUSAL_EVENTS else ""
+        self.emit(source="policy", rule="escape.syscall_refused", category="escape",
+                  severity="high", action="blocked", pid=pid, argv=argv[:16] or None,
+                  step=self.step or None, attack="T1611",
+                  message=f"{name}() refused: not available in a corral sandbox{more}",
+                  evidence={"syscall": name, "count": seen})  # fmt: skip
 
     def _forged(self, line: str) -> None:
         """A report on a control pipe that no command was waiting for: the agent writing to the

@@ -64,16 +64,10 @@ def sweep() -> None:
     """Detach stages of supervisors that are gone."""
     if not STAGE_ROOT.is_dir():
         return
-    for d in STAGE_ROOT.iterdir():
-        head = d.name.split("-", 1)[0]
-        if not head.isdigit() or int(head) == os.getpid():
-            continue
-        try:
-            os.kill(int(head), 0)
-        except ProcessLookupError:
-            unstage(str(d))
-        except PermissionError:
-            continue
+    from corral.sandbox.procs import of_dead_supervisor
+
+    for d in of_dead_supervisor(STAGE_ROOT):
+        unstage(str(d))
 
 
 def sandboxes_root(preferred: Path) -> Path:

@@ -12,8 +12,10 @@ whole mount family, namespace changes (unshare, setns), open_by_handle_at and fr
 swap, reboot and accounting calls. `socket`/`socketpair` are refused with EAFNOSUPPORT for every
 family but unix, inet, inet6 and netlink-route: no vsock (the hypervisor), packet, alg, bluetooth...
 
-LIMITATION: a refusal here is returned by the kernel without telling the supervisor; the gateway's
-user-notify filter (a separate stacked filter) is where refusals become events.
+Where the sandbox has the gateway's (or the exec sensor's) launcher, the calls in NOTIFIED are left
+to its user-notify filter instead: the supervisor refuses them and records each attempt with pid,
+exe and argv (`escape.syscall_refused`, at most 10 per call and sandbox). LIMITATION: the other
+refusals here are returned by the kernel without telling the supervisor.
 """
 
 from __future__ import annotations
@@ -34,6 +36,14 @@ DENIED = (
     "swapon", "swapoff", "reboot", "acct", "quotactl", "settimeofday", "clock_settime",
     "clock_adjtime", "adjtimex", "syslog", "vhangup", "iopl", "ioperm",
     "pidfd_getfd",  # copying another process's fds (the shell's own control pipe)
+)  # fmt: skip
+# Left to the gateway's user-notify listener when the sandbox has one (egress/launcher.c): there
+# the supervisor refuses them (EPERM) and records who tried (`escape.syscall_refused`). This list
+# must match the launcher's.
+NOTIFIED = (
+    "io_uring_setup", "bpf", "perf_event_open", "userfaultfd", "keyctl", "add_key", "unshare",
+    "setns", "mount", "pivot_root", "open_by_handle_at", "init_module", "finit_module",
+    "kexec_load", "kexec_file_load", "pidfd_getfd", "fsopen", "open_tree",
 )  # fmt: skip
 ALLOWED_FAMILIES = (1, 2, 10, 16)  # AF_UNIX, AF_INET, AF_INET6, AF_NETLINK (route only)
 NETLINK_ROUTE = 0
@@ -60,13 +70,17 @@ def _seccomp():  # noqa: ANN202 - the libseccomp module
     return seccomp
 
 
-@functools.lru_cache(maxsize=1)
-def program() -> bytes:
-    """The BPF program, built once per supervisor."""
+@functools.lru_cache(maxsize=2)
+def program(notified: bool = False) -> bytes:
+    """The BPF program, built once per supervisor. `notified`: the sandbox's launcher installs a
+    user-notify filter that refuses and records the NOTIFIED calls, so they are left out here
+    (an ERRNO here would win over the notification, and nothing would be recorded)."""
     sc = _seccomp()
     f = sc.SyscallFilter(sc.ALLOW)
     f.set_attr(sc.Attr.ACT_BADARCH, sc.ERRNO(errno.ENOSYS))
     for name in DENIED:
+        if notified and name in NOTIFIED:
+            continue
         try:
             f.add_rule(sc.ERRNO(errno.EPERM), name)
         except (RuntimeError, ValueError):  # a syscall this libseccomp/arch does not know
@@ -86,9 +100,9 @@ def program() -> bytes:
         return out.read()
 
 
-def program_fd() -> int:
+def program_fd(notified: bool = False) -> int:
     """A fresh readable fd holding the program, for one bwrap (`--seccomp FD` reads it to EOF)."""
-    data = program()
+    data = program(notified)
     fd = os.memfd_create("corral-seccomp", os.MFD_CLOEXEC)
     os.write(fd, data)
     os.lseek(fd, 0, os.SEEK_SET)
