@@ -12,6 +12,10 @@ cleanup() {
   if [ -n "$user" ] && id -u "$user" >/dev/null 2>&1; then
     userdel "$user" 2>/dev/null || echo "test-isolated: could not remove user $user" >&2
   fi
+  # stages a SIGKILLed test supervisor left mounted (the next supervisor would detach them)
+  if [ "$(id -u)" = 0 ]; then
+    .venv/bin/python -c "from corral.sandbox import stage; stage.sweep()" 2>/dev/null || true
+  fi
   rm -rf "$work"
 }
 trap cleanup EXIT
