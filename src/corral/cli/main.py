@@ -85,7 +85,29 @@ def main(argv: list[str] | None = None) -> None:
         print(_version_text())
         return
     name = _named_command(args)
-    build_app([name] if name else None)(args=args, prog_name="corral")
+    try:
+        build_app([name] if name else None)(args=args, prog_name="corral")
+    except Exception as err:  # noqa: BLE001 - click's own exits pass; the rest is one line
+        raise SystemExit(_exit_for(err)) from None
+
+
+def _exit_for(err: Exception) -> int:
+    """An error no command turned into its own message: one line naming it, never a traceback
+    (exit 3 for a bad rule pack, as `corral check` documents for bad input; 1 otherwise)."""
+    from corral.rules.engine import RulePackError
+
+    text = str(err).strip()
+    first = text.splitlines()[0] if text else type(err).__name__
+    if isinstance(err, RulePackError):
+        print(f"corral: {text}", file=sys.stderr)
+        return 3
+    from corral.store.sqlite import StoreReadError
+
+    if isinstance(err, StoreReadError):
+        print(f"corral: {first}", file=sys.stderr)
+        return 1
+    print(f"corral: {type(err).__name__}: {first}", file=sys.stderr)
+    return 1
 
 
 def __getattr__(attr: str) -> Any:
