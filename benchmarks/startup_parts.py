@@ -59,6 +59,7 @@ def _wrap(owner: Any, name: str, label: str) -> None:
 
 def sandbox_parts(rounds: int) -> dict[str, float]:
     import corral.egress.gateway as gateway
+    import corral.egress.launch as launch
     import corral.sandbox.sandbox as sbmod
     from corral.policy.loader import load_policy
     from corral.sandbox import limits
@@ -69,7 +70,7 @@ def sandbox_parts(rounds: int) -> dict[str, float]:
         (sbmod.Sandbox, "_read_child_pid", "bwrap: exec, namespaces, clone (until --info-fd)"),
         (limits.Cgroup, "join", "cgroup: join (skipped where born inside)"),
         (sbmod.Sandbox, "_confine", "confine: join + rlimits"),
-        (gateway, "_read_line", "launcher: mounts, seccomp, listeners (after release)"),
+        (launch, "read_line", "launcher: mounts, seccomp, listeners (after release)"),
         (gateway.procinfo, "find_by_ns_pid", "egress: find the launcher's host pid"),
         (gateway.Egress, "started", "egress: whole handshake"),
         (sbmod.Sandbox, "start", "start() total"),

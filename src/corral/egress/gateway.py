@@ -28,13 +28,12 @@ import subprocess
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import dns.message
 
-from corral.egress import addresses, facts, procinfo, proxy_protocol, reputation
+from corral.egress import addresses, facts, launch, procinfo, proxy_protocol, reputation
 from corral.egress.decide import Verdict, decide, normalize_host
 from corral.egress.dns_answer import DnsAnswerer, to_wire
 from corral.egress.notify import Attempt, Notifier
@@ -47,7 +46,6 @@ from corral.policy.model import NetworkPolicy
 from corral.respond.responder import RANK, Responder, kill_pids, strongest
 from corral.respond.responder import decide as response_for
 from corral.rules.finding import severity_rank
-from corral.sandbox.errors import SandboxRefused
 from corral.store.paths import corral_home
 
 if TYPE_CHECKING:
@@ -64,24 +62,9 @@ _NOT_EVIDENCE = frozenset({"source", "kind", "step", "dst", "proc", "pid", "exe"
                            "message", "evidence", "dns", "chain"})  # fmt: skip
 
 
-LAUNCHER_NAME = "corral-egress-launcher"
-
-
-def launcher_binary() -> Path | None:
-    """The compiled launcher (`make install` builds it next to this module; ~1 ms to start where
-    the Python twin takes ~10-20 ms), or None to use the Python one."""
-    env = os.environ.get("CORRAL_EGRESS_LAUNCHER")  # a path, or "python" for the Python twin
-    if env == "python":
-        return None
-    for cand in ([Path(env)] if env else []) + [Path(__file__).with_name(LAUNCHER_NAME)]:
-        if cand.is_file() and os.access(cand, os.X_OK):
-            return cand
-    return None
-
-
-@functools.lru_cache(maxsize=1)
-def _python_launcher() -> str:
-    return resources.files("corral.egress").joinpath("launcher_main.py").read_text()
+# the launcher lives in egress/launch.py; these names stay importable from here
+LAUNCHER_NAME = launch.LAUNCHER_NAME
+launcher_binary = launch.launcher_binary
 
 
 def proxy_env(port: int = PROXY_PORT) -> dict[str, str]:
@@ -166,12 +149,11 @@ class Egress:
         self.dns_mode = "none"
         self.dns_answerer = DnsAnswerer(self)
         self._lock = threading.Lock()
-        self._fds: list[int] = []
         self._socks: list[socket.socket] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._handshakes = 0
         self._overloaded_logged = 0.0
-        self._pipes: tuple[int, ...] | None = None
+        self._launch: launch.Launch | None = None
         self._bytes_flagged = False
         self._verdicts: dict[tuple[str, int], tuple[float, Verdict]] = {}
         self._info_cache: dict[tuple[int, int | None], procinfo.ProcInfo] = {}
@@ -228,55 +210,27 @@ class Egress:
         self.sandbox = sandbox
         if self._policy_arg is None:
             self.policy = sandbox.policy.network
-        out_r, out_w = os.pipe()
-        in_r, in_w = os.pipe()
-        self._pipes = (out_r, out_w, in_r, in_w)
         spec.extra_env = {**proxy_env(self.proxy_port), **spec.extra_env}
         private = corral_home() / "egress" / sandbox.id
         private.mkdir(parents=True, exist_ok=True)
         resolv = private / "resolv.conf"
         resolv.write_text("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
         spec.extra_args = [*spec.extra_args, "--ro-bind", str(resolv), "/etc/resolv.conf"]
-        args = [str(out_w), str(in_r), str(self.proxy_port), "1" if self.dns else "0", *command]
-        native = launcher_binary()
-        if native is not None:  # exec'd through an inherited fd: nothing to mount inside
-            exe = os.open(native, os.O_RDONLY)
-            self._pipes = (*self._pipes, exe)
-            return [f"/proc/self/fd/{exe}", *args], (out_w, in_r, exe)
-        return ["/usr/bin/python3", "-I", "-S", "-c", _python_launcher(), *args], (out_w, in_r)
+        self._launch = launch.prepare(self.proxy_port, self.dns, command)
+        return self._launch.command, self._launch.child_fds
 
     async def started(self, sandbox: Sandbox, bwrap_pid: int) -> None:
-        assert self._pipes is not None
-        out_r, out_w, in_r, in_w, *exe = self._pipes
-        for fd in (out_w, in_r, *exe):
-            os.close(fd)
+        assert self._launch is not None
+        start, self._launch = self._launch, None
         self.loop = asyncio.get_running_loop()
         self.summary.schedule = self.loop.call_later
-        try:
-            line = await _read_line(out_r, 10.0)
-            if not line.startswith("ok "):
-                raise SandboxRefused(
-                    f"the egress gateway could not be set up inside the sandbox: {line or 'no reply'}",
-                    "install python3-seccomp and check `corral doctor` (seccomp user notification)",
-                )
-            fields = dict(kv.split("=", 1) for kv in line.split()[1:])
-            launcher = await asyncio.to_thread(
-                procinfo.find_by_ns_pid, bwrap_pid, int(fields.pop("pid"))
-            )
-            if launcher is None:
-                raise SandboxRefused("the egress launcher vanished", "run `corral doctor`")
-            taken = {k: procinfo.pidfd_getfd(launcher, int(v)) for k, v in fields.items()}
-            self._fds = list(taken.values())
-            os.write(in_w, b"go\n")
-        except OSError as err:
-            raise SandboxRefused(f"could not take the egress gateway's sockets: {err}",
-                                 "run as root or as the same user as the supervisor") from err  # fmt: skip
-        finally:
-            os.close(out_r)
-            os.close(in_w)
-            self._pipes = None
+        launcher, taken = await launch.handshake(
+            start,
+            bwrap_pid,
+            "egress gateway",
+            "install python3-seccomp and check `corral doctor` (seccomp user notification)",
+        )
         self.netns_pid = launcher
-        self._fds = []
         await asyncio.to_thread(lambda: self.engine)  # the packs, compiled off the event loop
         if self.dns and "dns_udp" not in taken:
             # Port 53 inside needs privilege over the sandbox's namespace, which the supervisor has
@@ -342,11 +296,9 @@ class Egress:
         while self._pending:
             self._pending.popleft()[0].close()
         self.summary.flush()
-        if self._pipes is not None:
-            for fd in self._pipes:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-            self._pipes = None
+        if self._launch is not None:  # started but never handed over
+            launch.abandon(self._launch)
+            self._launch = None
         shutil.rmtree(corral_home() / "egress" / sandbox.id, ignore_errors=True)  # its resolv.conf
 
     async def _decide(self, host: str, port: int) -> Verdict:
@@ -843,35 +795,6 @@ def _frozen(v: Any) -> Any:
     if isinstance(v, list | tuple):
         return tuple(_frozen(x) for x in v)
     return v
-
-
-async def _read_line(fd: int, timeout: float) -> str:
-    """The launcher's one-line report, read on the event loop: fifty sandboxes starting at once
-    must not each hold one of the default executor's few threads while they wait."""
-    loop = asyncio.get_running_loop()
-    buf = bytearray()
-    done: asyncio.Future[None] = loop.create_future()
-
-    def readable() -> None:
-        try:
-            chunk = os.read(fd, 4096)
-        except BlockingIOError:
-            return
-        except OSError:
-            chunk = b""
-        buf.extend(chunk)
-        if (not chunk or buf.endswith(b"\n")) and not done.done():
-            done.set_result(None)
-
-    os.set_blocking(fd, False)
-    loop.add_reader(fd, readable)
-    try:
-        await asyncio.wait_for(done, timeout)
-    except TimeoutError:
-        pass
-    finally:
-        loop.remove_reader(fd)
-    return bytes(buf).decode(errors="replace").strip()
 
 
 def raise_fd_limit() -> int:

@@ -10,15 +10,10 @@ programs that live under a millisecond and needs root for the process connector.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import os
 from typing import TYPE_CHECKING, Any
 
-from corral.egress import procinfo
-from corral.egress.gateway import _python_launcher, _read_line, launcher_binary
+from corral.egress import launch, procinfo
 from corral.egress.notify import Attempt, Notifier
-from corral.sandbox.errors import SandboxRefused
 
 if TYPE_CHECKING:
     from corral.sandbox.bwrap import BwrapSpec
@@ -31,50 +26,25 @@ class ExecSensor:
     def __init__(self) -> None:
         self.notifier: Notifier | None = None
         self.netns_pid: int | None = None
-        self._pipes: tuple[int, ...] | None = None
+        self._launch: launch.Launch | None = None
         self.sandbox: Any = None
 
     def prepare(self, sandbox: Sandbox, spec: BwrapSpec, command: list[str]
                 ) -> tuple[list[str], tuple[int, ...]]:  # fmt: skip
         self.sandbox = sandbox
-        out_r, out_w = os.pipe()
-        in_r, in_w = os.pipe()
-        self._pipes = (out_r, out_w, in_r, in_w)
-        args = [str(out_w), str(in_r), "0", "0", *command]
-        native = launcher_binary()
-        if native is not None:
-            exe = os.open(native, os.O_RDONLY)
-            self._pipes = (*self._pipes, exe)
-            return [f"/proc/self/fd/{exe}", *args], (out_w, in_r, exe)
-        return ["/usr/bin/python3", "-I", "-S", "-c", _python_launcher(), *args], (out_w, in_r)
+        self._launch = launch.prepare(0, False, command)  # port 0: no listeners, the filter only
+        return self._launch.command, self._launch.child_fds
 
     async def started(self, sandbox: Sandbox, bwrap_pid: int) -> None:
-        assert self._pipes is not None
-        out_r, out_w, in_r, in_w, *exe = self._pipes
-        for fd in (out_w, in_r, *exe):
-            os.close(fd)
-        try:
-            line = await _read_line(out_r, 10.0)
-            if not line.startswith("ok "):
-                raise SandboxRefused(
-                    f"the exec sensor could not be set up inside the sandbox: {line or 'no reply'}",
-                    "install python3-seccomp, check `corral doctor`, or set monitor.exec_sensor: false",
-                )
-            fields = dict(kv.split("=", 1) for kv in line.split()[1:])
-            launcher = await asyncio.to_thread(
-                procinfo.find_by_ns_pid, bwrap_pid, int(fields.pop("pid"))
-            )
-            if launcher is None:
-                raise SandboxRefused("the exec sensor's launcher vanished", "run `corral doctor`")
-            notify = procinfo.pidfd_getfd(launcher, int(fields["notify"]))
-            os.write(in_w, b"go\n")
-        except OSError as err:
-            raise SandboxRefused(f"could not take the exec sensor's listener: {err}",
-                                 "run as root or as the same user as the supervisor") from err  # fmt: skip
-        finally:
-            os.close(out_r)
-            os.close(in_w)
-            self._pipes = None
+        assert self._launch is not None
+        start, self._launch = self._launch, None
+        launcher, taken = await launch.handshake(
+            start,
+            bwrap_pid,
+            "exec sensor",
+            "install python3-seccomp, check `corral doctor`, or set monitor.exec_sensor: false",
+        )
+        notify = taken["notify"]
         self.netns_pid = launcher
         self.notifier = Notifier(notify, self._on_attempt)
         ctx = getattr(sandbox, "ctx", None)
@@ -96,8 +66,6 @@ class ExecSensor:
         if self.notifier is not None:
             self.notifier.close()
             self.notifier = None
-        if self._pipes is not None:
-            for fd in self._pipes:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-            self._pipes = None
+        if self._launch is not None:  # started but never handed over
+            launch.abandon(self._launch)
+            self._launch = None
