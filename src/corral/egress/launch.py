@@ -83,7 +83,9 @@ async def handshake(launch: Launch, bwrap_pid: int, what: str, fix: str
                 f"the {what} could not be set up inside the sandbox: {line or 'no reply'}", fix
             )
         fields = dict(kv.split("=", 1) for kv in line.split()[1:])
-        pid = await asyncio.to_thread(procinfo.find_by_ns_pid, bwrap_pid, int(fields.pop("pid")))
+        # inline, not on a thread: the walk is bwrap -> its init -> the launcher (a few /proc
+        # reads), and a thread hop on a busy host costs more than the walk
+        pid = procinfo.find_by_ns_pid(bwrap_pid, int(fields.pop("pid")))
         if pid is None:
             raise SandboxRefused(f"the {what}'s launcher vanished", "run `corral doctor`")
         taken = {k: procinfo.pidfd_getfd(pid, int(v)) for k, v in fields.items()}

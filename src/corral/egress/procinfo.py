@@ -161,7 +161,12 @@ def dns_sockets_in_netns(pid: int, port: int = 53) -> tuple[socket.socket, socke
 
     def work() -> None:
         own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-        target = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY)
+        try:
+            target = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY)
+        except OSError as err:  # the sandbox is already gone
+            os.close(own)
+            result.append(err)
+            return
         try:
             if _libc.setns(target, CLONE_NEWNET) != 0:
                 err = ctypes.get_errno()
