@@ -227,6 +227,7 @@ class Egress:
         resolv.write_text("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
         spec.extra_args = [*spec.extra_args, "--ro-bind", str(resolv), "/etc/resolv.conf"]
         self._launch = launch.prepare(self.proxy_port, self.dns, command)
+        spec.extra_args = [*spec.extra_args, *self._launch.bwrap_args]
         return self._launch.command, self._launch.child_fds
 
     def cloned(self, sandbox: Sandbox, init_pid: int) -> None:
@@ -255,9 +256,10 @@ class Egress:
     async def _dns_pair(self, sandbox: Sandbox, launcher: int
                         ) -> tuple[socket.socket, socket.socket] | None:  # fmt: skip
         task, self._dns_task = self._dns_task, None
-        if task is None:  # no early bind (an attachment driven without `cloned`)
-            return await self._bind_dns(sandbox._init_pid or launcher)
-        return await task
+        pair = await task if task is not None else None
+        if pair is None:  # no early bind (driven without `cloned`), or it failed: once more now
+            pair = await self._bind_dns(sandbox._init_pid or launcher)
+        return pair
 
     async def started(self, sandbox: Sandbox, bwrap_pid: int) -> None:
         assert self._launch is not None
