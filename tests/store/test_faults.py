@@ -50,7 +50,7 @@ def test_a_killed_supervisor_leaves_its_episode_interrupted_and_its_folders_swep
     try:
         line = proc.stdout.readline() if proc.stdout else ""
         sid, episode, workspace = line.split()
-        assert (corral_home / "egress" / sid).is_dir() and Path(workspace).is_dir()
+        assert Path(workspace).is_dir()
         cg = Cgroup(f"{proc.pid}-{sid}", probe())
         had_cgroup = any(d.is_dir() for d in cg.dirs.values())
     finally:
@@ -65,7 +65,7 @@ def test_a_killed_supervisor_leaves_its_episode_interrupted_and_its_folders_swep
     assert ended and ended[0].evidence["interrupted"] is True
     (step,) = [s for s in store.steps(episode) if s.step == 2]
     assert step.kind == "interrupted" and step.action == "sleep 300" and step.terminated
-    assert not (corral_home / "egress" / sid).exists()
+    assert not (corral_home / "egress" / sid).exists()  # (nothing is made there any more)
     assert not Path(workspace).exists()
     if had_cgroup:  # its cgroup goes at the next sandbox start (of a new supervisor)
         subprocess.run([sys.executable, "-m", "corral.cli.main", "run", "-q", "--temp-workspace",

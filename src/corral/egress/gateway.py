@@ -22,13 +22,11 @@ import functools
 import logging
 import os
 import resource
-import shutil
 import socket
 import subprocess
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import dns.message
@@ -46,7 +44,6 @@ from corral.policy.model import NetworkPolicy
 from corral.respond.responder import RANK, Responder, kill_pids, strongest
 from corral.respond.responder import decide as response_for
 from corral.rules.finding import severity_rank
-from corral.store.paths import corral_home
 
 if TYPE_CHECKING:
     from corral.sandbox.bwrap import BwrapSpec
@@ -221,11 +218,13 @@ class Egress:
         if self._policy_arg is None:
             self.policy = sandbox.policy.network
         spec.extra_env = {**proxy_env(self.proxy_port), **spec.extra_env}
-        private = corral_home() / "egress" / sandbox.id
-        private.mkdir(parents=True, exist_ok=True)
-        resolv = private / "resolv.conf"
-        resolv.write_text("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
-        spec.extra_args = [*spec.extra_args, "--ro-bind", str(resolv), "/etc/resolv.conf"]
+        # the sandbox's resolv.conf, handed to bwrap as data through an fd (nothing on disk to
+        # make at start and remove at close); bwrap gets spec.fds, the caller closes them
+        resolv = os.memfd_create("corral-resolv.conf", os.MFD_CLOEXEC)
+        os.write(resolv, b"nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
+        os.lseek(resolv, 0, os.SEEK_SET)
+        spec.fds.append(resolv)
+        spec.extra_args = [*spec.extra_args, "--ro-bind-data", str(resolv), "/etc/resolv.conf"]
         self._launch = launch.prepare(self.proxy_port, self.dns, command)
         spec.extra_args = [*spec.extra_args, *self._launch.bwrap_args]
         return self._launch.command, self._launch.child_fds
@@ -338,7 +337,6 @@ class Egress:
                     sock.close()
             else:
                 task.cancel()
-        shutil.rmtree(corral_home() / "egress" / sandbox.id, ignore_errors=True)  # its resolv.conf
 
     async def _decide(self, host: str, port: int) -> Verdict:
         """Decisions are cached for a few seconds (names re-resolve after that), per policy."""
@@ -855,6 +853,3 @@ def _dns_name(payload: bytes) -> str | None:
     except Exception:  # noqa: BLE001 - anything sent to port 53 may be garbage
         return None
 
-
-def default_private_dir(sandbox_id: str) -> Path:
-    return corral_home() / "egress" / sandbox_id
