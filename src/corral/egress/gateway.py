@@ -166,11 +166,16 @@ class Egress:
 
     @property
     def engine(self) -> Any:
-        """The rule engine every observation goes through (the shipped packs unless given)."""
+        """The rule engine every observation goes through: the one the sandbox's policy asks for
+        (its `rules:` section: disabled rules, exceptions, macros), as for the gate and the
+        monitor; the shipped packs before a sandbox is attached."""
         if self._engine is None:
             from corral.rules.engine import RuleEngine
 
-            self._engine = RuleEngine.default()
+            policy = getattr(self.sandbox, "policy", None)
+            if policy is None:
+                return RuleEngine.default()
+            self._engine = RuleEngine.for_policy(policy)
         return self._engine
 
     def _engine_for(self, fact: dict[str, Any]) -> Any:
@@ -200,8 +205,13 @@ class Egress:
             rules = [r for r in engine.rules if r.match == "event" and may_fire(r.when)]
             if len(self._views) > 256:
                 self._views.clear()
-            reads = sorted({f for r in rules for f in _fields_read(r.when)})
-            view = self._views[key] = (RuleEngine(rules, engine.reputation), tuple(reads))
+            excs = getattr(engine, "exceptions", None) or {}  # the policy's, kept
+            reads = sorted({f for r in rules for w in (r.when, *excs.get(r.id, ()))
+                            for f in _fields_read(w)})  # fmt: skip
+            view = self._views[key] = (
+                RuleEngine(rules, engine.reputation, exceptions=excs),
+                tuple(reads),
+            )
         return view
 
     # ------------------------------------------------------------ the Attachment protocol
