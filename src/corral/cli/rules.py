@@ -143,11 +143,21 @@ def test_rules(
         None, help="fixtures (YAML or JSONL); omit to run the packs' examples"
     ),
     packs: list[Path] | None = typer.Option(None, "--rules", help="pack files or directories"),
-    policy: str = typer.Option("rl-strict", "--policy", help="policy for `verdict` expectations"),
+    policy: str = typer.Option(
+        "rl-strict", "--policy", help="policy: its rules section, and `verdict` expectations"
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="print failures only"),
 ) -> None:
-    """Check fixtures against the rules; exit 1 when any fails."""
-    engine = _engine(packs)
+    """Check fixtures against the rules (--rules, else those --policy's `rules:` section asks for:
+    extra packs, disabled rules, exceptions, macros); exit 1 when any fails."""
+    if packs:
+        engine = _engine(packs)
+    else:
+        try:
+            engine = RuleEngine.for_policy(load_policy(policy))
+        except (PolicyError, RulePackError) as err:
+            typer.echo(str(err), err=True)
+            raise typer.Exit(BAD_INPUT) from None
     if file is None:
         fixtures = _examples(engine)
         origin = "pack examples"

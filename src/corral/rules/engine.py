@@ -76,15 +76,17 @@ class CompiledRule:
 
 def _format_error(err: ValidationError, origin: str, rule_id: str | None,
                   who: str | None = None) -> str:  # fmt: skip
-    lines = []
+    """One line: the file, the rule (or macro) and each field with what is wrong with it."""
+    parts = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        loc = ".".join(str(p) for p in e["loc"])
         msg = "unknown field" if e["type"] == "extra_forbidden" else e["msg"]
+        msg = msg.removeprefix("Value error, ")
         got = e.get("input")
         got_s = "" if isinstance(got, dict | list) or got is None else f" (got {got!r})"
-        lines.append(f"  {loc}: {msg}{got_s}")
+        parts.append(f"{loc}: {msg}{got_s}" if loc else f"{msg}{got_s}")
     who = f" {who}" if who else f" rule {rule_id}" if rule_id else ""
-    return f"invalid rule pack {origin}{who}:\n" + "\n".join(lines)
+    return f"invalid rule pack {origin}{who}: " + "; ".join(parts)
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
