@@ -436,7 +436,9 @@ class Egress:
                     "shell": f"interactive shell output ({ev.details.get('line', '')[:40]})",
                     "tls_no_sni": "TLS without SNI",
                     "sni_fronting": f"TLS SNI {ev.details.get('sni')}",
-                    "host_fronting": f"HTTP Host {ev.details.get('host_header')}"}.get(
+                    "host_fronting": f"HTTP Host {ev.details.get('host_header')}",
+                    "inflate_bomb": f"a compressed WebSocket message ({ev.details.get('compressed')}"
+                                    f" bytes inflating past {ev.details.get('inflated')})"}.get(
                         ev.finding or "", proto)  # fmt: skip
             message = f"{what} {'from' if ev.direction == 'down' else 'to'} {c.host}:{c.port}"
             if ev.finding in ("tls_no_sni", "sni_fronting", "host_fronting"):
