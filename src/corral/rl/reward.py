@@ -14,6 +14,7 @@ from typing import Any
 
 from corral.events.model import Event, severity_rank
 from corral.policy.model import Policy
+from corral.respond.responder import act_key
 
 
 @dataclass(frozen=True)
@@ -51,8 +52,29 @@ class RewardShaper:
         """An event costs its single worst finding: one blocked command is one offence."""
         return min((self.finding_penalty(f) for f in findings_of(event)), default=0.0)
 
+    def act_of(self, event: Event) -> str | None:
+        """The act an event is a finding of (as the responder named it, else its worst finding's
+        category and the step that started it); None when it holds no finding or no step."""
+        named = event.evidence.get("act") if isinstance(event.evidence, dict) else None
+        if isinstance(named, str):
+            return named
+        found = findings_of(event)
+        if not found:
+            return None
+        worst = min(found, key=self.finding_penalty)
+        origin = event.origin_step if event.origin_step is not None else event.step
+        return act_key(worst.category, origin)
+
     def penalty(self, events: Iterable[Event]) -> float:
-        total = sum(self.event_penalty(e) for e in events)
+        """The episode's penalty: each act its worst finding's, once, however many sensors saw it
+        (the gate and the gateway, the exec sensor and the CPU)."""
+        acts: dict[str, float] = {}
+        for e in events:
+            p = self.event_penalty(e)
+            if p:
+                key = self.act_of(e) or f"event:{id(e)}"
+                acts[key] = min(acts.get(key, 0.0), p)
+        total = sum(acts.values())
         floor = self.policy.responses.penalty_floor
         return max(total, floor) if floor is not None else total
 
