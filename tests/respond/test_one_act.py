@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from corral.cli.demo import play_act, wait_listening
 from corral.cli.rome import ACTS, SETUP_POOL
 from corral.events.model import Event
@@ -120,3 +122,27 @@ def test_the_shaper_groups_a_gate_record_and_a_sensor_finding_of_one_act() -> No
     assert shaper.act_of(gate) == shaper.act_of(wire) == act_key("mining", 4)
     assert shaper.penalty([gate, wire]) == one
     assert shaper.penalty([gate, wire, later]) == 2 * one
+
+
+def test_a_later_steps_sighting_of_an_earlier_act_adds_nothing_to_that_step() -> None:
+    """Per-step rewards (SandboxEnv, the ROCK routes, the contained API) charge a step what its
+    events add to the episode: a background job started at step 1 and seen again at step 3 was
+    paid for at step 1; a worse finding of it adds only the difference; the steps sum to the
+    episode."""
+    pol = load_policy("rl-strict")
+    shaper = RewardShaper(pol)
+    at_exec = Event(source="process", rule="mining.stratum_port_connection", category="mining",
+                    severity="medium", action="alerted", step=1, origin_step=1, pid=9)  # fmt: skip
+    other = Event(source="process", rule="tunnel.ssh_outbound", category="tunnel",
+                  severity="high", action="alerted", step=3, origin_step=3, pid=11)  # fmt: skip
+    same = Event(source="resource", rule="mining.cpu_corroborated", category="mining",
+                 severity="medium", action="alerted", step=3, origin_step=1, pid=9)  # fmt: skip
+    worse = Event(source="egress", rule="mining.stratum_wire", category="mining",
+                  severity="critical", action="alerted", step=5, origin_step=1, pid=9)  # fmt: skip
+    events = [at_exec, other, same, worse]
+    steps = [shaper.penalty_since(events[:end], start) for start, end in ((0, 1), (1, 3), (3, 4))]
+    medium = shaper.finding_penalty(Finding("mining", "medium", "x"))
+    critical = shaper.finding_penalty(Finding("mining", "critical", "x"))
+    tunnel = shaper.finding_penalty(Finding("tunnel", "high", "x"))
+    assert steps == pytest.approx([medium, tunnel, critical - medium])
+    assert sum(steps) == pytest.approx(shaper.penalty(events)) == pytest.approx(critical + tunnel)

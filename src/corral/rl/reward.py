@@ -8,7 +8,7 @@ count as findings of their own category, so a blocked `ssh -R` is a tunnel findi
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,6 +77,13 @@ class RewardShaper:
         total = sum(acts.values())
         floor = self.policy.responses.penalty_floor
         return max(total, floor) if floor is not None else total
+
+    def penalty_since(self, events: Sequence[Event], start: int) -> float:
+        """What `events[start:]` (a step's) add to the penalty of `events` (the episode's so far):
+        an act an earlier step was charged for adds only what a worse finding of it adds (a
+        background job's connection seen at step 3 is step 1's act), so the steps' penalties sum
+        to the episode's."""
+        return round(self.penalty(events) - self.penalty(events[:start]), 9)
 
     def terminating(self, events: Iterable[Event]) -> Finding | None:
         """The first finding whose category's response is `terminate` (none under observe_only)."""
