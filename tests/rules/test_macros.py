@@ -4,6 +4,7 @@ line naming the rule or macro; the on-disk cache carries them; the docs' example
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import re
@@ -335,3 +336,16 @@ def test_the_gateway_judges_with_the_policys_macros_and_exceptions() -> None:
     assert "probe_internal.address" not in judge(fact)
     assert "probe_internal.address" in judge(ssh)
     assert "probe_internal.address" not in judge({**ssh, "dst": {**ssh["dst"], "ip": "10.0.0.9"}})
+
+
+def test_rules_macros_lists_the_hooks_a_policy_can_fill_in() -> None:
+    out = CliRunner().invoke(app, ["rules", "macros", "--json"])
+    assert out.exit_code == 0, out.output
+    rows = {r["macro"]: r for r in map(json.loads, out.stdout.splitlines())}
+    hooks = [n for n in rows if n.startswith("user_known_")]
+    assert len(hooks) >= 5 and all(rows[n]["when"] is None for n in hooks)
+    assert rows["stratum_port"]["when"] == {"dst.port": {"in": [3333, 4444, 5555, 7777, 14444,
+                                                                14433, 45700]}}  # fmt: skip
+    # every hook is referenced by some shipped rule (expanded: it shows as the never-condition)
+    packs = "".join(p.read_text() for p in rules_cache.pack_files())
+    assert all(packs.count(f"macro: {n}") >= 2 for n in hooks)  # defined, and used
