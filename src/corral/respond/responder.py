@@ -21,6 +21,7 @@ import contextlib
 import os
 import signal
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
@@ -38,6 +39,7 @@ _penalty_lock = threading.Lock()
 # (the gateway and the monitor each hold one), oldest episodes forgotten first
 _charged: OrderedDict[tuple[str, str], dict[str, float]] = OrderedDict()
 _MAX_EPISODES = 4096
+_charged_by_object: weakref.WeakKeyDictionary[Any, dict[str, float]] = weakref.WeakKeyDictionary()
 
 
 def act_key(category: str, origin: int | None) -> str | None:
@@ -47,7 +49,15 @@ def act_key(category: str, origin: int | None) -> str | None:
 
 
 def _acts_of(sandbox: Any) -> dict[str, float]:
-    key = (str(getattr(sandbox, "id", "")), str(getattr(sandbox, "episode_id", "")))
+    """The episode's charged acts: by its ids (the gateway holds the Sandbox, the monitor its
+    episode context: the same ids), else, for a stand-in without ids, by the object itself."""
+    sid, eid = getattr(sandbox, "id", None), getattr(sandbox, "episode_id", None)
+    if sid is None and eid is None:
+        try:
+            return _charged_by_object.setdefault(sandbox, {})
+        except TypeError:  # not weakly referable: nothing to tie its findings together
+            return {}
+    key = (str(sid), str(eid))
     acts = _charged.get(key)
     if acts is None:
         acts = _charged[key] = {}
