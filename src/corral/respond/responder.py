@@ -10,8 +10,10 @@ pool in its config), on its socket (a stratum port), by the gateway (stratum on 
 its CPU, and each is a finding of the same act. An act is a category and the step that started
 the process (`origin_step`, else the running step): `act_key`. Each finding's event carries its
 act; the act is charged its worst finding's penalty, once (a later, worse finding of it charges
-the difference), and `rl.reward.RewardShaper` counts the events the same way. The killing itself happens here, on the caller's thread, before anything is awaited:
-a miner must not get another second of CPU while an event loop gets round to it.
+the difference), and `rl.reward.RewardShaper` counts the events the same way.
+
+The killing itself happens here, on the caller's thread, before anything is awaited: a miner must
+not get another second of CPU while an event loop gets round to it.
 """
 
 from __future__ import annotations

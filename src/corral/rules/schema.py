@@ -5,6 +5,8 @@ its rules. `match: command` rules hold a `when` over one analysed simple command
 rules hold a `when` over the dotted fields of a runtime event's facts; `match: record` rules hold no
 `when`: they declare an id that a sensor or the sandbox writes itself (a lifecycle record, a limit
 hit, the gateway's refusals), so every id any code can emit is listed by `corral rules list`.
+A pack may also hold `macros: [...]`, named conditions its rules (and others') reference as
+`{macro: name}` (`Macro`; expanded by `corral.rules.macros`).
 """
 
 from __future__ import annotations
