@@ -287,11 +287,9 @@ async def test_connections_past_the_cap_are_each_judged_and_a_flood_summarised(m
     )
     assert r.stdout.strip() == "60", r.output
     await wait(sb, "egress.attempts_summarised", timeout=5)
-    await asyncio.sleep(1.2)  # a window still open closes (and reports) within a second
-    summaries = [e for e in egress_events(sb, "egress.attempts_summarised")
-                 if e.evidence["for_rule"] == "egress.max_connections"]  # fmt: skip
+    # a window still open closes (and reports) about a second later; later on a loaded host
+    assert await findings(sb, "egress.max_connections", 60) == 60  # none unjudged
     individual = egress_events(sb, "egress.max_connections")
-    assert len(individual) + sum(e.evidence["count"] for e in summaries) == 60  # none unjudged
     assert sb.egress.summary.burst <= len(individual) < 60  # one by one up to the burst a second
     assert individual[0].argv[0] == "python3" and individual[0].action == "blocked"
 

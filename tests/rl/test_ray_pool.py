@@ -3,6 +3,7 @@ sandbox nodes offering `corral_slot`. One cluster for the module; Ray is heavy o
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
@@ -119,6 +120,13 @@ def test_dead_host_is_restarted_and_its_episodes_reported_terminated(
     host = env.backend.host
     before = pool.hosts_info()[host]["incarnation"]
     ray.kill(pool.hosts[host], no_restart=False)
+    # the kill lands when Ray gets to it (later on a busy machine): wait for the new incarnation
+    # rather than race the step against it
+    for _ in range(600):
+        with contextlib.suppress(ray.exceptions.RayActorError):
+            if ray.get(pool.hosts[host].info.remote())["incarnation"] != before:
+                break
+        time.sleep(0.1)
     obs, reward, term, trunc, info = env.step("cat answer.txt")
     assert term is True and info["host_lost"] is True and "host" in obs
     env.close()

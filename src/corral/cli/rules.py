@@ -1,4 +1,5 @@
-"""`corral rules list` and `corral rules test FILE`: the packs, and fixtures checked against them.
+"""`corral rules list`, `corral rules macros` and `corral rules test FILE`: the packs, their
+macros, and fixtures checked against them.
 
 A fixture file is YAML (a list, or {fixtures: [...]}) or JSONL; each fixture holds one of `command`,
 `argv` or `event`, and any of `expect` (rule ids or categories that must be found; `[]` means
@@ -63,6 +64,31 @@ def list_rules(
                       escape(r.description))  # fmt: skip
     Console().print(table)
     Console().print(f"{len(rules)} rule(s)")
+
+
+@rules_app.command("macros")
+def list_macros(
+    packs: list[Path] | None = typer.Option(None, "--rules", help="pack files or directories"),
+    as_json: bool = typer.Option(False, "--json", help="one JSON object per line"),
+) -> None:
+    """Every macro the packs define (the `user_known_*` hooks a policy's `rules.macros` fills in
+    say `never` until it does): name, language, condition, where it is defined."""
+    engine = _engine(packs)
+    macros = [(m, origin) for m, origin in engine.macros.values()]
+    if as_json:  # `when`: null for a hook nobody filled in
+        for m, origin in macros:
+            typer.echo(json.dumps({"macro": m.macro, "match": m.match, "when": m.when,
+                                   "pack": origin, "description": m.description}))  # fmt: skip
+        return
+    table = Table(show_header=True, header_style="bold")
+    table.add_column("macro", no_wrap=True)
+    for col in ("match", "when", "description"):
+        table.add_column(col)
+    for m, _ in macros:
+        when = "never" if m.when is None else json.dumps(m.when)
+        table.add_row(m.macro, m.match, escape(when), escape(m.description))
+    Console().print(table)
+    Console().print(f"{len(macros)} macro(s)")
 
 
 def _load_fixtures(path: Path) -> list[dict[str, Any]]:
@@ -143,11 +169,21 @@ def test_rules(
         None, help="fixtures (YAML or JSONL); omit to run the packs' examples"
     ),
     packs: list[Path] | None = typer.Option(None, "--rules", help="pack files or directories"),
-    policy: str = typer.Option("rl-strict", "--policy", help="policy for `verdict` expectations"),
+    policy: str = typer.Option(
+        "rl-strict", "--policy", help="policy: its rules section, and `verdict` expectations"
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="print failures only"),
 ) -> None:
-    """Check fixtures against the rules; exit 1 when any fails."""
-    engine = _engine(packs)
+    """Check fixtures against the rules (--rules, else those --policy's `rules:` section asks for:
+    extra packs, disabled rules, exceptions, macros); exit 1 when any fails."""
+    if packs:
+        engine = _engine(packs)
+    else:
+        try:
+            engine = RuleEngine.for_policy(load_policy(policy))
+        except (PolicyError, RulePackError) as err:
+            typer.echo(str(err), err=True)
+            raise typer.Exit(BAD_INPUT) from None
     if file is None:
         fixtures = _examples(engine)
         origin = "pack examples"

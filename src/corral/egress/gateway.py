@@ -164,11 +164,16 @@ class Egress:
 
     @property
     def engine(self) -> Any:
-        """The rule engine every observation goes through (the shipped packs unless given)."""
+        """The rule engine every observation goes through: the one the sandbox's policy asks for
+        (its `rules:` section: disabled rules, exceptions, macros), as for the gate and the
+        monitor; the shipped packs before a sandbox is attached."""
         if self._engine is None:
             from corral.rules.engine import RuleEngine
 
-            self._engine = RuleEngine.default()
+            policy = getattr(self.sandbox, "policy", None)
+            if policy is None:
+                return RuleEngine.default()
+            self._engine = RuleEngine.for_policy(policy)
         return self._engine
 
     @property
@@ -207,8 +212,13 @@ class Egress:
             rules = [r for r in engine.rules if r.match == "event" and may_fire(r.when)]
             if len(self._views) > 256:
                 self._views.clear()
-            reads = sorted({f for r in rules for f in _fields_read(r.when)})
-            view = self._views[key] = (RuleEngine(rules, engine.reputation), tuple(reads))
+            excs = getattr(engine, "exceptions", None) or {}  # the policy's, kept
+            reads = sorted({f for r in rules for w in (r.when, *excs.get(r.id, ()))
+                            for f in _fields_read(w)})  # fmt: skip
+            view = self._views[key] = (
+                RuleEngine(rules, engine.reputation, exceptions=excs),
+                tuple(reads),
+            )
         return view
 
     # ------------------------------------------------------------ the Attachment protocol
@@ -463,7 +473,9 @@ class Egress:
                     "shell": f"interactive shell output ({ev.details.get('line', '')[:40]})",
                     "tls_no_sni": "TLS without SNI",
                     "sni_fronting": f"TLS SNI {ev.details.get('sni')}",
-                    "host_fronting": f"HTTP Host {ev.details.get('host_header')}"}.get(
+                    "host_fronting": f"HTTP Host {ev.details.get('host_header')}",
+                    "inflate_bomb": f"a compressed WebSocket message ({ev.details.get('compressed')}"
+                                    f" bytes inflating past {ev.details.get('inflated')})"}.get(
                         ev.finding or "", proto)  # fmt: skip
             message = f"{what} {'from' if ev.direction == 'down' else 'to'} {c.host}:{c.port}"
             if ev.finding in ("tls_no_sni", "sni_fronting", "host_fronting"):

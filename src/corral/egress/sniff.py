@@ -4,7 +4,10 @@ The relay shows every chunk to a `StreamSniffer` before forwarding it, so the ch
 piece of evidence (the rest of an SSH banner, the newline of a `mining.subscribe`) is never
 delivered: a connection is judged on everything said so far, however the bytes were split or
 whatever harmless line came first. HTTP is parsed with h11; after an HTTP Upgrade answered by 101
-the WebSocket frames (wsproto) are unwrapped and their payloads read like a plain stream.
+the WebSocket frames (wsproto) are unwrapped and their payloads read like a plain stream, inflated
+first where the 101 accepted permessage-deflate (`wsdeflate`: at most the window's worth per
+direction, so a decompression bomb costs the gateway nothing; one that inflates far past that from
+a few bytes is itself evidence, `inflate_bomb`).
 
 Recognised: an SSH identification line (either side), an interactive shell's output going up (a
 reverse shell: `id` output, bash's "no job control" line, a `bash-5.2$ ` prompt), stratum (JSON-RPC `mining.*`, `eth_submit*`,
@@ -23,10 +26,15 @@ from typing import Any
 import h11
 from wsproto.frame_protocol import FrameProtocol, Opcode, ParseFailed
 
+from corral.egress.wsdeflate import BoundedInflate, negotiated
+
 WINDOW = 16 * 1024  # bytes per direction read before the rest is only relayed
 TLS_RECORD_MAX = 16 * 1024 + 5
 _TAIL = 256  # a signature is shorter than this: a partial line is rescanned only over its tail
 _HEAD_MAX = 16 * 1024
+# inflated bytes per compressed byte, when a direction's inflate cap is hit, past which it is a
+# bomb (text and JSON deflate 3-20x; a run of one byte ~1000x)
+BOMB_RATIO = 100
 
 STRATUM_METHODS = ("mining.subscribe", "mining.authorize", "mining.submit", "mining.extranonce",
                    "mining.extranonce.subscribe", "mining.configure", "mining.suggest_difficulty",
@@ -216,6 +224,8 @@ class _Dir:
         self.ws: FrameProtocol | None = None
         self.ws_lines = _Lines(up)
         self.ws_seen = 0
+        self.inflate: BoundedInflate | None = None  # permessage-deflate, where negotiated
+        self.capped_seen = False
 
 
 class StreamSniffer:
@@ -435,8 +445,16 @@ class StreamSniffer:
         if isinstance(ev, h11.InformationalResponse) and ev.status_code == 101:
             rest = bytes(d.http.trailing_data[0])
             d.http = None
+            deflate = negotiated([v for k, v in ev.headers if k == b"sec-websocket-extensions"])
             for side in (self._up, self._down):
-                side.ws = FrameProtocol(client=not side.up, extensions=[])
+                if deflate is not None:
+                    who = "client" if side.up else "server"  # the sender of this direction
+                    side.inflate = BoundedInflate(
+                        no_context_takeover=deflate[f"{who}_no_context_takeover"],
+                        budget=self.window,
+                    )
+                side.ws = FrameProtocol(client=not side.up,
+                                        extensions=[side.inflate] if side.inflate else [])  # fmt: skip
                 held, side.first = bytes(side.first), bytearray()
                 side.mode = "ws"
                 if side is self._up and held:
@@ -474,6 +492,14 @@ class StreamSniffer:
                     return
         except ParseFailed:
             d.mode = "done"
+        ext = d.inflate
+        if ext is not None and ext.capped and not d.capped_seen:
+            d.capped_seen = True
+            d.mode = "done"  # the window's worth is read; the rest is only relayed
+            if ext.inflated >= BOMB_RATIO * max(ext.compressed, 1):
+                out.append(Evidence("websocket", "inflate_bomb", "up" if d.up else "down", True,
+                                    {"inflated": ext.inflated, "compressed": ext.compressed,
+                                     "cap": self.window}))  # fmt: skip
 
 
 def sniff(data: bytes, host: str | None = None) -> Sniff:

@@ -73,15 +73,15 @@ class ContainedShell:
             raise EpisodeTerminated(self.ended_reason()) from None
         events = sb.events[self._seen :]
         run_sync(enforce(sb, self.shaper, events))
-        events = sb.events[self._seen :]
-        self._seen = len(sb.events)
+        start, self._seen = self._seen, len(sb.events)
         reason = self.ended_reason() if sb.terminated else ""
         if not reason and res.blocked:
             reason = res.stderr.strip()
         return Outcome(output=res.output, stdout=res.stdout, stderr=res.stderr,
                        exit_code=res.exit_code, timed_out=res.timed_out, blocked=res.blocked,
                        terminated=sb.terminated, reason=reason,
-                       penalty=self.shaper.penalty(events), safety=self.safety())  # fmt: skip
+                       penalty=self.shaper.penalty_since(sb.events[: self._seen], start),
+                       safety=self.safety())  # fmt: skip
 
     def write(self, path: str, data: bytes | str) -> str:
         from corral.sandbox import paths

@@ -236,8 +236,14 @@ class RulesPolicy(_Strict):
     disabled: list[str] = Field(default_factory=list, description="rule ids that never fire")
     exceptions: list[RuleException] = Field(default_factory=list)
     lists: dict[str, list[str]] = Field(
-        default_factory=dict, description="named lists; `$name` in an exception's list expands"
+        default_factory=dict,
+        description="named lists; `$name` in an exception's or a macro's list expands",
     )
+    macros: dict[str, dict[str, object] | None] = Field(
+        default_factory=dict,
+        description="replace a pack's macro by name (Falco's macro override): its new condition,"
+        " in that macro's language; a `user_known_*` macro is the hook the shipped rules leave",
+    )  # fmt: skip
 
 
 class Policy(_Strict):

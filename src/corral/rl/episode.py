@@ -187,8 +187,9 @@ class Episode:
         except SandboxClosed as err:
             closed = True
             obs = f"corral: the sandbox is closed ({err.reason})"
+        start = self._seen
         events = self._new_events()
-        penalty = self.shaper.penalty(events)
+        penalty = self.shaper.penalty_since(self.sandbox.events[: self._seen], start)
         if await enforce(self.sandbox, self.shaper, events) is not None:
             events += self._new_events()
         by_policy = self.sandbox.terminated or closed

@@ -12,11 +12,12 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 import uuid
 from typing import Any
 
 import ray
-from ray.exceptions import RayActorError
+from ray.exceptions import ActorUnavailableError, RayActorError
 
 from corral.events.model import Event
 from corral.policy.loader import load_policy
@@ -93,6 +94,9 @@ class SandboxHost:
             await ep.close()
 
 
+RESTART_WAIT_S = 60.0  # how long a reset waits for a restarting host
+
+
 class RayBackend:
     """One lease on one host: the env's backend while the episode lasts."""
 
@@ -112,7 +116,17 @@ class RayBackend:
         self.close_episode()
         self.episode_id = episode_id
         self.step_no = 0
-        obs, info = ray.get(self._actor().reset.remote(task.model_dump(), episode_id))
+        # a host Ray is restarting (it died; the pool's actors restart) answers once it is back:
+        # a new episode waits for it, bounded, rather than failing on a busy machine
+        deadline = time.monotonic() + RESTART_WAIT_S
+        while True:
+            try:
+                obs, info = ray.get(self._actor().reset.remote(task.model_dump(), episode_id))
+                break
+            except ActorUnavailableError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
         info["host_index"] = self.host
         return obs, info
 

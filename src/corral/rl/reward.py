@@ -8,12 +8,13 @@ count as findings of their own category, so a blocked `ssh -R` is a tunnel findi
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from corral.events.model import Event, severity_rank
 from corral.policy.model import Policy
+from corral.respond.responder import act_key
 
 
 @dataclass(frozen=True)
@@ -51,10 +52,38 @@ class RewardShaper:
         """An event costs its single worst finding: one blocked command is one offence."""
         return min((self.finding_penalty(f) for f in findings_of(event)), default=0.0)
 
+    def act_of(self, event: Event) -> str | None:
+        """The act an event is a finding of (as the responder named it, else its worst finding's
+        category and the step that started it); None when it holds no finding or no step."""
+        named = event.evidence.get("act") if isinstance(event.evidence, dict) else None
+        if isinstance(named, str):
+            return named
+        found = findings_of(event)
+        if not found:
+            return None
+        worst = min(found, key=self.finding_penalty)
+        origin = event.origin_step if event.origin_step is not None else event.step
+        return act_key(worst.category, origin)
+
     def penalty(self, events: Iterable[Event]) -> float:
-        total = sum(self.event_penalty(e) for e in events)
+        """The episode's penalty: each act its worst finding's, once, however many sensors saw it
+        (the gate and the gateway, the exec sensor and the CPU)."""
+        acts: dict[str, float] = {}
+        for e in events:
+            p = self.event_penalty(e)
+            if p:
+                key = self.act_of(e) or f"event:{id(e)}"
+                acts[key] = min(acts.get(key, 0.0), p)
+        total = sum(acts.values())
         floor = self.policy.responses.penalty_floor
         return max(total, floor) if floor is not None else total
+
+    def penalty_since(self, events: Sequence[Event], start: int) -> float:
+        """What `events[start:]` (a step's) add to the penalty of `events` (the episode's so far):
+        an act an earlier step was charged for adds only what a worse finding of it adds (a
+        background job's connection seen at step 3 is step 1's act), so the steps' penalties sum
+        to the episode's."""
+        return round(self.penalty(events) - self.penalty(events[:start]), 9)
 
     def terminating(self, events: Iterable[Event]) -> Finding | None:
         """The first finding whose category's response is `terminate` (none under observe_only)."""

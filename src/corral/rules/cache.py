@@ -2,7 +2,7 @@
 
 Parsing eleven YAML packs and validating them costs more than everything else `corral run -- true`
 does (about 150 ms with the pure-Python YAML parser), and every call parsed them again. The parsed,
-validated rules and reputation data are pickled under `$CORRAL_CACHE` (default
+validated rules, macros and reputation data are pickled under `$CORRAL_CACHE` (default
 `$CORRAL_HOME/cache`), named by a hash of the packs' and the data file's bytes and of the versions
 that shape the objects (corral, Python, pydantic): an edited pack, an upgrade or another Python
 gets a new file, so a stale cache is never read. Only what the packs compile to in memory
@@ -27,9 +27,9 @@ from importlib import resources
 from pathlib import Path
 
 from corral.rules.reputation import Reputation
-from corral.rules.schema import Rule
+from corral.rules.schema import Macro, Rule
 
-FORMAT = 1
+FORMAT = 2  # 2: macros beside the rules
 _PREFIX = "rules-"
 
 
@@ -67,7 +67,7 @@ def content_key(files: list[Path], texts: list[bytes]) -> str:
     return h.hexdigest()[:32]
 
 
-Parsed = tuple[list[Rule], dict[str, str], Reputation]
+Parsed = tuple[list[Rule], dict[str, str], Reputation, list[tuple[Macro, str]]]
 
 
 def _read_trusted(path: Path) -> Parsed | None:
@@ -84,13 +84,16 @@ def _read_trusted(path: Path) -> Parsed | None:
             data = pickle.load(f)  # noqa: S301 - our own file, checked above
         except Exception:  # noqa: BLE001 - a damaged cache is rebuilt, never fatal
             return None
-    if not (isinstance(data, tuple) and len(data) == 4 and data[0] == FORMAT):
+    if not (isinstance(data, tuple) and len(data) == 5 and data[0] == FORMAT):
         return None
-    _, rules, sources, rep = data
+    _, rules, sources, rep, macros = data
     if not (isinstance(rules, list) and all(isinstance(r, Rule) for r in rules)
-            and isinstance(sources, dict) and isinstance(rep, Reputation)):  # fmt: skip
+            and isinstance(sources, dict) and isinstance(rep, Reputation)
+            and isinstance(macros, list)
+            and all(isinstance(m, tuple) and len(m) == 2 and isinstance(m[0], Macro)
+                    and isinstance(m[1], str) for m in macros)):  # fmt: skip
         return None
-    return rules, sources, rep
+    return rules, sources, rep, macros
 
 
 def _write(path: Path, parsed: Parsed) -> None:
@@ -112,22 +115,26 @@ def _write(path: Path, parsed: Parsed) -> None:
 
 
 def _parse(files: list[Path], texts: list[bytes], rep_text: bytes) -> Parsed:
-    from corral.rules.engine import parse_pack
+    from corral.rules.engine import parse_pack_full
     from corral.rules.reputation import _parse as parse_reputation
 
     rules: list[Rule] = []
     sources: dict[str, str] = {}
+    macros: list[tuple[Macro, str]] = []
     for f, data in zip(files, texts, strict=True):
-        for rule in parse_pack(data.decode(), str(f)):
+        got, defs = parse_pack_full(data.decode(), str(f))
+        for rule in got:
             rules.append(rule)
             sources[rule.id] = str(f)
+        macros += [(m, str(f)) for m in defs]
     rep = parse_reputation(rep_text.decode(), "corral/rules/data/reputation.yaml")
-    return rules, sources, rep
+    return rules, sources, rep, macros
 
 
 @functools.lru_cache(maxsize=1)
 def load_default() -> Parsed:
-    """The shipped packs' rules, their source files and the reputation data: from the cache when
+    """The shipped packs' rules, their source files, the reputation data and the packs' macros
+    (with their files, in load order): from the cache when
     its key matches the files' bytes, else parsed (and the cache written, where it can be)."""
     files = [*pack_files(), reputation_file()]
     texts = [f.read_bytes() for f in files]

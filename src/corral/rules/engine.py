@@ -37,9 +37,10 @@ from corral.rules.conditions import (
     split_programs,
 )
 from corral.rules.finding import Finding, severity_rank
+from corral.rules.macros import Expander, MacroError, collect, refs
 from corral.rules.prefilter import searcher, word_local
 from corral.rules.reputation import Reputation
-from corral.rules.schema import CommandCond, Pack, Rule, validate_event_cond
+from corral.rules.schema import CommandCond, Macro, Pack, Rule, validate_event_cond
 
 CACHE_SIZE = 200_000
 _DECODE_ORIGINS = ("stdin", "procsub", "eval")
@@ -73,16 +74,19 @@ class CompiledRule:
     exceptions: tuple[Any, ...] = ()  # conditions (the rule's own language) that stop it firing
 
 
-def _format_error(err: ValidationError, origin: str, rule_id: str | None) -> str:
-    lines = []
+def _format_error(err: ValidationError, origin: str, rule_id: str | None,
+                  who: str | None = None) -> str:  # fmt: skip
+    """One line: the file, the rule (or macro) and each field with what is wrong with it."""
+    parts = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        loc = ".".join(str(p) for p in e["loc"])
         msg = "unknown field" if e["type"] == "extra_forbidden" else e["msg"]
+        msg = msg.removeprefix("Value error, ")
         got = e.get("input")
         got_s = "" if isinstance(got, dict | list) or got is None else f" (got {got!r})"
-        lines.append(f"  {loc}: {msg}{got_s}")
-    who = f" rule {rule_id}" if rule_id else ""
-    return f"invalid rule pack {origin}{who}:\n" + "\n".join(lines)
+        parts.append(f"{loc}: {msg}{got_s}" if loc else f"{msg}{got_s}")
+    who = f" {who}" if who else f" rule {rule_id}" if rule_id else ""
+    return f"invalid rule pack {origin}{who}: " + "; ".join(parts)
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -105,25 +109,31 @@ def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
 
 
-def _rule_at(text: str, line: int) -> str | None:
-    """The id of the rule a YAML line belongs to (the last `id:` at or above it)."""
+def parse_pack(text: str, origin: str) -> list[Rule]:
+    """A pack's rules (its macros: `parse_pack_full`)."""
+    return parse_pack_full(text, origin)[0]
+
+
+def _rule_or_macro_at(text: str, line: int) -> str | None:
+    """`rule <id>` or `macro <name>` for the YAML line an error points at."""
     found = None
     for i, ln in enumerate(text.splitlines()):
         if i > line:
             break
-        m = re.match(r"\s*-?\s*id:\s*([\w.]+)", ln)
+        m = re.match(r"\s*-?\s*(id|macro):\s*([\w.]+)", ln)
         if m:
-            found = m.group(1)
+            found = ("rule " if m.group(1) == "id" else "macro ") + m.group(2)
     return found
 
 
-def parse_pack(text: str, origin: str) -> list[Rule]:
+def parse_pack_full(text: str, origin: str) -> tuple[list[Rule], list[Macro]]:
+    """A pack's rules and macros, validated; a mistake names the file and the rule or macro."""
     try:
         data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.constructor.ConstructorError as err:
         mark = err.problem_mark
-        rid = _rule_at(text, mark.line) if mark is not None else None
-        where = f" rule {rid}" if rid else ""
+        who = _rule_or_macro_at(text, mark.line) if mark is not None else None
+        where = f" {who}" if who else ""
         line = f" (line {mark.line + 1})" if mark is not None else ""
         raise RulePackError(f"invalid rule pack {origin}{where}: {err.problem}{line}") from None
     except yaml.YAMLError as err:
@@ -134,6 +144,20 @@ def parse_pack(text: str, origin: str) -> list[Rule]:
         pack = Pack.model_validate(data)
     except ValidationError as err:
         raise RulePackError(_format_error(err, origin, None)) from None
+    macros: list[Macro] = []
+    names: set[str] = set()
+    for i, raw in enumerate(pack.macros):
+        if not isinstance(raw, dict):
+            raise RulePackError(f"invalid rule pack {origin}: macros[{i}] must be a mapping")
+        name = str(raw.get("macro") or f"macros[{i}]")
+        try:
+            m = Macro.model_validate(raw)
+        except ValidationError as err:
+            raise RulePackError(_format_error(err, origin, None, f"macro {name}")) from None
+        if m.macro in names:
+            raise RulePackError(f"invalid rule pack {origin}: macro {m.macro} is defined twice")
+        names.add(m.macro)
+        macros.append(m)
     out = []
     for i, raw in enumerate(pack.rules):
         if not isinstance(raw, dict):
@@ -148,7 +172,7 @@ def parse_pack(text: str, origin: str) -> list[Rule]:
             out.append(Rule.model_validate(merged))
         except ValidationError as err:
             raise RulePackError(_format_error(err, origin, rid)) from None
-    return out
+    return out, macros
 
 
 class RuleEngine:
@@ -156,9 +180,15 @@ class RuleEngine:
 
     def __init__(self, rules: list[Rule], reputation: Reputation | None = None,
                  sources: dict[str, str] | None = None,
-                 exceptions: dict[str, list[dict[str, Any]]] | None = None) -> None:  # fmt: skip
+                 exceptions: dict[str, list[dict[str, Any]]] | None = None,
+                 macros: dict[str, tuple[Macro, str]] | None = None) -> None:  # fmt: skip
+        """`rules` as parsed (their `{macro: ...}` references are expanded here against `macros`,
+        name -> (definition, origin), so `self.rules` holds the conditions as compiled);
+        `exceptions`: rule id -> conditions that stop it firing (references expanded too)."""
         self.reputation = reputation or reputation_mod.load()
         self.rules: list[Rule] = []
+        self.macros: dict[str, tuple[Macro, str]] = dict(macros or {})
+        self.exceptions: dict[str, list[dict[str, Any]]] = {}
         self._command: list[CompiledRule] = []
         self._plans: dict[str, _Plan] = {}  # memo: program -> rules to try
         self._event: list[CompiledRule] = []
@@ -166,15 +196,34 @@ class RuleEngine:
         self._cache: dict[str, tuple[Finding, ...]] = {}
         sources = sources or {}
         regex_gates: list[str] = []
+        expander = Expander(self.macros)
+        try:
+            expander.check_all()
+        except MacroError as err:
+            raise RulePackError(str(err)) from None
         for rule in rules:
             src = sources.get(rule.id, "")
             if rule.id in self._by_id:
                 raise RulePackError(f"duplicate rule id {rule.id} ({src or 'unknown pack'})")
+            if rule.match != "record" and refs(rule.when):
+                try:
+                    when = expander.expand(rule.when, rule.match, f"rule {rule.id} ({src or '?'})")
+                except MacroError as err:
+                    raise RulePackError(str(err)) from None
+                rule = rule.model_copy(update={"when": when})  # noqa: PLW2901 - as compiled
             self._by_id[rule.id] = rule
             self.rules.append(rule)
             if rule.match == "record":
                 continue  # declared, written by its sensor: nothing to match
-            excs = (exceptions or {}).get(rule.id, [])
+            excs = []
+            for exc in (exceptions or {}).get(rule.id, []):
+                try:
+                    excs.append(expander.expand(exc, rule.match,
+                                                f"policy rules.exceptions (rule {rule.id})"))  # fmt: skip
+                except MacroError as err:
+                    raise RulePackError(str(err)) from None
+            if excs:
+                self.exceptions[rule.id] = excs
             if rule.match == "event":
                 self._event.append(
                     CompiledRule(rule, compile_event(rule.when, self.reputation), src,
@@ -238,10 +287,12 @@ class RuleEngine:
     @classmethod
     def for_policy(cls, policy: Any) -> RuleEngine:
         """The engine a policy's `rules:` section asks for (extra packs, disabled rules,
-        exceptions); the shipped one when it asks for nothing. Cached per distinct section.
+        exceptions, macros replaced); the shipped one when it asks for nothing. Cached per distinct section.
         Unknown rule ids and bad conditions are refused here, naming the rule."""
         section = getattr(policy, "rules", None)
-        if section is None or not (section.packs or section.disabled or section.exceptions):
+        if section is None or not (
+            section.packs or section.disabled or section.exceptions or section.macros
+        ):
             return cls.default()
         key = json.dumps(section.model_dump(mode="json"), sort_keys=True)
         hit = _tuned.get(key)
@@ -253,11 +304,28 @@ class RuleEngine:
 
     @classmethod
     def _tuned(cls, section: Any) -> RuleEngine:
-        base = cls.load([*pack_files(), *section.packs])
-        by_id = {r.id: r for r in base.rules}
+        from corral.rules.cache import load_default
+
+        shipped, sources, rep, shipped_macros = load_default()
+        extra, extra_sources, extra_macros = _read(section.packs)
+        rules = [*shipped, *extra]
+        sources = {**sources, **extra_sources}
+        macros = _collect([*shipped_macros, *extra_macros])
+        by_id = {r.id: r for r in rules}
         for rid in section.disabled:
             if rid not in by_id:
                 raise RulePackError(f"policy rules.disabled: no rule {rid!r} in the packs")
+        for name, when in section.macros.items():
+            where = f"policy rules.macros.{name}"
+            known = macros.get(name)
+            if known is None:
+                raise RulePackError(f"{where}: no macro {name!r} in the packs to replace (a new"
+                                    " macro goes in a pack of rules.packs)")  # fmt: skip
+            if when is not None:
+                when = _expand_lists(when, section.lists, where)
+                _check_cond(when, known[0].match, where)
+            macros[name] = (Macro(macro=name, match=known[0].match, when=when,
+                                  description=known[0].description), "policy rules.macros")  # fmt: skip
         exceptions: dict[str, list[dict[str, Any]]] = {}
         for i, exc in enumerate(section.exceptions):
             rule = by_id.get(exc.rule)
@@ -267,49 +335,18 @@ class RuleEngine:
             if rule.match == "record":
                 raise RulePackError(f"{where}: a record rule is written by its sensor, not matched")
             when = _expand_lists(exc.when, section.lists, where)
-            try:
-                if rule.match == "command":
-                    CommandCond.model_validate(when)
-                else:
-                    validate_event_cond(when, f"{where}.when")
-            except (ValidationError, ValueError) as err:
-                msg = (
-                    "; ".join(
-                        f"when.{'.'.join(str(p) for p in e['loc'])}: "
-                        + ("unknown field" if e["type"] == "extra_forbidden" else e["msg"])
-                        for e in err.errors()
-                    )
-                    if isinstance(err, ValidationError)
-                    else str(err)
-                )
-                raise RulePackError(f"{where}: {msg}") from None
+            _check_cond(when, rule.match, where)
             exceptions.setdefault(exc.rule, []).append(when)
-        rules = [r for r in base.rules if r.id not in set(section.disabled)]
-        sources = {r.id: "" for r in rules}
-        return cls(rules, base.reputation, sources, exceptions)
+        rules = [r for r in rules if r.id not in set(section.disabled)]
+        return cls(rules, rep, sources, exceptions, macros)
 
     @classmethod
     def load(cls, paths: Iterable[str | Path] | str | Path,
              reputation: Reputation | None = None) -> RuleEngine:  # fmt: skip
-        """Packs from YAML files or directories of them (`*.yaml`, `*.yml`)."""
-        if isinstance(paths, str | Path):
-            paths = [paths]
-        rules: list[Rule] = []
-        sources: dict[str, str] = {}
-        for p in paths:
-            path = Path(p)
-            files = sorted([*path.glob("*.yaml"), *path.glob("*.yml")]) if path.is_dir() else [path]
-            if path.is_dir() and not files:
-                raise RulePackError(f"no rule packs (*.yaml) in {path}")
-            for f in files:
-                try:
-                    text = f.read_text()
-                except OSError as err:
-                    raise RulePackError(f"cannot read rule pack {f}: {err}") from None
-                for rule in parse_pack(text, str(f)):
-                    rules.append(rule)
-                    sources[rule.id] = str(f)
-        return cls(rules, reputation, sources)
+        """Packs from YAML files or directories of them (`*.yaml`, `*.yml`), in order: a macro
+        defined again in a later file replaces the earlier definition."""
+        rules, sources, macros = _read([paths] if isinstance(paths, str | Path) else paths)
+        return cls(rules, reputation, sources, {}, _collect(macros))
 
     def _plan(self, prog: str) -> _Plan:
         """The command rules that can fire on `prog`, bucketed by what lets them through: tied to
@@ -496,6 +533,58 @@ class RuleEngine:
 _tuned: dict[str, RuleEngine] = {}
 
 
+def _read(
+    paths: Iterable[str | Path],
+) -> tuple[list[Rule], dict[str, str], list[tuple[Macro, str]]]:
+    """Rules, their source files and (macro, source file) from pack files or directories."""
+    rules: list[Rule] = []
+    sources: dict[str, str] = {}
+    macros: list[tuple[Macro, str]] = []
+    for p in paths:
+        path = Path(p)
+        files = sorted([*path.glob("*.yaml"), *path.glob("*.yml")]) if path.is_dir() else [path]
+        if path.is_dir() and not files:
+            raise RulePackError(f"no rule packs (*.yaml) in {path}")
+        for f in files:
+            try:
+                text = f.read_text()
+            except OSError as err:
+                raise RulePackError(f"cannot read rule pack {f}: {err}") from None
+            got, defs = parse_pack_full(text, str(f))
+            for rule in got:
+                rules.append(rule)
+                sources[rule.id] = str(f)
+            macros += [(m, str(f)) for m in defs]
+    return rules, sources, macros
+
+
+def _collect(defs: list[tuple[Macro, str]]) -> dict[str, tuple[Macro, str]]:
+    try:
+        return collect(defs)
+    except MacroError as err:
+        raise RulePackError(str(err)) from None
+
+
+def _check_cond(when: Any, lang: str, where: str) -> None:
+    """A policy's condition, in the language `lang` (command or event), or a one-line refusal."""
+    try:
+        if lang == "command":
+            CommandCond.model_validate(when)
+        else:
+            validate_event_cond(when, "when")
+    except (ValidationError, ValueError) as err:
+        msg = (
+            "; ".join(
+                f"when.{'.'.join(str(p) for p in e['loc'])}: "
+                + ("unknown field" if e["type"] == "extra_forbidden" else e["msg"])
+                for e in err.errors()
+            )
+            if isinstance(err, ValidationError)
+            else str(err)
+        )
+        raise RulePackError(f"{where}: {msg}") from None
+
+
 def _expand_lists(cond: Any, lists: dict[str, list[str]], where: str) -> Any:
     """`$name` items of a condition's lists become the policy's named list (Falco's lists)."""
     if isinstance(cond, dict):
@@ -538,8 +627,8 @@ def default_built() -> bool:
 def _build_default() -> RuleEngine:
     from corral.rules.cache import load_default
 
-    rules, sources, rep = load_default()
-    return RuleEngine(rules, rep, sources)
+    rules, sources, rep, macros = load_default()
+    return RuleEngine(rules, rep, sources, {}, _collect(macros))
 
 
 def commands_of(analysis: Analysis) -> list[Command]:

@@ -5,6 +5,8 @@ its rules. `match: command` rules hold a `when` over one analysed simple command
 rules hold a `when` over the dotted fields of a runtime event's facts; `match: record` rules hold no
 `when`: they declare an id that a sensor or the sandbox writes itself (a lifecycle record, a limit
 hit, the gateway's refusals), so every id any code can emit is listed by `corral rules list`.
+A pack may also hold `macros: [...]`, named conditions its rules (and others') reference as
+`{macro: name}` (`Macro`; expanded by `corral.rules.macros`).
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ class CommandCond(_Strict):
     )  # fmt: skip
     any: list[CommandCond] | None = None
     not_: list[CommandCond] | None = Field(None, alias="not")
+    macro: str | None = Field(None, description="a named command macro that must also hold")
 
     @field_validator("args", "all_args")
     @classmethod
@@ -149,12 +152,46 @@ class Rule(_Strict):
         return self
 
 
+MACRO_NAME = re.compile(r"[a-z][a-z0-9_]*")
+
+
+class Macro(_Strict):
+    """A named condition (Falco's macros): written once, referenced from any rule, exception or
+    other macro of the same language as `{macro: name}`. A later pack (or the policy's
+    `rules.macros`) that defines the same name replaces it, so a shipped rule can be tuned
+    without copying it. No `when` means the macro never holds: a `user_known_*` hook that the
+    shipped rules reference as `not: {macro: ...}` and a user fills in."""
+
+    macro: str
+    match: Literal["command", "event"]
+    description: str = ""
+    when: dict[str, Any] | None = None
+
+    @field_validator("macro")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not MACRO_NAME.fullmatch(v):
+            raise ValueError("must be lower-case letters, digits and _, like user_known_cpu_jobs")
+        return v
+
+    @model_validator(mode="after")
+    def _cond(self) -> Macro:
+        if self.when is None:
+            return self
+        if self.match == "command":
+            CommandCond.model_validate(self.when)
+        else:
+            validate_event_cond(self.when)
+        return self
+
+
 class Pack(_Strict):
     pack: str
     category: str | None = None
     attack: str | None = None
     description: str = ""
-    rules: list[dict[str, Any]]
+    macros: list[dict[str, Any]] = Field(default_factory=list)
+    rules: list[dict[str, Any]] = Field(default_factory=list)
 
 
 def validate_event_cond(cond: Any, path: str = "when") -> None:
@@ -170,6 +207,9 @@ def validate_event_cond(cond: Any, path: str = "when") -> None:
                 validate_event_cond(sub, f"{where}[{i}]")
         elif key == "not":
             validate_event_cond(val, where)
+        elif key == "macro":
+            if not isinstance(val, str) or not MACRO_NAME.fullmatch(val):
+                raise ValueError(f"{where}: must name a macro (got {val!r})")
         else:
             why = check_fact_path(key)
             if why is not None:
@@ -183,7 +223,7 @@ def validate_event_cond(cond: Any, path: str = "when") -> None:
                 if unknown:
                     raise ValueError(f"{where}: unknown fact kind {', '.join(unknown)}"
                                      f" (known: {', '.join(sorted(FACT_KINDS))})")  # fmt: skip
-        if key not in ("any", "all", "not") and isinstance(val, dict):
+        if key not in ("any", "all", "not", "macro") and isinstance(val, dict):
             for op, arg in val.items():
                 if op not in EVENT_OPS:
                     raise ValueError(

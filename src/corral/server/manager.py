@@ -322,14 +322,15 @@ class SandboxManager:
                            safety=self.safety(entry)) from None  # fmt: skip
         events = sb.events[entry.seen :]
         await enforce(sb, self.shaper, events)
-        events = sb.events[entry.seen :]
-        entry.seen = len(sb.events)
+        start, entry.seen = entry.seen, len(sb.events)
+        events = sb.events[start : entry.seen]
         entry.last_used = time.monotonic()
         with contextlib.suppress(StoreWriteError):  # held in memory; the command's answer stands
             self.store.add_step(StepRecord(
                 episode_id=sb.episode_id, sandbox_id=sb.id, step=res.step, action=shown or command,
                 observation=res.output[:65536], exit_code=res.exit_code,
-                penalty=self.shaper.penalty(events), terminated=sb.terminated, started=started,
+                penalty=self.shaper.penalty_since(sb.events[: entry.seen], start),
+                terminated=sb.terminated, started=started,
                 ended=datetime.now(UTC), info={"event_rules": [e.rule for e in events],
                                               "timed_out": res.timed_out, "blocked": res.blocked},
             ))  # fmt: skip
