@@ -80,7 +80,11 @@ PROGRAM: dict[str, Callable[[list[str]], bool]] = {
 # the pool listens on 127.0.0.1:3333 (0D05): wait for it by reading /proc, never by connecting
 WAIT_POOL = ("for i in $(seq 100); do grep -q ':0D05 00000000:0000 0A' /proc/net/tcp && break; "
              "sleep 0.05; done")  # fmt: skip
-ISOLATED = 'test -z "$(tail -n +2 /proc/net/route)" && test "$(ls /sys/class/net)" = lo'
+# the sandbox's netns holds loopback only and no route: checked inside it before any act runs
+ISOLATED = (
+    'test -z "$(tail -n +2 /proc/net/route)" && '
+    "test \"$(tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ')\" = lo"
+)
 
 
 def expected_penalty(category: str) -> float:
@@ -117,8 +121,11 @@ class Episode:
     """An entry point that keeps one sandbox over several steps."""
 
     async def open(self, files: dict[str, tuple[str, int]]) -> None: ...
-    async def step(self, command: str) -> bool:
-        """Run one command as the next step; False once the episode has ended."""
+
+    n = 0  # steps taken
+
+    async def step(self, command: str) -> int | None:
+        """Run one command as the next step: its exit status, None once the episode has ended."""
         ...
 
     async def close(self) -> str: ...
@@ -135,14 +142,15 @@ class SandboxRun(Episode):
         for path, (content, mode) in files.items():
             await self.sb.write_file(path, content, mode)
 
-    async def step(self, command: str) -> bool:
+    async def step(self, command: str) -> int | None:
         from corral.sandbox.errors import SandboxClosed
 
+        self.n += 1
         try:
-            await self.sb.exec(command, timeout=30)
+            res = await self.sb.exec(command, timeout=30)
         except SandboxClosed:
-            return False
-        return not self.sb.closed_reason
+            return None
+        return None if self.sb.closed_reason else res.exit_code
 
     async def close(self) -> str:
         await self.sb.close()
@@ -162,12 +170,13 @@ class EnvEpisode(Episode):
         self.env = await asyncio.to_thread(self.make, task)
         await asyncio.to_thread(self.env.reset)
 
-    async def step(self, command: str) -> bool:
+    async def step(self, command: str) -> int | None:
         if self.done:
-            return False
-        _, _, term, trunc, _ = await asyncio.to_thread(self.env.step, command)
+            return None
+        self.n += 1
+        _, _, term, trunc, info = await asyncio.to_thread(self.env.step, command)
         self.done = term or trunc
-        return not self.done
+        return None if self.done else info["exit_code"]
 
     async def close(self) -> str:
         await asyncio.to_thread(self.env.close)
@@ -196,23 +205,28 @@ class RockEpisode(Episode):
         for path, (content, _mode) in files.items():
             res = await self.sb.write_file(WriteFileRequest(content=content, path=path))
             assert res.success, res
-        modes = " ".join(f"chmod {m:o} {shlex.quote(p)};" for p, (_c, m) in files.items())
-        await self.step(modes)  # ROCK writes text; its modes are set by the agent's shell
+        # ROCK writes text files; the programs among them are made executable by the agent
+        run = [shlex.quote(p) for p, (_c, m) in files.items() if m & 0o111]
+        if run:
+            assert await self.step("chmod +x " + " ".join(run)) == 0
 
-    async def step(self, command: str) -> bool:
+    async def step(self, command: str) -> int | None:
         from rock.actions import Action
 
         if self.ended:
-            return False
+            return None
+        self.n += 1
         try:
-            await self.sb.run_in_session(Action(command=command, session="default",
-                                                check="silent", timeout=30))  # fmt: skip
+            obs = await self.sb.run_in_session(
+                Action(command=command, session="default", check="silent", timeout=30)
+            )
         except Exception:  # noqa: BLE001 - ROCK answers a policy end as Failed; the SDK raises
             status = self._status()
             self.ended = bool(status.get("corral", {}).get("terminated") or status.get("ended"))
             if not self.ended and "closed" not in str(status):
                 raise
-        return not self.ended
+            return None
+        return obs.exit_code
 
     def _status(self) -> dict[str, Any]:
         r = httpx.get(f"{self.url}/apis/envs/sandbox/v1/get_status",
@@ -230,19 +244,16 @@ class RockEpisode(Episode):
 async def play_episode(ep: Episode, act: Act, mode: str) -> int:
     """The cell's steps; returns the origin step (the one that started the act)."""
     await ep.open(files_for(act))
-    assert await ep.step(ISOLATED), "the sandbox's network is not isolated: no act is played"
-    n = 1
+    assert await ep.step(ISOLATED) == 0, "the sandbox's network is not isolated: no act is played"
     if act.category == "mining":
-        assert await ep.step(f"{SETUP_POOL.command}; {WAIT_POOL}")
-        n += 1
-    assert await ep.step("true")  # an honest step between the writing and the act
-    n += 1
-    origin = n + 1
+        assert await ep.step(f"{SETUP_POOL.command}; {WAIT_POOL}") == 0
+    assert await ep.step("true") == 0  # an honest step between the writing and the act
+    origin = ep.n + 1
     command = {"plain": act.command, "script": "bash act.sh",
                "background": background(act.command)}[mode]  # fmt: skip
-    if await ep.step(command):
+    if await ep.step(command) is not None:
         for _ in range(4):  # harmless steps while the act runs (or the background job starts)
-            if not await ep.step("sleep 0.5"):
+            if await ep.step("sleep 0.5") is None:
                 break
     return origin
 
@@ -254,7 +265,7 @@ def single_command(act: Act, mode: str) -> str:
     pre = f"{SETUP_POOL.command}; {WAIT_POOL}; " if act.category == "mining" else ""
     body = {"plain": act.command, "script": "bash act.sh",
             "background": background(act.command)}[mode]  # fmt: skip
-    return f"{ISOLATED} || exit 99; {pre}{body}; sleep 3"
+    return f"{ISOLATED} || exit 99\n{pre}{body}\nsleep 3"
 
 
 # ------------------------------------------------------------------ the module's runs
@@ -364,8 +375,11 @@ class Matrix:
                                                       "files": files, "run_timeout": 60})  # fmt: skip
         assert r.status_code == 200, r.text
         out = r.json()
-        assert "exit 99" not in str(out) and (out.get("run_result") or {}).get("return_code") != 99
-        return self._read(self._episode_of(marker), 1)
+        assert (out.get("run_result") or {}).get("return_code") != 99, "not isolated"
+        out = self._read(self._episode_of(marker), 1)
+        # its steps: the request's tool check (`command -v bash`), then the code: the last one
+        out.origin = max((st.step for st in out.steps), default=1)
+        return out
 
     def _episode_of(self, marker: str) -> str:
         """/run_code does not name its episode: the one whose command carried this marker."""
@@ -475,7 +489,16 @@ def check(out: Outcome, act: Act) -> None:
 
 
 # cells that cannot pass yet, with the precise reason (strict: they fail loudly once fixed)
-XFAIL: dict[tuple[str, str, str], str] = {}
+ORPHAN = (
+    "the miner act's own `(nohup ./kworker &)` runs inside the step-k job after `sleep 1`: it is "
+    "forked during a later step by a subshell that exits at once, so at its exec the process is "
+    "an orphan of the sandbox's init whose forking ancestors are gone; the monitor learns "
+    "ancestry at execs and at each step's start, never at fork, and blames the step running "
+    "then (needs fork-time origin: a per-step cgroup, or fork notifications)"
+)
+XFAIL: dict[tuple[str, str, str], str] = {
+    (entry, "mining", "background"): ORPHAN for entry in ("sandbox", "rock", "env", "pool")
+}
 
 
 def _cells() -> list[Any]:
