@@ -507,20 +507,9 @@ XFAIL: dict[tuple[str, str, str], str] = {
     (entry, "mining", "background"): ORPHAN for entry in ("sandbox", "rock", "env", "pool")
 }
 
-# cells seen to fail only some of the time (2 of 3 full runs on a loaded 2-core VM): not strict,
-# so the module stays green, but each is a real defect the matrix found and is listed to fix
-INTERMITTENT = (
-    "intermittent: the backgrounded miner (`(nohup ./kworker &)` returns at once) sometimes "
-    "leaves no mining finding at all in SandboxEnv, SandboxPool and /run_code episodes, and in "
-    "ROCK episodes its penalty sometimes reaches no step record (the record is written after "
-    "the close that re-charges by origin step); once an EBADF from the env's sandbox start"
-)
-FLAKY: dict[tuple[str, str, str], str] = {
-    (entry, "mining", mode): INTERMITTENT
-    for entry in ("rock", "env", "pool", "run_code")
-    for mode in ("plain", "script")
-}
-FLAKY[("env", "metadata", "background")] = INTERMITTENT
+# cells seen to fail only some of the time on a loaded 2-core VM: not strict, so the module
+# stays green, but each is a real defect the matrix found, listed to fix
+FLAKY: dict[tuple[str, str, str], str] = {}
 # the monitor judges an exec on its own thread after the kernel let it run: a scripted `ssh -R`
 # sometimes connects before the kill, and the gateway's `tunnel.ssh_forward_on_wire` is charged
 # as well as the exec's `tunnel.ssh_remote_forward` (-2.0 where the plain act costs -1.0): one
