@@ -25,15 +25,21 @@ What every cell must show, read back from the real SQLite store (`$CORRAL_HOME/e
   `respond.terminate`/`respond.episode_terminated` record) exactly when the policy's response
   is `terminate`, and the penalty is equal (issue 10 item 3: hiding an act never lowers its
   penalty nor keeps alive an episode the plain act would end).
-- **within 1 s of its exec**: where the act's program ran, the finding's timestamp is within 1 s
-  of that program's `process.exec` event; where it never ran (refused by the gate), no exec of
-  it is recorded at all.
+- **within 1 s of its exec**: where the act's program ran, the finding's timestamp is at most
+  1 s after that program's `process.exec` event (earlier is allowed: a finding judged from the
+  command that started a background job comes before the job's `sleep 1` is over); where it never
+  ran (refused by the gate), no exec of it is recorded at all.
+
+Every episode first checks its own isolation (no route, only `lo`, read from /proc inside the
+sandbox), then the agent runs `chmod +x` on the programs it wrote (ROCK's `write_file`, a task's
+files and `/run_code`'s files are text without modes), then an honest step, then the act.
 
 `corral run` and `/run_code` are one command per episode (each `corral run` is a fresh sandbox
 whose only step is 1, and `--episode` only names it; a second run with the same id would be step
 1 again): there the script is written into the workspace (the host directory for `corral run`,
 the request's `files` for `/run_code`) before the single step, and the background job is started
-and outlived within that step. Everything is under rl-strict; nothing leaves the machine: the
+and outlived within that step (for `/run_code` the code's step is the request's last: a tool
+check comes first). Everything is under rl-strict; nothing leaves the machine: the
 tunnel's target is TEST-NET (203.0.113.7), the probe sweeps the sandbox's own loopback, the
 metadata name does not resolve, the pool is the demo's fake one on the sandbox's loopback, and
 every sandbox's isolation is checked by the module before any act runs.
