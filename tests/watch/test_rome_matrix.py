@@ -56,6 +56,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -310,7 +311,8 @@ class Matrix:
                     cell = getattr(self, f"_cell_{entry}")(act, mode)
                     self.outcomes[key] = await asyncio.wait_for(cell, 150)
                 except Exception as err:  # noqa: BLE001 - the cell's test reports it
-                    self.outcomes[key] = Outcome("", 0, error=f"{type(err).__name__}: {err}")
+                    where = "".join(traceback.format_exception(err))[-1500:]
+                    self.outcomes[key] = Outcome("", 0, error=f"{type(err).__name__}: {where}")
 
         await asyncio.gather(*(one(a, m) for a, m in cells))
 
