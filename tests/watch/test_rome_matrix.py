@@ -536,6 +536,15 @@ SLOW_FANOUT = (
     "event loop, shared with the other sandboxes of SandboxEnv's process"
 )
 FLAKY.update({("env", "probe_internal", mode): SLOW_FANOUT for mode in MODES})
+FLAKY.update(
+    {
+        ("run_code", "mining", mode): (
+            "seen failing once in about eight full runs (beside tests/demo, under load), cause not "
+            "captured; each cell's error now keeps its traceback"
+        )
+        for mode in ("script", "background")
+    }
+)
 
 
 def _cells() -> list[Any]:
