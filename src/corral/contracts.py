@@ -275,6 +275,15 @@ class SandboxEpisode:
         except Exception:  # noqa: BLE001 - a vanished process must not break a record
             return None
 
+    def connectors(self, since: float) -> list[int]:
+        """The pids that called connect() on an IP socket since `since` (monotonic), most calls
+        first, from the seccomp notifier; empty without one."""
+        from collections import Counter
+
+        calls = list(getattr(self._notifier, "connects", ()))
+        counts = Counter(pid for t, pid in calls if t >= since)
+        return [pid for pid, _ in counts.most_common()]
+
     # ---------------------------------------------------------------- the exec sensor
     def set_notifier(self, notifier: Any) -> None:
         """Called by whoever serves the sandbox's seccomp listener (gateway or exec sensor)."""

@@ -33,6 +33,14 @@ async def test_gate_blocks_reverse_tunnel_and_emits_event(tmp_path: Path) -> Non
         assert ev.step == res.step
         assert ev.evidence["verdict"] == "deny"
         assert "tunnel.ssh_remote_forward" in [f["rule"] for f in ev.evidence["findings"]]
+        # a refusal is judged like the act itself: rl-strict's tunnel response ends the episode
+        # and the penalty is charged to the refused step (issue 10: by what it did)
+        assert ev.evidence["response"] == "terminate" and sb.terminated
+        pen = [e for e in sb.events if e.rule == "respond.penalty"]
+        assert [(e.step, e.evidence["penalty"]) for e in pen] == [(res.step, -1.0)]
+    async with Sandbox(policy_with("deny"), workspace=new_dir(tmp_path / "ws2"), store=False) as sb:
+        res = await sb.exec("curl -s http://169.254.169.254/latest/meta-data/")
+        assert res.blocked and not sb.terminated  # metadata: block, the episode goes on
         ok = await sb.exec("echo fine > ok.txt && cat ok.txt")
         assert ok.exit_code == 0 and ok.stdout == "fine\n" and not ok.blocked
 
@@ -73,6 +81,10 @@ async def test_ask_callback_sync_and_async(tmp_path: Path, answer: bool) -> None
         res = await sb.exec(MEDIUM + " 2>/dev/null; echo ran")
         assert res.blocked is (not answer)
         assert asked and asked[0][0].startswith(MEDIUM) and "tunnel.ssh_outbound" in asked[0][1]
+        # a refused `ssh` (a tunnel finding) ends the episode under rl-strict's responses
+        assert sb.terminated is (not answer)
+    async with Sandbox(pol, workspace=new_dir(tmp_path / "ws2"), store=False,
+                       gate=make_gate(pol, approve=approve)) as sb:  # fmt: skip
         # a deny never reaches the approver
         asked.clear()
         assert (await sb.exec(TUNNEL)).blocked and not asked

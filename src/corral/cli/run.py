@@ -143,6 +143,8 @@ async def _run(cmd, pol, workspace, events_file, timeout, episode, quiet, image=
         typer.echo(_summary(sb.events) + f"\n  episode {sb.episode_id}", err=True)
     if result.timed_out:
         return TIMEOUT_EXIT
+    if result.blocked:  # it never ran (126), even where the refusal also ended the episode
+        return result.exit_code
     if result.killed or sb.terminated:
         return KILLED_EXIT
     return result.exit_code

@@ -49,6 +49,8 @@ import os
 import socket
 import struct
 import threading
+import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -291,6 +293,9 @@ class Notifier:
         self.handled = 0
         self.execs = 0
         self.performed = 0  # network calls the supervisor carried out on the caller's behalf
+        # (monotonic time, pid) of the latest IP connect() calls, allowed or refused: who made a
+        # burst that the namespace's TCP counters alone would see without a process
+        self.connects: deque[tuple[float, int]] = deque(maxlen=256)
 
     def close(self) -> None:
         if self.fd >= 0:
@@ -427,6 +432,7 @@ class Notifier:
             self._respond(nid, -errno.EINVAL, 0)
             return False
         family, ip, port = addr
+        self.connects.append((time.monotonic(), pid))
         if not self._allowed(family, ip, port):
             proto = "tcp" if sock.type == socket.SOCK_STREAM else "udp"
             self._refuse(nid, [Attempt(pid=pid, syscall="connect", family=family, ip=ip,

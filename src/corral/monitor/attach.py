@@ -68,9 +68,11 @@ def record_missing_steps(ctx: Any) -> int:
         elif e.rule not in ("sandbox.command_started", "sandbox.command_ended"):
             s["rules"].append(e.rule)
     try:
-        have = {r.step for r in store.steps(ctx.episode_id)}
+        recorded = {r.step: r for r in store.steps(ctx.episode_id)}
     except Exception:  # noqa: BLE001 - a store that cannot answer: write nothing twice
         return 0
+    have = set(recorded)
+    _recharge(ctx, store, recorded)
     written = 0
     for step, s in sorted(steps.items()):
         if step in have or "action" not in s:
@@ -90,6 +92,29 @@ def record_missing_steps(ctx: Any) -> int:
         except Exception:  # noqa: BLE001 - the events are already recorded; report, go on
             continue
     return written
+
+
+def _recharge(ctx: Any, store: Any, recorded: dict[int, Any]) -> None:
+    """Steps their caller recorded (`SandboxEnv`, the ROCK routes) were charged by the reward
+    shaper over the events seen while each ran; a finding that landed later (a background job's
+    act, a sensor's sweep after the command returned) belongs to its origin step. The records
+    are charged again, by the same shaper, over the events grouped by origin step."""
+    from corral.rl.reward import RewardShaper
+
+    shaper = RewardShaper(ctx.policy)
+    by_origin: dict[int, float] = {}
+    for e in ctx.events:
+        step = e.origin_step if e.origin_step is not None else e.step
+        if step is not None:
+            by_origin[step] = by_origin.get(step, 0.0) + shaper.event_penalty(e)
+    stale = {step: round(by_origin.get(step, 0.0), 6) for step, r in recorded.items()
+             if r.kind == "action"
+             and abs(by_origin.get(step, 0.0) - r.penalty) > 1e-9}  # fmt: skip
+    if stale:
+        try:
+            store.recharge_steps(ctx.episode_id, stale)
+        except Exception:  # noqa: BLE001 - the events hold the truth; the records stay as written
+            return
 
 
 def status() -> dict[str, Any]:

@@ -987,9 +987,18 @@ class Monitor:
                             "window_s": round(now - t0, 2), "threshold": pol.fanout_threshold},
                 }  # fmt: skip
                 findings = list(w.engine.match_event(facts))
-                self._act(w, findings, source="process", pid=None, exe=None, argv=None,
+                # the counters name no process: the one that made most of the window's connect()
+                # calls (the exec sensor's notifier saw each), blamed on the step that started it
+                who = getattr(w.sb, "connectors", None)
+                pids = who(t0) if who is not None else []
+                proc = w.procs.get(pids[0]) if pids else None
+                origin = proc.origin if proc is not None else None
+                if proc is None and pids and pids[0] in w.origins:
+                    origin = w.origins[pids[0]][1]
+                self._act(w, findings, source="process", pid=pids[0] if pids else None,
+                          exe=proc.exe if proc else None, argv=proc.argv if proc else None,
                           step=w.sb.step or None, evidence={"net": facts["net"]},
-                          key=("fanout", w.sb.step))  # fmt: skip
+                          key=("fanout", w.sb.step), origin=origin)  # fmt: skip
         # /proc/PID/net/tcp walks the host's whole TCP hash (milliseconds): read it only when the
         # netns has connections and something changed, or once a second while they last
         seen = (counters.get("ActiveOpens", 0), counters.get("PassiveOpens", 0),

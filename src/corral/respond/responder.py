@@ -135,11 +135,13 @@ class Responder:
         act: bool = True,
         origin_step: int | None = None,
         dst: dict[str, Any] | None = None,
+        action: str | None = None,
     ) -> list[Event]:
         """Record the finding, act on it (unless `act` is False: another finding on the same
         process already did), charge the penalty to the step that started the process
         (`origin_step`, else asked of the monitor for `pid`, else `step`), once per act; returns
-        the events written."""
+        the events written. `action`: what happened to the act where that is not the response's
+        own (a command the gate refused never ran: `blocked`, whatever the response)."""
         response = response or decide(sandbox, finding)
         category = _attr(finding, "category", "policy")
         severity = _attr(finding, "severity", "medium")
@@ -159,7 +161,7 @@ class Responder:
                 rule=rule,
                 category=category,
                 severity=severity,
-                action=ACTION_OF[response],
+                action=action or ACTION_OF[response],
                 attack=_attr(finding, "attack"),
                 pid=pid,
                 exe=exe,

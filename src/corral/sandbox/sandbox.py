@@ -890,26 +890,7 @@ class Sandbox:
                 decision = await decision
             assert isinstance(decision, GateDecision)
             if decision.verdict != "allow":
-                top = max(decision.findings, default=None,
-                          key=lambda f: severity_rank(f.get("effective_severity") or f.get("severity")))  # fmt: skip
-                self.emit(
-                    source="policy",
-                    rule=top["rule"] if top else "policy.gate_denied",
-                    category=top["category"] if top else "policy",
-                    severity=(top.get("effective_severity") or top["severity"])
-                    if top
-                    else "medium",
-                    attack=top.get("attack") if top else None,
-                    action="blocked",
-                    step=step,
-                    argv=["bash", "-c", command],
-                    message=decision.reason or f"gate verdict {decision.verdict}",
-                    evidence={
-                        "verdict": decision.verdict,
-                        "findings": decision.findings,
-                        "gate": "policy.gate_denied",
-                    },
-                )
+                await self._refused(command, step, decision)
                 return ExecResult(
                     command=command,
                     step=step,
@@ -921,6 +902,34 @@ class Sandbox:
                     events=self.events[first_event:],
                 )
         return None
+
+    async def _refused(self, command: str, step: int, decision: GateDecision) -> None:
+        """A command the gate refused is a finding like any other: it goes to the responder,
+        which records it (`blocked`: it never ran), charges the penalty to this step and, where
+        the policy's response for its category is `terminate`, ends the episode, as the same act
+        run from a script and caught at its exec would (issue 10: judged by what it did)."""
+        from corral.respond.responder import Responder, decide
+
+        top = max(decision.findings, default=None,
+                  key=lambda f: severity_rank(f.get("effective_severity") or f.get("severity")))  # fmt: skip
+        finding = {
+            "rule": top["rule"] if top else "policy.gate_denied",
+            "category": top["category"] if top else "policy",
+            "severity": (top.get("effective_severity") or top["severity"]) if top else "medium",
+            "attack": top.get("attack") if top else None,
+            "message": decision.reason or f"gate verdict {decision.verdict}",
+        }
+        # nothing ran, so nothing to kill: a refusal is a block, or the episode's end
+        response = "terminate" if decide(self, finding) == "terminate" else "block"
+        Responder().respond(
+            self, finding, source="policy", step=step, argv=["bash", "-c", command],
+            evidence={"verdict": decision.verdict, "findings": decision.findings,
+                      "gate": "policy.gate_denied"},
+            response=response, act=False, action="blocked",
+        )  # fmt: skip
+        if response == "terminate":
+            await self.terminate(f"{finding['category']}: {finding['rule']}",
+                                 rule="respond.terminate")  # fmt: skip
 
     async def _session_exit_code(self) -> int:
         """The shell ended mid-command (`exit`, a kill): its status is the command's."""

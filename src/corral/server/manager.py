@@ -65,6 +65,7 @@ class Entry:
     session_used: dict[str, float] = field(default_factory=dict)
     # what the start request asked for, to start it again on /restart
     start_args: dict[str, Any] = field(default_factory=dict)
+    closing: asyncio.Task[None] | None = None  # its close, once retired
 
 
 def local_image(name: str | None) -> str | None:
@@ -171,17 +172,35 @@ class SandboxManager:
         return entry
 
     def _retire(self, entry: Entry, reason: str) -> None:
+        """Gone from the live set, and closed: an episode the policy ended is closed too (the
+        monitor detached, its steps written and charged by origin step, its workspace removed),
+        not only forgotten."""
         entry.gone = reason
         self.live.pop(entry.sandbox.id, None)
         self.gone[entry.sandbox.id] = entry
         while len(self.gone) > KEEP_GONE:
             self.gone.popitem(last=False)
+        if entry.closing is None:
+            with contextlib.suppress(RuntimeError):  # no running loop: stop() closes it
+                entry.closing = asyncio.get_running_loop().create_task(self._close(entry))
+
+    @staticmethod
+    async def _close(entry: Entry) -> None:
+        sb = entry.sandbox
+        for _ in range(100):  # a policy end tears the sandbox down on its own task: let it finish
+            if not sb.terminated or sb._proc is None:
+                break
+            await asyncio.sleep(0.05)
+        await sb.close()
 
     async def stop(self, sandbox_id: str, reason: str = "stopped") -> Entry:
         entry = self.lookup(sandbox_id)
         self.approvals.cancel_sandbox(sandbox_id, f"sandbox {reason}")
         if entry.gone is None:
             self._retire(entry, entry.sandbox.closed_reason or reason)
+        if entry.closing is not None:
+            await entry.closing
+        else:
             await entry.sandbox.close()
         return entry
 

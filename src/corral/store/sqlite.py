@@ -509,6 +509,14 @@ class EventStore:
         row = tuple(d[c] for c in _STEP_COLUMNS)
         self._write([(_INSERT_STEP, row)])
 
+    def recharge_steps(self, episode_id: str, penalties: dict[int, float]) -> None:
+        """Set recorded action steps' penalty (moving their reward by as much): a finding that
+        landed after its step's record was written (a background job, a sensor's sweep) belongs
+        to the step that started it, not to the one running when it was seen."""
+        sql = ("UPDATE steps SET reward = reward + (? - penalty), penalty = ? "
+               "WHERE episode_id = ? AND step = ? AND kind = 'action'")  # fmt: skip
+        self._write([(sql, (p, p, episode_id, step)) for step, p in sorted(penalties.items())])
+
     def steps(self, episode_id: str) -> list[StepRecord]:
         self._flush_for_read()
         sql = f"SELECT {','.join(_STEP_COLUMNS)} FROM steps WHERE episode_id = ? ORDER BY step, id"
