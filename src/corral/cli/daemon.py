@@ -27,7 +27,9 @@ def register(app: typer.Typer) -> None:
 def status(as_json: bool = typer.Option(False, "--json", help="print one JSON object")) -> None:
     """Whether a fork server serves this user here: its pid, socket, calls and idle timeout."""
     reply = forkserver.ask("status")
-    state = {"disabled": forkclient.disabled(), "runtime_dir": forkclient.runtime_dir()}
+    where = forkclient.runtime_dir()
+    state: dict[str, object] = {"disabled": forkclient.disabled(), "runtime_dir": where,
+                                "socket": where and f"{where}/{forkclient.socket_name(forkclient.key())}"}  # fmt: skip
     if reply is not None:
         state.update({k: v for k, v in reply.items() if k != "t"})
     if as_json:

@@ -291,9 +291,11 @@ class Server:
         self.dfd = forkclient.open_dir(self.where)
         if self.dfd is None:
             return
-        with contextlib.suppress(OSError):
-            self.log_fd = os.open(f"forkserver-{self.key}.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+        with contextlib.suppress(OSError):  # kept across servers of this key, up to 1 MiB
+            self.log_fd = os.open(f"forkserver-{self.key}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND
                                   | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=self.dfd)  # fmt: skip
+            if os.fstat(self.log_fd).st_size > 1 << 20:
+                os.ftruncate(self.log_fd, 0)
         if not self._lock():
             return  # another server holds this key
         self.code = snapshot()  # before the imports: a file edited meanwhile reads as stale
@@ -536,7 +538,6 @@ class Server:
         for other in self.children.values():
             other.close()
         self.children.clear()
-        gc.unfreeze()  # the child collects its garbage as a plain process does (freeze was for fork)
         try:
             os.setsid()  # each call its own session and process group
             _take_on(msg, fds)
@@ -649,6 +650,8 @@ def _run_call(conn: socket.socket, args: list[str]) -> None:
         if t is not main_thread and not t.daemon:
             t.join()
     atexit._run_exitfuncs()
+    gc.collect()  # as the interpreter's finalisation does (a __del__ may still have its say); the
+    # server's frozen objects are not walked
     for stream in (sys.stdout, sys.stderr):
         try:
             if stream is not None:
