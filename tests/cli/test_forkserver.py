@@ -530,3 +530,30 @@ def test_the_socket_is_reachable_only_by_its_owner(daemon: Daemon) -> None:
         assert daemon.corral("check", "ls").returncode == 0
     os.close(dfd)
     assert daemon.status()["calls"] == st["calls"] + 1
+
+
+def _state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+@pytest.mark.unprivileged
+def test_job_control_stops_and_continues_the_call(daemon: Daemon) -> None:
+    """Ctrl-Z and fg: SIGTSTP stops the caller and its call, SIGCONT resumes both."""
+    daemon.corral("run", "-q", "--policy", POLICY, "--", "true")
+    server = daemon.ready()["pid"]
+    p = subprocess.Popen([*CORRAL, "run", "-q", "--policy", POLICY, "--episode", "ep-tstp", "--",
+                          "sh", "-c", "sleep 1; echo resumed"], env=daemon.env, cwd=daemon.cwd,
+                         stdout=subprocess.PIPE, text=True)  # fmt: skip
+    end = time.monotonic() + 30
+    while "sandbox.command_started" not in _events(daemon, "ep-tstp"):
+        assert time.monotonic() < end and p.poll() is None
+        time.sleep(0.05)
+    child = next(pid for pid, state in _children(server) if state != "Z")
+    p.send_signal(signal.SIGTSTP)
+    end = time.monotonic() + 10
+    while not (_state(p.pid) == "T" and _state(child) == "T"):
+        assert time.monotonic() < end, (_state(p.pid), _state(child))
+        time.sleep(0.02)
+    p.send_signal(signal.SIGCONT)
+    out, _ = p.communicate(timeout=60)
+    assert (p.returncode, out) == (0, "resumed\n")

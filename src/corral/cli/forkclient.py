@@ -316,13 +316,20 @@ def request(args: list[str]) -> tuple[dict[str, Any], list[int]] | None:
     return msg, [0, 1, 2, cwd]
 
 
-def _forward_signals(sock: Any) -> None:
-    """SIGINT/SIGTERM/SIGHUP (and job control's SIGTSTP/SIGCONT) go to the child as messages."""
+def _forward_signals(sock: Any, pidfd: int | None) -> None:
+    """SIGINT/SIGTERM/SIGHUP and job control's SIGTSTP/SIGCONT go on to the child: through its
+    pidfd (it gets them at once, stopped or not), else as a message to its watcher thread."""
     import signal
 
     def forward(signum: int, _frame: Any) -> None:
         with contextlib.suppress(OSError):
-            send(sock, {"t": "signal", "sig": signum})
+            if pidfd is not None:
+                # the child leads a session of its own, an orphaned process group to which the
+                # kernel does not deliver SIGTSTP: it is stopped with SIGSTOP instead
+                sig = signal.SIGSTOP if signum == signal.SIGTSTP else signum
+                signal.pidfd_send_signal(pidfd, sig)
+            else:
+                send(sock, {"t": "signal", "sig": signum})
         if signum == signal.SIGTSTP:  # stop ourselves too, as the default action would
             signal.signal(signal.SIGTSTP, signal.SIG_DFL)
             os.kill(os.getpid(), signal.SIGTSTP)
@@ -371,7 +378,10 @@ def serve_call(args: list[str]) -> int | None:
             return None  # "fallback" (the child could not take on this call) or unknown
         # from here the command may run: never again in this process, whatever happens
         sock.settimeout(None)
-        _forward_signals(sock)
+        pidfd = None
+        with contextlib.suppress(OSError, KeyError, TypeError, ValueError):
+            pidfd = os.pidfd_open(int(reply["pid"]))  # alive: it waits for our "go"
+        _forward_signals(sock, pidfd)
         send(sock, {"t": "go"})
     except (OSError, EOFError, ValueError, KeyError):
         sock.close()

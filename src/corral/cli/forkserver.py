@@ -532,7 +532,8 @@ class Server:
     def _child(self, conn: socket.socket, msg: dict[str, Any], fds: list[int]) -> None:
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        for fd in (self.listener.fileno(), self.lock_fd, *self.wake, self.dfd):
+        self.listener.close()
+        for fd in (self.lock_fd, *self.wake, self.dfd):
             with contextlib.suppress(OSError):
                 os.close(fd)
         for other in self.children.values():
@@ -544,7 +545,7 @@ class Server:
             if self.probe is not None:
                 self.probe.apply()
             conn.settimeout(forkclient.READY_TIMEOUT_S)
-            send(conn, {"t": "ready"})
+            send(conn, {"t": "ready", "pid": os.getpid()})
             if recv(conn).get("t") != "go":
                 os._exit(0)
         except Exception as err:  # noqa: BLE001 - nothing ran: the caller runs the call itself
