@@ -277,6 +277,8 @@ class Server:
         self.started = time.time()
         self.log_fd = -1
         self.probe: _ProbeMemo | None = None
+        self.trace = os.environ.get("CORRAL_DAEMON_TRACE") == "1"
+        self.t: list[float] = []
 
     # -- logging: one line per event worth knowing (start, stop, stale, refusals)
     def log(self, text: str) -> None:
@@ -460,6 +462,7 @@ class Server:
             conn.close()  # stopped reading by then
 
     def _accept(self) -> None:
+        self.t = [time.perf_counter()]
         try:
             conn, _ = self.listener.accept()
         except (BlockingIOError, InterruptedError, ConnectionAbortedError):
@@ -499,6 +502,7 @@ class Server:
         if kind != "run" or len(fds) != MAX_FDS:
             conn.close()
             return
+        self.t.append(time.perf_counter())
         if snapshot() != self.code:
             self.log("stale: corral's files changed since they were loaded")
             with contextlib.suppress(OSError):
@@ -513,8 +517,10 @@ class Server:
             conn.close()
             self.stopping = True
             return
+        self.t.append(time.perf_counter())
         pid = os.fork()
         if pid == 0:
+            self.t.append(time.perf_counter())
             try:
                 self._child(conn, msg, fds)
             finally:
@@ -542,8 +548,10 @@ class Server:
         try:
             os.setsid()  # each call its own session and process group
             _take_on(msg, fds)
+            self.t.append(time.perf_counter())
             if self.probe is not None:
                 self.probe.apply()
+            self.t.append(time.perf_counter())
             conn.settimeout(forkclient.READY_TIMEOUT_S)
             send(conn, {"t": "ready", "pid": os.getpid()})
             if recv(conn).get("t") != "go":
@@ -554,10 +562,18 @@ class Server:
                     self.log(f"fallback: {type(err).__name__}: {err}")
                 send(conn, {"t": "fallback", "why": f"{type(err).__name__}: {err}"})
             os._exit(0)
-        if self.log_fd >= 0:
+        if self.trace:  # CORRAL_DAEMON_TRACE=1 in the server's environment: each call's phases
+            t = self.t
+            self.log("call: accept+peer+request {:.2f} snapshot {:.2f} fork {:.2f} take-on {:.2f} "
+                     "probe {:.2f} ready->go {:.2f} ms".format(
+                         *(1e3 * (b - a) for a, b in zip(t, [*t[1:], time.perf_counter()], strict=True))))  # fmt: skip
+        trace = None
+        if self.trace:
+            trace = self.log
+        elif self.log_fd >= 0:
             os.close(self.log_fd)
         conn.settimeout(None)
-        _run_call(conn, list(msg["args"]))
+        _run_call(conn, list(msg["args"]), trace)
 
 
 def _take_on(msg: dict[str, Any], fds: list[int]) -> None:
@@ -627,13 +643,16 @@ def _watch(conn: socket.socket) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _run_call(conn: socket.socket, args: list[str]) -> None:
+def _run_call(
+    conn: socket.socket, args: list[str], trace: Callable[[str], None] | None = None
+) -> None:
     """`corral ARGS` as the process's whole life: main, then what the interpreter does at exit
     (non-daemon threads joined, atexit, stdio flushed), then the status to the caller."""
     threading.Thread(
         target=_watch, args=(conn,), name="corral-forkserver-watch", daemon=True
     ).start()
     code, die_by = 0, 0
+    t0 = time.perf_counter()
     try:
         from corral.cli.main import main
 
@@ -646,6 +665,7 @@ def _run_call(conn: socket.socket, args: list[str]) -> None:
     except BaseException:
         sys.excepthook(*sys.exc_info())
         code = 1
+    t1 = time.perf_counter()
     main_thread = threading.main_thread()
     for t in threading.enumerate():
         if t is not main_thread and not t.daemon:
@@ -660,6 +680,8 @@ def _run_call(conn: socket.socket, args: list[str]) -> None:
         except Exception:  # noqa: BLE001 - as the interpreter: exit 120 when stdio cannot flush
             code = code or 120
     _done.set()
+    if trace is not None:
+        trace(f"call: main {1e3 * (t1 - t0):.2f} exit {1e3 * (time.perf_counter() - t1):.2f} ms")
     if die_by:
         signal.signal(die_by, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, [die_by])
