@@ -361,32 +361,22 @@ def serve_call(args: list[str]) -> int | None:
         spawn(where, k)
         return None
     try:
-        req = request(args)
-        if req is None:
-            return None
-        msg, fds = req
-        try:
-            send(sock, msg, fds)
-        finally:
-            os.close(fds[3])
-        reply = recv(sock)
-        if reply["t"] == "stale":
-            sock.close()
+        reply = _handshake(sock, args)
+    except (OSError, EOFError, ValueError, KeyError, TypeError):
+        reply = None
+    if reply is None or reply["t"] != "ready":
+        sock.close()  # "fallback" (the child could not take on this call), stale, lost: run here
+        if reply is not None and reply["t"] == "stale":
             spawn(where, k)
-            return None
-        if reply["t"] != "ready":
-            return None  # "fallback" (the child could not take on this call) or unknown
-        # from here the command may run: never again in this process, whatever happens
+        return None
+    # from here the command may run in the child: never again in this process, whatever happens
+    try:
         sock.settimeout(None)
+        send(sock, {"t": "go"})
         pidfd = None
         with contextlib.suppress(OSError, KeyError, TypeError, ValueError):
-            pidfd = os.pidfd_open(int(reply["pid"]))  # alive: it waits for our "go"
+            pidfd = os.pidfd_open(int(reply["pid"]))  # alive: it waited for our "go"
         _forward_signals(sock, pidfd)
-        send(sock, {"t": "go"})
-    except (OSError, EOFError, ValueError, KeyError):
-        sock.close()
-        return None
-    try:
         while True:
             reply = recv(sock)
             if reply["t"] == "exit":
@@ -396,6 +386,20 @@ def serve_call(args: list[str]) -> int | None:
     except (OSError, EOFError, ValueError, KeyError, TypeError):
         os.write(2, b"corral: the fork server's child ended without an exit status\n")
         return 1
+
+
+def _handshake(sock: Any, args: list[str]) -> dict[str, Any] | None:
+    """Send the call; the child's first answer ("ready", "fallback", "stale"), or None when the
+    call cannot be handed over (a closed standard fd)."""
+    req = request(args)
+    if req is None:
+        return None
+    msg, fds = req
+    try:
+        send(sock, msg, fds)
+    finally:
+        os.close(fds[3])
+    return recv(sock)
 
 
 def spawn(where: str, k: str) -> None:
