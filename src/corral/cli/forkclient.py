@@ -88,6 +88,7 @@ def runtime_dir() -> str | None:
         path = os.path.join(tmp if tmp.startswith("/") else "/tmp", f"corral-{uid}")
     try:
         os.mkdir(path, 0o700)
+        os.chmod(path, 0o700)  # ours, just made: whatever the umask took away
     except FileExistsError:
         pass
     except OSError:
