@@ -297,13 +297,17 @@ def test_a_call_inside_another_network_namespace_gets_another_server(daemon: Dae
 
 
 FAKE = """
-import os, socket, sys, array
+import os, socket, sys
 s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
 os.chdir(os.path.dirname(sys.argv[1]))
 s.bind(os.path.basename(sys.argv[1])); s.listen(1)
 open(sys.argv[2], "w").write("listening")
-s.settimeout(60)
-c, _ = s.accept()
+s.settimeout(float(sys.argv[3]))
+try:
+    c, _ = s.accept()
+except TimeoutError:
+    open(sys.argv[2], "w").write("no connection")
+    sys.exit(0)
 c.settimeout(3)
 got, nfds = b"", 0
 try:
@@ -319,26 +323,47 @@ open(sys.argv[2], "w").write(f"{len(got)} {nfds}")
 """
 
 
-@root_only
-def test_a_socket_planted_by_another_user_gets_no_fd_and_no_environment(
-    daemon: Daemon, tmp_path: Path
-) -> None:  # fmt: skip
+def _plant(ours: Path, wait_s: float, owner: int | None) -> tuple[subprocess.Popen, Path, Path]:
+    """A server of user nobody, its socket moved into our directory under our server's name."""
     theirs = Path(tempfile.mkdtemp(prefix="corral-test-theirs-"))  # where nobody can reach it
     os.chown(theirs, NOBODY, NOBODY)
     report = theirs / "report"
-    ours = Path(daemon.status()["socket"])
     fake = subprocess.Popen(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
-                             sys.executable, "-c", FAKE, str(theirs / "s.sock"), str(report)])  # fmt: skip
+                             sys.executable, "-c", FAKE, str(theirs / "s.sock"), str(report),
+                             str(wait_s)])  # fmt: skip
+    end = time.monotonic() + 30
+    while not report.exists() and time.monotonic() < end:
+        time.sleep(0.05)
+    os.rename(theirs / "s.sock", ours)
+    if owner is not None:
+        os.chown(ours, owner, owner, follow_symlinks=False)
+    return fake, theirs, report
+
+
+@root_only
+def test_a_socket_planted_by_another_user_gets_no_fd_and_no_environment(daemon: Daemon) -> None:
+    ours = Path(daemon.status()["socket"])
+    env = dict(daemon.env, SECRET_TOKEN="hunter2")
+    ok = ["run", "-q", "--policy", POLICY, "--", "sh", "-c", "echo ran"]
+    # a socket file of ours whose listener is another user's: refused on SO_PEERCRED
+    fake, theirs, report = _plant(ours, 60, owner=os.getuid())
     try:
-        end = time.monotonic() + 30
-        while not report.exists() and time.monotonic() < end:
-            time.sleep(0.05)
-        os.rename(theirs / "s.sock", ours)  # in our 0700 directory, under our server's name
-        env = dict(daemon.env, SECRET_TOKEN="hunter2")
-        r = daemon.corral("run", "-q", "--policy", POLICY, "--", "sh", "-c", "echo ran", env=env)
+        r = daemon.corral(*ok, env=env)
         assert (r.returncode, r.stdout) == (0, "ran\n"), r.stderr  # run here instead
         fake.wait(timeout=30)
         assert report.read_text() == "0 0", "not one byte, not one fd went to the other user"
+    finally:
+        fake.kill()
+        fake.wait()
+        shutil.rmtree(theirs)
+    daemon.stop_all()  # the call started a real server, which took the name back
+    # a socket file of another user's: not even connected to
+    fake, theirs, report = _plant(ours, 5, owner=None)
+    try:
+        r = daemon.corral(*ok, env=env)
+        assert (r.returncode, r.stdout) == (0, "ran\n"), r.stderr
+        fake.wait(timeout=30)
+        assert report.read_text() == "no connection"
     finally:
         fake.kill()
         fake.wait()

@@ -230,6 +230,16 @@ def connect(path_dir: str, k: str, timeout: float) -> Any:
     dfd = open_dir(path_dir)
     if dfd is None:
         return None
+    import stat
+
+    try:  # the socket file: a socket, ours (the server's credentials are checked below too)
+        st = os.stat(socket_name(k), dir_fd=dfd, follow_symlinks=False)
+    except OSError:
+        os.close(dfd)
+        return None
+    if not stat.S_ISSOCK(st.st_mode) or st.st_uid != os.getuid():
+        os.close(dfd)
+        return None
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
     try:
         sock.settimeout(timeout)
