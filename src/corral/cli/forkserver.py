@@ -26,6 +26,10 @@ LIMITATIONS (what differs from a plain `corral` process):
 - /proc/PID/environ and the hash seed of the child are the server's (os.environ is the caller's);
 - modules are found on the caller's `sys.path` less its first entry (the script's directory, or
   the current directory under `python -m`);
+- only fds 0, 1 and 2 are handed over (a plain process would inherit others; corral uses none);
+- stdout that cannot be flushed at exit (a closed pipe) gives exit 120 as the interpreter does,
+  without its "Exception ignored" line;
+- the first call, which starts the server, shares the CPU with the server's warm-up;
 - a call whose limits or priority the server cannot take on (a higher hard rlimit, a lower nice or
   oom_score_adj without the privilege) or with a closed fd 0-2 runs in the caller's process.
 """
