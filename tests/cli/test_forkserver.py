@@ -582,3 +582,25 @@ def test_job_control_stops_and_continues_the_call(daemon: Daemon) -> None:
     p.send_signal(signal.SIGCONT)
     out, _ = p.communicate(timeout=60)
     assert (p.returncode, out) == (0, "resumed\n")
+
+
+@pytest.mark.unprivileged
+def test_the_server_keeps_no_fd_of_the_call_that_started_it(daemon: Daemon) -> None:
+    """A harness waiting for EOF on a pipe it gave `corral` must get it when `corral` exits, not
+    when the server it started goes idle."""
+    r, w = os.pipe()
+    try:
+        p = subprocess.run([*CORRAL, "check", "ls"], env=daemon.env, cwd=daemon.cwd, pass_fds=[w],
+                           capture_output=True, timeout=60)  # fmt: skip
+        os.close(w)
+        w = -1
+        assert p.returncode == 0
+        daemon.ready()  # the server started by that call is up
+        import select
+
+        assert select.select([r], [], [], 30)[0], "the pipe is still held open"
+        assert os.read(r, 10) == b""
+    finally:
+        os.close(r)
+        if w >= 0:
+            os.close(w)

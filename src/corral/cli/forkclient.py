@@ -363,22 +363,25 @@ def _die_like(sig: int) -> None:
 def serve_call(args: list[str]) -> int | None:
     """Run `corral ARGS` in our fork server: its exit status, or None to run it in this process
     (after starting a server in the background when there was none or it was stale)."""
-    where = runtime_dir()
-    if where is None:
-        return None
-    k = key()
-    sock = connect(where, k, READY_TIMEOUT_S)
-    if sock is None:
-        spawn(where, k)
-        return None
-    try:
-        reply = _handshake(sock, args)
-    except (OSError, EOFError, ValueError, KeyError, TypeError):
-        reply = None
-    if reply is None or reply["t"] != "ready":
-        sock.close()  # "fallback" (the child could not take on this call), stale, lost: run here
-        if reply is not None and reply["t"] == "stale":
+    sock = None
+    try:  # nothing can have run yet: any failure here means "run it in this process"
+        where = runtime_dir()
+        if where is None:
+            return None
+        k = key()
+        sock = connect(where, k, READY_TIMEOUT_S)
+        if sock is None:
             spawn(where, k)
+            return None
+        reply = _handshake(sock, args)
+        if reply is None or reply["t"] != "ready":
+            sock.close()  # "fallback" (the child could not take on this call), stale: run here
+            if reply is not None and reply["t"] == "stale":
+                spawn(where, k)
+            return None
+    except Exception:  # noqa: BLE001 - never fail a command because of the daemon
+        if sock is not None:
+            sock.close()
         return None
     # from here the command may run in the child: never again in this process, whatever happens
     try:
@@ -433,6 +436,7 @@ def spawn(where: str, k: str) -> None:
                 null = os.open(os.devnull, os.O_RDWR)
                 for fd in (0, 1, 2):
                     os.dup2(null, fd)
+                os.closerange(3, 1 << 20)  # no fd of the caller's (a pipe someone waits on) lives on
                 os.execve(sys.executable, argv, env)
         finally:
             os._exit(0)

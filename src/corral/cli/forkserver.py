@@ -107,6 +107,7 @@ _USERNS_SYSCTLS = ("/proc/sys/kernel/unprivileged_userns_clone", "/proc/sys/user
 def serve_main() -> None:
     """`python -c 'from corral.cli.forkserver import serve_main; serve_main()' SPEC` (hex of a
     marshalled {key, dir, path}); `forkclient.spawn` starts it detached."""
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])  # not the first caller's mask (SIGCHLD!)
     spec = marshal.loads(bytes.fromhex(sys.argv[1]))
     sys.path[:] = [p for p in spec["path"] if isinstance(p, str)]
     sys.argv = ["corral-forkserver"]
