@@ -604,3 +604,30 @@ def test_the_server_keeps_no_fd_of_the_call_that_started_it(daemon: Daemon) -> N
         os.close(r)
         if w >= 0:
             os.close(w)
+
+
+PROBE_FROM_SANDBOX = """
+import glob, os, socket, sys
+found = glob.glob("/tmp/**/forkserver-*.sock", recursive=True) + glob.glob("/run/**/forkserver-*.sock", recursive=True)
+try:
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(5)
+    s.connect(sys.argv[1])
+    print("connected", found)
+except OSError as err:
+    print("unreachable", type(err).__name__, found)
+"""
+
+
+@pytest.mark.unprivileged
+def test_an_agent_in_a_sandbox_cannot_reach_the_server(daemon: Daemon) -> None:
+    """The threat the peer check is for: a command in a corral sandbox looking for the server."""
+    daemon.corral("run", "-q", "--policy", POLICY, "--", "true")
+    st = daemon.ready()
+    short = daemon.tmp / "s.sock"  # the server's path, shortened for AF_UNIX, as an agent might
+    short.symlink_to(st["socket"])
+    r = daemon.corral("run", "-q", "--policy", POLICY, "--temp-workspace", "--",
+                      "python3", "-c", PROBE_FROM_SANDBOX, str(short))  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("unreachable") and r.stdout.rstrip().endswith("[]"), r.stdout
+    assert daemon.status()["calls"] == st["calls"] + 1  # that run itself was served
