@@ -436,7 +436,9 @@ def spawn(where: str, k: str) -> None:
                 null = os.open(os.devnull, os.O_RDWR)
                 for fd in (0, 1, 2):
                     os.dup2(null, fd)
-                os.closerange(3, 1 << 20)  # no fd of the caller's (a pipe someone waits on) lives on
+                os.closerange(
+                    3, 1 << 20
+                )  # no fd of the caller's (a pipe someone waits on) lives on
                 os.execve(sys.executable, argv, env)
         finally:
             os._exit(0)
