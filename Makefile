@@ -23,11 +23,19 @@ system-deps:
 	  fi; \
 	fi
 
-$(STAMP): pyproject.toml src/corral/egress/launcher.c src/corral/images/overlay_exec.c
+$(STAMP): pyproject.toml src/corral/egress/launcher.c src/corral/images/overlay_exec.c src/corral/sandbox/setid.c src/corral/egress/init.c
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	@set -o pipefail; $(BIN)/python -m pip install -q -e '.[dev,clients]' 2>&1 | { grep -v 'is ignored: it is neither' || true; }
-	@cc -O2 -Wall -o src/corral/egress/corral-egress-launcher src/corral/egress/launcher.c \
+	@# static where libc.a is installed: no dynamic loader on each sandbox start
+	@cc -O2 -Wall -static -o src/corral/egress/corral-egress-launcher src/corral/egress/launcher.c 2>/dev/null \
+	  || cc -O2 -Wall -o src/corral/egress/corral-egress-launcher src/corral/egress/launcher.c \
 	  || echo "note: no C compiler; the egress gateway uses its slower Python launcher"
+	@cc -O2 -Wall -static -nostdlib -fno-stack-protector -fno-asynchronous-unwind-tables -no-pie \
+	  -o src/corral/egress/corral-init src/corral/egress/init.c \
+	  || echo "note: corral-init not built; the launcher stays as each sandbox's pid 1"
+	@cc -O2 -Wall -static -o src/corral/sandbox/corral-setid src/corral/sandbox/setid.c 2>/dev/null \
+	  || cc -O2 -Wall -o src/corral/sandbox/corral-setid src/corral/sandbox/setid.c \
+	  || echo "note: no C compiler; a root supervisor drops to each sandbox's id with prlimit + setpriv"
 	@cc -O2 -Wall -o src/corral/images/corral-overlay-exec src/corral/images/overlay_exec.c \
 	  || echo "note: no C compiler; image roots use the slower Python overlay helper"
 	@touch $(STAMP)

@@ -7,7 +7,7 @@ import os
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -39,10 +39,13 @@ def _isolated_network() -> None:
 
 
 @pytest.fixture(autouse=True)
-def corral_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+def corral_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+                ) -> Iterator[Path]:  # fmt: skip
     home = tmp_path_factory.mktemp("corral-home")
     monkeypatch.setenv("CORRAL_HOME", str(home))
-    return home
+    yield home
+    # the shared store of this test's home (Sandbox's default): three fds each, a thousand tests
+    EventStore.release_shared(home)
 
 
 @pytest.fixture

@@ -50,7 +50,8 @@ SUBREAPER = textwrap.dedent(
         for i in range(ROUNDS):
             sb = Sandbox(pol)
             await sb.start()
-            await sb.exec("sleep 100 & true")
+            for command in COMMANDS:
+                await sb.exec(command)
             await sb.close()
         print(" ".join(children()) or "none", flush=True)
 
@@ -59,11 +60,39 @@ SUBREAPER = textwrap.dedent(
 )
 
 
-def test_closed_sandboxes_leave_no_child_to_reap() -> None:
-    out = subprocess.run([sys.executable, "-c", SUBREAPER.replace("ROUNDS", "8")], cwd=ROOT,
-                         capture_output=True, text=True, timeout=300)  # fmt: skip
+@pytest.mark.parametrize(
+    "commands",
+    [
+        ["sleep 100 & true"],
+        # the shell ends by itself: bwrap's outer process used to exit without reaping its init
+        ["exit"],
+        ["exit 3"],
+        ["kill -9 $$"],
+        ["sleep 100 & disown; exit"],
+        ["(sleep 100 &) ; true", "exit"],  # an orphan adopted by pid 1, then the shell ends
+    ],
+)
+def test_closed_sandboxes_leave_no_child_to_reap(commands: list[str]) -> None:
+    script = SUBREAPER.replace("ROUNDS", "4").replace("COMMANDS", repr(commands))
+    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True,
+                         timeout=300)  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "none", f"left behind (pid:state): {out.stdout}"
+
+
+async def test_the_sandbox_pid_1_reaps_orphans_and_holds_nothing() -> None:
+    """pid 1 is corral-init (or the launcher): orphans are reaped inside, and it holds none of
+    the shell's pipes (so the shell's end is seen the moment it happens)."""
+    async with Sandbox(sandbox_policy()) as sb:
+        r = await sb.exec("for i in 1 2 3 4 5; do (sh -c 'exit 0' &) ; done; sleep 0.3; "
+                          "ps -o stat= -e | grep -c Z")  # fmt: skip
+        assert r.stdout.split() == ["0"], r.stdout
+        assert sb._init_pid is not None
+        assert os.listdir(f"/proc/{sb._init_pid}/fd") == []  # (seen from the host)
+        # not dumpable: the agent (same id, no capability) cannot look into it or attach to it
+        r = await sb.exec("cat /proc/1/environ >/dev/null 2>&1; echo $?; readlink /proc/1/exe "
+                          ">/dev/null 2>&1; echo $?")  # fmt: skip
+        assert r.stdout.split() == ["1", "1"], r.stdout
 
 
 async def test_close_ends_background_jobs() -> None:

@@ -152,6 +152,7 @@ class Egress:
         self._handshakes = 0
         self._overloaded_logged = 0.0
         self._launch: launch.Launch | None = None
+        self._dns_task: asyncio.Future[tuple[socket.socket, socket.socket] | None] | None = None
         self._bytes_flagged = False
         self._verdicts: dict[tuple[str, int], tuple[float, Verdict]] = {}
         self._info_cache: dict[tuple[int, int | None], procinfo.ProcInfo] = {}
@@ -170,6 +171,15 @@ class Egress:
 
             self._engine = RuleEngine.default()
         return self._engine
+
+    @property
+    def engine_ready(self) -> bool:
+        """Whether `engine` answers without building the packs (then no thread hop for it)."""
+        if self._engine is not None:
+            return True
+        from corral.rules.engine import default_built
+
+        return default_built()
 
     def _engine_for(self, fact: dict[str, Any]) -> Any:
         """The engine's event rules that can fire on facts like this one: those whose plain
@@ -215,7 +225,39 @@ class Egress:
         resolv.write_text("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
         spec.extra_args = [*spec.extra_args, "--ro-bind", str(resolv), "/etc/resolv.conf"]
         self._launch = launch.prepare(self.proxy_port, self.dns, command)
+        spec.extra_args = [*spec.extra_args, *self._launch.bwrap_args]
         return self._launch.command, self._launch.child_fds
+
+    def cloned(self, sandbox: Sandbox, init_pid: int) -> None:
+        """bwrap reported the sandbox's init: its network namespace exists while bwrap still
+        mounts the root, so the DNS sockets are bound now, off the start's critical path."""
+        if self.dns and self._dns_task is None:
+            self._dns_task = asyncio.ensure_future(self._bind_dns(init_pid))
+
+    @staticmethod
+    async def _bind_dns(netns_pid: int) -> tuple[socket.socket, socket.socket] | None:
+        """127.0.0.1:53 inside the sandbox. Port 53 needs privilege over the sandbox's namespace,
+        which the supervisor has from outside: root directly, an ordinary user through the user
+        namespace it owns (the compiled launcher's --bind-dns). Failing that (None), lookups are
+        still recorded by the seccomp listener and refused."""
+        try:
+            if os.geteuid() == 0:
+                return await asyncio.to_thread(procinfo.dns_sockets_in_netns, netns_pid)
+            helper = launcher_binary()
+            if helper is not None:
+                return await asyncio.to_thread(procinfo.dns_sockets_via_helper, str(helper),
+                                               netns_pid)  # fmt: skip
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return None
+
+    async def _dns_pair(self, sandbox: Sandbox, launcher: int
+                        ) -> tuple[socket.socket, socket.socket] | None:  # fmt: skip
+        task, self._dns_task = self._dns_task, None
+        pair = await task if task is not None else None
+        if pair is None:  # no early bind (driven without `cloned`), or it failed: once more now
+            pair = await self._bind_dns(sandbox._init_pid or launcher)
+        return pair
 
     async def started(self, sandbox: Sandbox, bwrap_pid: int) -> None:
         assert self._launch is not None
@@ -229,20 +271,10 @@ class Egress:
             "install python3-seccomp and check `corral doctor` (seccomp user notification)",
         )
         self.netns_pid = launcher
-        await asyncio.to_thread(lambda: self.engine)  # the packs, compiled off the event loop
+        if not self.engine_ready:  # the packs, compiled off the event loop (once per process)
+            await asyncio.to_thread(lambda: self.engine)
         if self.dns and "dns_udp" not in taken:
-            # Port 53 inside needs privilege over the sandbox's namespace, which the supervisor has
-            # from outside: root directly, an ordinary user through the user namespace it owns.
-            # Failing that, lookups are still recorded by the seccomp listener and refused.
-            helper = launcher_binary()
-            pair: tuple[socket.socket, socket.socket] | None = None
-            with contextlib.suppress(OSError, subprocess.SubprocessError):
-                if os.geteuid() == 0:
-                    pair = procinfo.dns_sockets_in_netns(launcher)
-                elif helper is not None:
-                    owner = sandbox._init_pid or launcher
-                    pair = await asyncio.to_thread(procinfo.dns_sockets_via_helper, str(helper),
-                                                   owner)  # fmt: skip
+            pair = await self._dns_pair(sandbox, launcher)
             if pair is not None:
                 taken["dns_udp"], taken["dns_tcp"] = pair[0].detach(), pair[1].detach()
         self.notifier = Notifier(taken["notify"], self._on_attempt,
@@ -297,6 +329,13 @@ class Egress:
         if self._launch is not None:  # started but never handed over
             launch.abandon(self._launch)
             self._launch = None
+        task, self._dns_task = self._dns_task, None
+        if task is not None:  # bound early, never taken: the start failed after the clone
+            if task.done() and not task.cancelled() and task.result() is not None:
+                for sock in task.result() or ():
+                    sock.close()
+            else:
+                task.cancel()
         shutil.rmtree(corral_home() / "egress" / sandbox.id, ignore_errors=True)  # its resolv.conf
 
     async def _decide(self, host: str, port: int) -> Verdict:

@@ -20,6 +20,7 @@ from corral.egress import procinfo
 from corral.sandbox.errors import SandboxRefused
 
 LAUNCHER_NAME = "corral-egress-launcher"
+INIT_NAME = "corral-init"
 
 
 def launcher_binary() -> Path | None:
@@ -49,11 +50,20 @@ class Launch:
     in_w: int
     exe: int | None
     command: list[str]
+    # the compiled launcher is the sandbox's pid 1 (bwrap --as-pid-1; launcher.c's --init)
+    as_init: bool = False
+    init_fd: int | None = None  # corral-init, which pid 1 becomes
+
+    @property
+    def bwrap_args(self) -> list[str]:
+        """What bwrap must be told for this launcher."""
+        return ["--as-pid-1"] if self.as_init else []
 
     @property
     def child_fds(self) -> tuple[int, ...]:
         """The fds bwrap must pass down to the launcher."""
-        return (self.out_w, self.in_r) + ((self.exe,) if self.exe is not None else ())
+        return ((self.out_w, self.in_r) + ((self.exe,) if self.exe is not None else ())
+                + ((self.init_fd,) if self.init_fd is not None else ()))  # fmt: skip
 
 
 def prepare(port: int, dns: bool, command: list[str]) -> Launch:
@@ -64,7 +74,11 @@ def prepare(port: int, dns: bool, command: list[str]) -> Launch:
     native = launcher_binary()
     if native is not None:  # exec'd through an inherited fd: nothing to mount inside
         exe = os.open(native, os.O_RDONLY)
-        return Launch(out_r, out_w, in_r, in_w, exe, [f"/proc/self/fd/{exe}", *args])
+        init = native.with_name(INIT_NAME)  # the sandbox's pid 1 (init.c); -1: the launcher's
+        init_fd = os.open(init, os.O_RDONLY) if os.access(init, os.X_OK) else -1
+        return Launch(out_r, out_w, in_r, in_w, exe,
+                      [f"/proc/self/fd/{exe}", f"--init={init_fd}", *args], as_init=True,
+                      init_fd=init_fd if init_fd >= 0 else None)  # fmt: skip
     argv = ["/usr/bin/python3", "-I", "-S", "-c", python_launcher(), *args]
     return Launch(out_r, out_w, in_r, in_w, None, argv)
 
@@ -83,7 +97,9 @@ async def handshake(launch: Launch, bwrap_pid: int, what: str, fix: str
                 f"the {what} could not be set up inside the sandbox: {line or 'no reply'}", fix
             )
         fields = dict(kv.split("=", 1) for kv in line.split()[1:])
-        pid = await asyncio.to_thread(procinfo.find_by_ns_pid, bwrap_pid, int(fields.pop("pid")))
+        # inline, not on a thread: the walk is bwrap -> its init -> the launcher (a few /proc
+        # reads), and a thread hop on a busy host costs more than the walk
+        pid = procinfo.find_by_ns_pid(bwrap_pid, int(fields.pop("pid")))
         if pid is None:
             raise SandboxRefused(f"the {what}'s launcher vanished", "run `corral doctor`")
         taken = {k: procinfo.pidfd_getfd(pid, int(v)) for k, v in fields.items()}
@@ -135,5 +151,5 @@ async def read_line(fd: int, timeout: float) -> str:
     return bytes(buf).decode(errors="replace").strip()
 
 
-__all__ = ["LAUNCHER_NAME", "Launch", "abandon", "handshake", "launcher_binary", "prepare",
+__all__ = ["INIT_NAME", "LAUNCHER_NAME", "Launch", "abandon", "handshake", "launcher_binary", "prepare",
            "python_launcher", "read_line"]  # fmt: skip

@@ -7,8 +7,19 @@
  * for "go\n" on IN_FD (the supervisor has copied them with pidfd_getfd), closes everything and
  * execs the command. Built by `make install`; the Python twin is used where no compiler is.
  *
- * argv: OUT_FD IN_FD PROXY_PORT DNS(0|1) COMMAND...   (PROXY_PORT 0: no listeners, the exec sensor
- * and the record of network attempts only: a sandbox without a gateway)
+ * argv: [--init] OUT_FD IN_FD PROXY_PORT DNS(0|1) COMMAND...   (PROXY_PORT 0: no listeners, the
+ * exec sensor and the record of network attempts only: a sandbox without a gateway)
+ *
+ * --init=FD: bwrap runs with --as-pid-1 and this process is the sandbox's pid 1. Before anything
+ * else it forks: the child goes on as the launcher (and becomes the shell); pid 1 closes every fd
+ * and execs corral-init (init.c, through FD; -1: none built, then it stays as that init itself),
+ * which reaps every process the sandbox orphans and exits with the shell's status. pid 1 forks
+ * before the seccomp filter exists, so neither it nor corral-init is ever on the listener. Why:
+ * bwrap's outer process exits as soon as its own init reports the command's exit, without reaping
+ * that init, which is re-parented to the host's PID 1 -- one zombie per sandbox whose shell ended
+ * (`exit`) in a container whose PID 1 does not reap. corral-init is the outer bwrap's direct
+ * child, so the outer one reaps it; and it is a page or two where bwrap's init is ~130 KiB of an
+ * idle sandbox's memory.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -28,6 +39,7 @@
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #if defined(__x86_64__)
@@ -55,6 +67,9 @@ static int listen_on(int type, int port) {
     if (s < 0) return -1;
     int one = 1;
     setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    /* --bind-dns runs as soon as bwrap reports its clone, maybe before bwrap has brought the
+     * namespace's loopback up (127.0.0.1 exists from then on): bind it regardless */
+    setsockopt(s, IPPROTO_IP, IP_FREEBIND, &one, sizeof one);
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((unsigned short)port)};
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     if (bind(s, (struct sockaddr *)&a, sizeof a) < 0 || (type == SOCK_STREAM && listen(s, 4096) < 0)) {
@@ -94,8 +109,41 @@ static int bind_dns(const char *pid, int back) {
     return sendmsg(back, &msg, 0) == 1 ? 0 : 1;
 }
 
+/* The sandbox's pid 1 (--init=FD): no fd held, corral-init exec'd, else reap here; end with the shell. */
+static void be_init(pid_t command, int init_fd) {
+    prctl(PR_SET_DUMPABLE, 0, 0, 0, 0); /* no ptrace from the agent (same id, no capability) */
+    if (init_fd >= 0) {
+        fcntl(init_fd, F_SETFD, FD_CLOEXEC);
+        if (init_fd > 0) syscall(SYS_close_range, 0U, (unsigned)init_fd - 1, 0U);
+        syscall(SYS_close_range, (unsigned)init_fd + 1, ~0U, 0U);
+        char pid[24];
+        snprintf(pid, sizeof pid, "%d", (int)command);
+        char *args[] = {"corral-init", pid, NULL};
+        char *env[] = {NULL};
+        syscall(SYS_execveat, init_fd, "", args, env, AT_EMPTY_PATH);
+    }
+    for (int fd = 0; fd < 1024; fd++) close(fd); /* (no corral-init: stay as the init) */
+    for (;;) {
+        int status;
+        pid_t pid = wait(&status);
+        if (pid == command)
+            _exit(WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status));
+        if (pid < 0 && errno == ECHILD) _exit(125);
+    }
+}
+
 int main(int argc, char **argv) {
     if (argc == 4 && strcmp(argv[1], "--bind-dns") == 0) return bind_dns(argv[2], atoi(argv[3]));
+    if (argc > 1 && strncmp(argv[1], "--init=", 7) == 0) {
+        int init_fd = atoi(argv[1] + 7);
+        argv[1] = argv[0]; /* drop the flag: the rest is the usual argv */
+        argv++;
+        argc--;
+        pid_t child = fork(); /* before the filter: pid 1 is never on the listener */
+        if (child < 0) return 125;
+        if (child > 0) be_init(child, init_fd);
+        if (init_fd >= 0) close(init_fd);
+    }
     if (argc < 6) return 125;
     out_fd = atoi(argv[1]);
     int in_fd = atoi(argv[2]), port = atoi(argv[3]), want_dns = argv[4][0] == '1';

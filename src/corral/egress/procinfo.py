@@ -150,6 +150,9 @@ def owner_of_inode(inode: int, pids: Iterable[int]) -> int | None:
 CLONE_NEWNET = 0x40000000
 
 
+IP_FREEBIND = 15  # <linux/in.h>; not exported by Python's socket module
+
+
 def dns_sockets_in_netns(pid: int, port: int = 53) -> tuple[socket.socket, socket.socket]:
     """UDP and TCP sockets on 127.0.0.1:port inside pid's network namespace (root only), the TCP
     one listening: a resolver retries a truncated answer over TCP.
@@ -161,7 +164,12 @@ def dns_sockets_in_netns(pid: int, port: int = 53) -> tuple[socket.socket, socke
 
     def work() -> None:
         own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-        target = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY)
+        try:
+            target = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY)
+        except OSError as err:  # the sandbox is already gone
+            os.close(own)
+            result.append(err)
+            return
         try:
             if _libc.setns(target, CLONE_NEWNET) != 0:
                 err = ctypes.get_errno()
@@ -171,6 +179,9 @@ def dns_sockets_in_netns(pid: int, port: int = 53) -> tuple[socket.socket, socke
                     s = socket.socket(socket.AF_INET, kind)
                     result.append(s)
                     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    # bound as soon as bwrap reports its clone, maybe before bwrap has brought the
+                    # namespace's loopback up (127.0.0.1 exists from then on): bind it regardless
+                    s.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
                     s.bind(("127.0.0.1", port))
                     if kind == socket.SOCK_STREAM:
                         s.listen(256)

@@ -33,6 +33,7 @@ class ExecSensor:
                 ) -> tuple[list[str], tuple[int, ...]]:  # fmt: skip
         self.sandbox = sandbox
         self._launch = launch.prepare(0, False, command)  # port 0: no listeners, the filter only
+        spec.extra_args = [*spec.extra_args, *self._launch.bwrap_args]
         return self._launch.command, self._launch.child_fds
 
     async def started(self, sandbox: Sandbox, bwrap_pid: int) -> None:

@@ -7,8 +7,10 @@ there is no route off the host: the egress gateway is the only way out.
 
 from __future__ import annotations
 
+import functools
 import os
 import resource
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -120,6 +122,33 @@ def _fd_binds(spec: BwrapSpec, args: list[str]) -> list[str]:
     return out
 
 
+def closed_to_sandbox(path: str, host_uid: int | None) -> bool:
+    """Whether the sandbox could neither read nor write `path` (a regular file), or neither list
+    nor enter it (a directory), with its host credentials: no mount is needed to hide it.
+
+    Root supervisor (`host_uid`): the agent runs as a fresh host id with no groups and no host
+    capability, so only a file's "other" bits apply to it (no ACL entry can name an id made
+    for one sandbox). Ordinary supervisor: the agent has the supervisor's own credentials, so
+    `access()` answers (ACLs and groups included). Root without an id of its own: never.
+    """
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    is_dir = stat.S_ISDIR(st.st_mode)
+    if not (is_dir or stat.S_ISREG(st.st_mode)):
+        return False  # a symlink or a device: covered as before
+    if host_uid is not None:
+        if host_uid in (st.st_uid, st.st_gid):
+            return False
+        need = (stat.S_IROTH | stat.S_IXOTH) if is_dir else (stat.S_IROTH | stat.S_IWOTH)
+        return not st.st_mode & need
+    if os.geteuid() == 0:
+        return False
+    modes = (os.R_OK, os.X_OK) if is_dir else (os.R_OK, os.W_OK)
+    return not any(os.access(path, m) for m in modes)
+
+
 def _under(path: str, roots: list[str]) -> bool:
     return any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots)
 
@@ -153,15 +182,16 @@ def isolation_args(spec: BwrapSpec) -> list[str]:
     return argv
 
 
-def kernel_surface_args(shm_size: int | None = None) -> list[str]:
+def kernel_surface_args(shm_size: int | None = None, host_uid: int | None = None) -> list[str]:
     """/proc with the kernel's writable and secret files covered, and a private /dev: the same
-    for a host root and an image root."""
+    for a host root and an image root. A masked file the sandbox's host id could neither read
+    nor write anyway (/proc/kmsg, /proc/kcore: root's alone) needs no mount."""
     argv = ["--proc", "/proc"]
     for d in PROC_RO_DIRS:
         if os.path.isdir(d):
             argv += ["--ro-bind", d, d]
     for f in PROC_MASKED:
-        if os.path.exists(f):
+        if os.path.exists(f) and not closed_to_sandbox(f, host_uid):
             argv += ["--ro-bind", "/dev/null", f]
     # /dev/shm a capped tmpfs of its own; /dev itself is made read-only at the end (dev_read_only)
     shm = ["--size", str(shm_size)] if shm_size else []
@@ -174,10 +204,29 @@ def dev_read_only() -> list[str]:
 
 
 def identity_prefix(spec: BwrapSpec, argv: list[str]) -> list[str]:
-    """A root supervisor starts bwrap as the sandbox's own host id, its rlimits already set."""
+    """A root supervisor starts bwrap as the sandbox's own host id, its rlimits already set:
+    through `corral-setid` (one exec, setid.c) where `make install` built it, else through
+    `prlimit` and `setpriv` (two)."""
     if spec.host_uid is None:
         return argv
+    helper = setid_binary()
+    if helper is not None:
+        limits = [f"--rlimit={w}:{soft}:{hard}" for w, soft, hard in spec.rlimits]
+        return [str(helper), str(spec.host_uid), str(spec.host_uid), *limits, "--", *argv]
     return [*prlimit_prefix(spec.rlimits), *setpriv_prefix(spec.host_uid), *argv]
+
+
+SETID_NAME = "corral-setid"
+
+
+@functools.lru_cache(maxsize=1)
+def setid_binary() -> Path | None:
+    """The compiled `corral-setid` next to this module, or None (then prlimit + setpriv).
+    `CORRAL_SETID=off` forces the fallback (tests compare the two)."""
+    if os.environ.get("CORRAL_SETID") == "off":
+        return None
+    cand = Path(__file__).with_name(SETID_NAME)
+    return cand if cand.is_file() and os.access(cand, os.X_OK) else None
 
 
 def build_argv(bwrap: str, spec: BwrapSpec, command: list[str]) -> list[str]:
@@ -193,7 +242,7 @@ def build_argv(bwrap: str, spec: BwrapSpec, command: list[str]) -> list[str]:
         elif p.is_dir():
             argv += ["--ro-bind", d, d]
             bound.append(d)
-    argv += kernel_surface_args(spec.tmp_size)
+    argv += kernel_surface_args(spec.tmp_size, spec.host_uid)
     if spec.tmp_size:
         argv += ["--size", str(spec.tmp_size)]
     argv += ["--tmpfs", "/tmp", "--dir", SANDBOX_HOME]
@@ -223,8 +272,13 @@ def build_argv(bwrap: str, spec: BwrapSpec, command: list[str]) -> list[str]:
                                   f"{ws_in.rstrip('/')}/{anc}")  # fmt: skip
             argv += _bind(spec, "--ro-bind", str(host), f"{ws_in.rstrip('/')}/{rel}")
     # Hide what lies under a bound tree: secrets by name, and anything of the supervisor's.
+    # A default secret the sandbox's host id could not read anyway costs no mount (each is
+    # ~0.1 ms of a cold start); what else the policy or the supervisor names is always covered.
+    always = (set(fs.hidden) - set(DEFAULT_HIDDEN)) | set(spec.supervisor_paths)
     for p in dict.fromkeys([*DEFAULT_HIDDEN, *fs.hidden, *spec.supervisor_paths]):
         if not _under(p, bound) or not os.path.lexists(p):
+            continue
+        if p not in always and closed_to_sandbox(p, spec.host_uid):
             continue
         if os.path.isdir(p) and not os.path.islink(p):
             argv += ["--tmpfs", p, "--remount-ro", p]
@@ -267,7 +321,7 @@ def build_image_argv(bwrap: str, spec: BwrapSpec, command: list[str]) -> list[st
     assert img is not None
     fs = spec.policy.filesystem
     argv = [bwrap, *isolation_args(spec), "--bind", str(img.merged), "/"]
-    argv += kernel_surface_args(spec.tmp_size)
+    argv += kernel_surface_args(spec.tmp_size, spec.host_uid)
     for p in fs.read_only:
         if Path(p).exists():
             argv += _bind(spec, "--ro-bind", p, p)

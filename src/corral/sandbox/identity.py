@@ -94,10 +94,38 @@ Owners = dict[tuple[int, int], tuple[int, int, int]]
 _SUID = stat.S_ISUID | stat.S_ISGID
 
 
-def hand_over(workspace: Path, uid: int, gid: int, keep: list[str] | None = None) -> Owners:
-    """Give the workspace to the sandbox's id; returns the original owners to restore at close.
-    Paths under `keep` (protected ones) stay with their owners: read-only to the agent twice over."""
+def hand_over_path(workspace: Path, uid: int, gid: int, keep: list[str]) -> Owners:
+    """The directories bubblewrap must search as the sandbox's id when it binds the workspace's
+    protected paths: the workspace and each protected path's parents under it, handed over now
+    (cheap); `hand_over` does the rest on a thread while bubblewrap starts, given these owners.
+    Stops at anything that is not a real directory (a symlink is never followed)."""
     owners: Owners = {}
+    dirs = [str(workspace)]
+    for k in keep:
+        rel = os.path.relpath(k, workspace)
+        if rel.startswith(".."):
+            continue
+        parts = rel.split(os.sep)[:-1]
+        dirs += [os.path.join(str(workspace), *parts[:i]) for i in range(1, len(parts) + 1)]
+    for d in dict.fromkeys(dirs):
+        try:
+            st = os.lstat(d)
+        except OSError:
+            continue
+        if not stat.S_ISDIR(st.st_mode):
+            continue
+        owners.setdefault((st.st_dev, st.st_ino), (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)))
+        with contextlib.suppress(OSError):
+            os.chown(d, uid, gid, follow_symlinks=False)
+    return owners
+
+
+def hand_over(workspace: Path, uid: int, gid: int, keep: list[str] | None = None,
+              owners: Owners | None = None) -> Owners:  # fmt: skip
+    """Give the workspace to the sandbox's id; returns the original owners to restore at close
+    (`owners`: those `hand_over_path` already recorded). Paths under `keep` (protected ones)
+    stay with their owners: read-only to the agent twice over."""
+    owners = dict(owners or {})
 
     def record(st: os.stat_result) -> None:
         owners.setdefault((st.st_dev, st.st_ino), (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)))

@@ -29,7 +29,7 @@ from corral.events.sink import EventSink
 from corral.policy.loader import load_policy
 from corral.policy.model import Policy
 from corral.sandbox import files, identity, stage, syscalls, treewalk, usage
-from corral.sandbox.bwrap import BwrapSpec, build_argv, build_image_argv
+from corral.sandbox.bwrap import BwrapSpec, build_argv, build_image_argv, setid_binary
 from corral.sandbox.errors import (
     PathOutsideWorkspace,
     ProtectedPath,
@@ -100,7 +100,9 @@ def rlimit_triples(rlimits: list[tuple[int, int]]) -> list[tuple[int, int, int]]
 
 
 class Attachment(Protocol):
-    """A part that wraps the sandbox's first process (the egress gateway): called on every spawn."""
+    """A part that wraps the sandbox's first process (the egress gateway): called on every spawn.
+    It may also have `cloned(sandbox, init_pid)`, called as soon as bwrap reports the sandbox's
+    init (its namespaces exist; bwrap is still mounting its root; nothing of the agent runs)."""
 
     def prepare(self, sandbox: Sandbox, spec: BwrapSpec, command: list[str]
                 ) -> tuple[list[str], tuple[int, ...]]: ...  # fmt: skip
@@ -153,6 +155,7 @@ class Sandbox:
         self._stages: dict[str, str] = {}
         self._harness: Sandbox | None = None
         self._disk_base: usage.Usage | None = None
+        self._prep: asyncio.Future[None] | None = None  # _prepare_workspace, while bwrap starts
         self._disk_hit: set[str] = set()
         self._refusals: dict[str, int] = {}
         self._borrowed_identity = False
@@ -336,15 +339,27 @@ class Sandbox:
                 )
         if self._root is None or self._root.spec.host_workspace is not None:
             self._make_protected_placeholders()  # (an image's own paths: copies, images/rootfs.py)
-        if self._disk_base is None and (self.policy.limits.disk or self.policy.limits.inodes):
-            self._disk_base = await asyncio.to_thread(usage.measure, str(self.workspace))
+        measure = self._disk_base is None and bool(self.policy.limits.disk
+                                                   or self.policy.limits.inodes)  # fmt: skip
+        hand_over: tuple[Path, list[str]] | None = None
         if caps.root and self.identity is None:
-            await self._take_identity()
+            hand_over = await self._take_identity()
         elif self._borrowed_identity:
             pass  # a harness sandbox runs as its agent sandbox's id over the same workspace
+        if measure or hand_over is not None:
+            # the disk baseline and the hand-over walk the workspace on a thread while bubblewrap
+            # starts; `_spawn` waits for them before it lets anything run in the sandbox
+            self._prep = asyncio.ensure_future(
+                asyncio.to_thread(self._prepare_workspace, measure, hand_over)
+            )
         rlimits = self._setup_limits(caps)
         self.ctx = self._episode_context()
-        await self._spawn(caps, rlimits)
+        try:
+            await self._spawn(caps, rlimits)
+        except BaseException:
+            with contextlib.suppress(Exception):  # no walk left running behind a failed start
+                await self._settle_prep()
+            raise
         self._started_at = time.monotonic()
         if self.policy.limits.wall_time:
             self._wall_task = asyncio.get_running_loop().create_task(
@@ -447,13 +462,16 @@ class Sandbox:
                     host.unlink()
         self._placeholders = []
 
-    async def _take_identity(self) -> None:
-        """Root supervisor: the sandbox runs as its own unprivileged host id (identity.py)."""
+    async def _take_identity(self) -> tuple[Path, list[str]] | None:
+        """Root supervisor: the sandbox runs as its own unprivileged host id (identity.py).
+        Returns the workspace to hand over to it and the protected paths that stay put (done by
+        `_prepare_workspace` while bubblewrap starts), or None when there is none."""
         assert self.workspace is not None
-        if shutil.which("setpriv") is None:
+        if setid_binary() is None and shutil.which("setpriv") is None:
             raise SandboxRefused(
-                "setpriv (util-linux) is missing: a root supervisor must start each sandbox as an"
-                " unprivileged host id", "sudo apt-get install -y util-linux (or `make install`)",
+                "neither corral-setid nor setpriv (util-linux) is there: a root supervisor must"
+                " start each sandbox as an unprivileged host id",
+                "`make install` (builds corral-setid), or sudo apt-get install -y util-linux",
             )  # fmt: skip
         try:
             self.identity = identity.allocate()
@@ -466,12 +484,31 @@ class Sandbox:
         if self._root is not None:
             await asyncio.to_thread(self._root.hand_over, self.identity.uid, self.identity.gid)
         if target is None:
-            return
+            return None
         protected = [str(target / rel) for rel in self.policy.filesystem.protected
                      if not rel.startswith("/")]  # fmt: skip
-        self._owners = await asyncio.to_thread(
-            identity.hand_over, target, self.identity.uid, self.identity.gid, protected
-        )
+        # what bwrap must search as the sandbox's id, now; the rest while it starts
+        self._owners = identity.hand_over_path(target, self.identity.uid, self.identity.gid,
+                                               protected)  # fmt: skip
+        return target, protected
+
+    def _prepare_workspace(self, measure: bool, hand_over: tuple[Path, list[str]] | None
+                           ) -> None:  # fmt: skip
+        """(On a thread, while bubblewrap starts.) The disk baseline the quota counts from, then
+        the workspace handed to the sandbox's host id (the original owners kept for close)."""
+        assert self.workspace is not None
+        if measure:
+            self._disk_base = usage.measure(str(self.workspace))
+        if hand_over is not None and self.identity is not None:
+            target, protected = hand_over
+            self._owners = identity.hand_over(target, self.identity.uid, self.identity.gid,
+                                              protected, self._owners)  # fmt: skip
+
+    async def _settle_prep(self) -> None:
+        """Wait for `_prepare_workspace`; its error (if any) is raised once, here."""
+        prep, self._prep = self._prep, None
+        if prep is not None:
+            await prep
 
     def _give_back_workspace(self) -> None:
         """Files back to their owners, and no setuid/setgid file outlives the sandbox (whoever
@@ -602,12 +639,18 @@ class Sandbox:
         self._chan.capture = cap
         try:
             self._init_pid = await self._read_child_pid(info_r)
+            cloned = getattr(self.egress, "cloned", None)
+            if cloned is not None:  # the namespaces exist: work that needs them, not the root
+                cloned(self, self._init_pid)
             self._confine(self._proc.pid, self._init_pid, rlimits)
+            await self._settle_prep()
             ready = self._chan.expect("ready")
             os.write(block_w, b"1")
+            # the bootstrap waits in the shell's stdin pipe, so bash reads it the moment the
+            # launcher execs it, while the gateway finishes setting up here
+            self._chan.send(bootstrap(self._ctl_fd_inside, moved_from=ctl_w))
             if self.egress is not None:
                 await self.egress.started(self, self._proc.pid)
-            self._chan.send(bootstrap(self._ctl_fd_inside, moved_from=ctl_w))
             await asyncio.wait_for(ready, 10)
         except SandboxRefused:
             self._chan.drain()
@@ -1312,6 +1355,8 @@ class Sandbox:
         await self._teardown()
 
     async def _teardown(self) -> None:
+        with contextlib.suppress(Exception):  # no walk of the workspace still running at close
+            await self._settle_prep()
         # the init first: its pid namespace goes with it, the outer bwrap reaps it and is reaped in
         # turn, so no process is left to the host's PID 1 (`corral.sandbox.reap`); the channel
         # and the gateway are closed while the kernel tears the namespaces down

@@ -276,6 +276,18 @@ class EventStore:
                 recover(store)  # a supervisor starts: what a dead one left is marked and swept
             return store
 
+    @classmethod
+    def release_shared(cls, under: str | Path) -> int:
+        """Close the shared handles of every database under `under` (a CORRAL_HOME that is going
+        away: a test's, a supervisor's temporary one). Returns how many were closed."""
+        root = Path(under)
+        with cls._shared_lock:
+            keys = [k for k in cls._shared if k == root or root in k.parents]
+            stores = [cls._shared.pop(k) for k in keys]
+        for store in stores:
+            store.close()
+        return len(stores)
+
     def add(self, event: Event, keep: bool = True) -> None:
         if keep and event.source != "sandbox" and event.severity == "info" and not self._closed:
             with self._held_lock:

@@ -1,0 +1,198 @@
+"""The fast start path holds what the slow one held (issue: Hold, cold start).
+
+- `corral-setid` (one exec instead of `prlimit` + `setpriv`) leaves bubblewrap with the sandbox's
+  id in every uid/gid slot, no groups, no capability, no_new_privs and the rlimits, and refuses
+  anything less;
+- a default secret is left unmounted only where the sandbox's host id could not read it anyway;
+- the workspace is handed over while bubblewrap starts, yet bubblewrap can still reach every
+  protected path, and nothing runs before the hand-over is done.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from corral.sandbox import bwrap
+from corral.sandbox.bwrap import closed_to_sandbox, setid_binary
+from corral.sandbox.sandbox import Sandbox
+from tests.sandbox.helpers import sandbox_policy
+from tests.security.helpers import host_status, open_box
+
+ROOT = os.geteuid() == 0
+SANDBOX_UID = 1_500_000_000 + 4242  # a fresh id, as identity.allocate hands out
+needs_setid = pytest.mark.skipif(
+    setid_binary() is None, reason="`make install` builds corral-setid"
+)
+
+
+def _box(hidden: list[str] | None = None, protected: list[str] | None = None,
+         **kw: object) -> Sandbox:  # fmt: skip
+    pol = sandbox_policy()
+    fs = pol.filesystem.model_copy(
+        update={
+            "hidden": [*pol.filesystem.hidden, *(hidden or [])],
+            "protected": protected or pol.filesystem.protected,
+        }
+    )
+    return Sandbox(pol.model_copy(update={"filesystem": fs}), **kw)  # type: ignore[arg-type]
+
+
+def _status(text: str) -> dict[str, str]:
+    return dict(line.split(":\t", 1) for line in text.splitlines() if ":\t" in line)
+
+
+@needs_setid
+@pytest.mark.skipif(not ROOT, reason="dropping to another id needs root")
+def test_setid_drops_every_id_group_and_capability_and_sets_the_rlimits() -> None:
+    nofile = resource.RLIMIT_NOFILE
+    r = subprocess.run(
+        [str(setid_binary()), str(SANDBOX_UID), str(SANDBOX_UID), f"--rlimit={nofile}:77:78",
+         f"--rlimit={resource.RLIMIT_CORE}:0:0", "--", "/bin/sh", "-c",
+         "cat /proc/self/status; ulimit -n; ulimit -Hn; ulimit -c"],
+        capture_output=True, text=True, timeout=10,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    st = _status(r.stdout)
+    assert st["Uid"].split() == [str(SANDBOX_UID)] * 4
+    assert st["Gid"].split() == [str(SANDBOX_UID)] * 4
+    assert st["Groups"].strip() == ""
+    for cap in ("CapInh", "CapPrm", "CapEff", "CapAmb"):
+        assert int(st[cap], 16) == 0, cap
+    assert st["NoNewPrivs"].strip() == "1"
+    assert r.stdout.split()[-3:] == ["77", "78", "0"]
+
+
+@needs_setid
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["0", "0", "--", "/bin/true"],  # root is never the target
+        [str(SANDBOX_UID), "0", "--", "/bin/true"],
+        [str(SANDBOX_UID), str(SANDBOX_UID), "--rlimit=7:x:1", "--", "/bin/true"],
+        [str(SANDBOX_UID), str(SANDBOX_UID), "--rlimit=7:5", "--", "/bin/true"],
+        [str(SANDBOX_UID), str(SANDBOX_UID), "/bin/true"],  # no --
+        ["-5", str(SANDBOX_UID), "--", "/bin/true"],  # strtoull would wrap it
+        ["4294967295", "4294967295", "--", "/bin/true"],  # (uid_t)-1: "unchanged", i.e. root
+        [" 7", str(SANDBOX_UID), "--", "/bin/true"],
+    ],
+)
+def test_setid_refuses_bad_arguments_and_runs_nothing(args: list[str], tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    tmp_path.chmod(0o777)
+    run = ["/bin/sh", "-c", f"touch {marker}"]
+    r = subprocess.run([str(setid_binary()), *args[:-1], *run], capture_output=True, text=True,
+                       timeout=10)  # fmt: skip
+    assert r.returncode == 126, (args, r.returncode, r.stderr)
+    assert r.stderr.startswith("corral-setid: ") or r.stderr.startswith("usage:")
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert not marker.exists()
+
+
+@pytest.mark.skipif(not ROOT, reason="a root supervisor's fallback path")
+async def test_sandbox_without_setid_falls_back_to_prlimit_and_setpriv(monkeypatch) -> None:
+    monkeypatch.setenv("CORRAL_SETID", "off")
+    bwrap.setid_binary.cache_clear()
+    try:
+        async with open_box() as sb:
+            r = await sb.exec("ulimit -c; cat /proc/self/status | grep -E '^(NoNewPrivs|CapEff)'")
+            assert r.exit_code == 0
+            assert r.stdout.split()[0] == "0"
+            assert "NoNewPrivs:\t1" in r.stdout
+            uid = int(host_status(sb.shell_pid() or 0)["Uid"].split()[0])
+            assert sb.identity is not None and uid == sb.identity.uid
+    finally:
+        monkeypatch.delenv("CORRAL_SETID")
+        bwrap.setid_binary.cache_clear()
+
+
+def _file(tmp_path: Path, name: str, mode: int) -> str:
+    p = tmp_path / name
+    p.write_text("secret\n")
+    p.chmod(mode)
+    return str(p)
+
+
+def test_closed_to_sandbox_for_a_fresh_host_id_reads_only_the_other_bits(tmp_path: Path) -> None:
+    assert closed_to_sandbox(_file(tmp_path, "a", 0o640), SANDBOX_UID)
+    assert closed_to_sandbox(_file(tmp_path, "b", 0o600), SANDBOX_UID)
+    assert not closed_to_sandbox(_file(tmp_path, "c", 0o644), SANDBOX_UID)
+    assert not closed_to_sandbox(_file(tmp_path, "d", 0o602), SANDBOX_UID)  # writable by others
+    d = tmp_path / "dir"
+    d.mkdir(mode=0o750)
+    d.chmod(0o750)
+    assert closed_to_sandbox(str(d), SANDBOX_UID)
+    d.chmod(0o751)  # enterable: whatever is inside can be opened by name
+    assert not closed_to_sandbox(str(d), SANDBOX_UID)
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "a")
+    assert not closed_to_sandbox(str(link), SANDBOX_UID)  # never judged through a link
+    assert not closed_to_sandbox(str(tmp_path / "missing"), SANDBOX_UID)
+
+
+@pytest.mark.skipif(not ROOT, reason="chown to the sandbox's id needs root")
+def test_closed_to_sandbox_is_false_for_a_file_of_the_sandbox_id(tmp_path: Path) -> None:
+    p = _file(tmp_path, "own", 0o600)
+    os.chown(p, SANDBOX_UID, 0)
+    assert not closed_to_sandbox(p, SANDBOX_UID)
+    os.chown(p, 0, SANDBOX_UID)
+    os.chmod(p, 0o640)
+    assert not closed_to_sandbox(p, SANDBOX_UID)
+
+
+def test_closed_to_sandbox_as_the_supervisor_itself(tmp_path: Path) -> None:
+    p = _file(tmp_path, "mine", 0o600)
+    if ROOT:
+        assert not closed_to_sandbox(p, None)  # root without an id of its own: always covered
+    else:
+        assert not closed_to_sandbox(p, None)  # its own file: readable by the agent too
+        os.chmod(p, 0)
+        assert closed_to_sandbox(p, None)
+        os.chmod(p, 0o600)
+
+
+@pytest.mark.unprivileged
+async def test_a_policy_hidden_path_is_covered_even_when_unreadable(tmp_path: Path) -> None:
+    """What a policy names itself is always mounted over: only the default list is judged by
+    permissions."""
+    secret = Path("/etc/corral-test-hidden") if ROOT else None
+    if secret is None:
+        pytest.skip("needs a file under a bound system directory (root makes one in /etc)")
+    secret.write_text("topsecret\n")
+    secret.chmod(0o600)
+    try:
+        async with _box(hidden=[str(secret)]) as sb:
+            r = await sb.exec(f"stat -c %s {secret}; cat {secret}")
+            assert r.stdout.split()[0] == "0", r.stdout  # /dev/null over it, not the file
+            assert "topsecret" not in r.stdout
+    finally:
+        secret.unlink()
+
+
+@pytest.mark.skipif(not ROOT, reason="the hand-over happens under a root supervisor")
+async def test_protected_paths_under_a_closed_directory_bind_while_the_hand_over_runs(
+    tmp_path: Path,
+) -> None:
+    """bwrap binds protected paths as the sandbox's id while the rest of the workspace is still
+    being handed over on a thread: their parent directories are handed over first."""
+    ws = tmp_path / "ws"
+    (ws / "pkg" / "tests").mkdir(parents=True)
+    (ws / "pkg" / "tests" / "test_x.py").write_text("def test_x():\n    pass\n")
+    for i in range(300):  # enough for the walk to still be running when bwrap binds
+        (ws / f"f{i}").write_text("x")
+    os.chmod(ws, 0o700)
+    os.chmod(ws / "pkg", 0o700)
+    before = {p: (p.stat().st_uid, stat.S_IMODE(p.stat().st_mode)) for p in (ws, ws / "pkg")}
+    async with _box(protected=["pkg/tests"], workspace=ws) as sb:
+        r = await sb.exec("ls pkg/tests && echo hi > f0 && cat f0 && touch pkg/tests/new; echo $?")
+        assert "test_x.py" in r.stdout and "hi" in r.stdout
+        assert r.stdout.split()[-1] != "0"  # the protected path stays read-only
+        r = await sb.exec("stat -c %u f299 pkg")  # handed over before the first command ran
+        assert r.stdout.split() == ["0", "0"], r.stdout
+    after = {p: (p.stat().st_uid, stat.S_IMODE(p.stat().st_mode)) for p in (ws, ws / "pkg")}
+    assert after == before
