@@ -62,6 +62,7 @@ SO_PEERPIDFD = getattr(socket, "SO_PEERPIDFD", 77)  # Linux 6.5; pidfd_open(pid)
 IDLE_DEFAULT_S = 300.0
 REQUEST_TIMEOUT_S = 2.0  # a peer that connects and says nothing does not hold the server longer
 MAX_FDS = 4
+GO_TIMEOUT_S = 120.0
 # what `run` and `check` import on their way (found by diffing sys.modules in a served child)
 PRELOAD = (
     "corral.cli.run",
@@ -426,7 +427,8 @@ class Server:
             if wait <= 0 and not self.children:
                 self.log("idle")
                 return
-            events = poller.poll(max(10, min(wait, 30.0) * 1000))
+            # past the idle time with calls still running: wait for them (SIGCHLD wakes us)
+            events = poller.poll(1000 if wait <= 0 else max(10, min(wait, 30.0) * 1000))
             for fd, _ in events:
                 if fd == rfd:
                     with contextlib.suppress(OSError):
@@ -437,6 +439,7 @@ class Server:
             if not events and not self._still_ours():
                 self.log("socket removed or replaced")
                 return
+        self._unlink()  # no new call finds us (it runs in its own process and starts a server)
         while self.children:  # stop: the calls running go on; we only stop taking new ones
             self._reap(block=True)
 
@@ -523,7 +526,14 @@ class Server:
             self.stopping = True
             return
         self.t.append(time.perf_counter())
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError as err:  # no process to spare (RLIMIT_NPROC, memory): the caller runs it
+            self.log(f"fork: {err}")
+            with contextlib.suppress(OSError):
+                send(conn, {"t": "fallback", "why": f"fork: {err}"})
+            conn.close()
+            return
         if pid == 0:
             self.t.append(time.perf_counter())
             try:
@@ -560,7 +570,9 @@ class Server:
                 except Exception:  # noqa: BLE001 - an optimisation: the child probes for itself
                     importlib.import_module("corral.sandbox.probe").probe.cache_clear()
             self.t.append(time.perf_counter())
-            conn.settimeout(forkclient.READY_TIMEOUT_S)
+            # a caller gone answers EOF at once; this only bounds one that stalls: long, so that a
+            # caller that said "go" late never finds the child given up
+            conn.settimeout(GO_TIMEOUT_S)
             send(conn, {"t": "ready", "pid": os.getpid()})
             if recv(conn).get("t") != "go":
                 os._exit(0)
