@@ -20,6 +20,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -631,3 +632,44 @@ def test_an_agent_in_a_sandbox_cannot_reach_the_server(daemon: Daemon) -> None:
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("unreachable") and r.stdout.rstrip().endswith("[]"), r.stdout
     assert daemon.status()["calls"] == st["calls"] + 1  # that run itself was served
+
+
+@pytest.mark.unprivileged
+def test_a_call_with_other_hard_limits_gets_a_server_of_its_own(daemon: Daemon) -> None:
+    """A server started by a call with a low hard stack limit could not give a later call a
+    higher one without privilege: hard limits are part of the key, so each gets its own server,
+    and each call has its own limit."""
+    import resource
+
+    hard = resource.getrlimit(resource.RLIMIT_STACK)[1]
+    low = 4096 * 1024
+    if hard != resource.RLIM_INFINITY and hard <= low:
+        pytest.skip("the stack's hard limit is already low here")
+
+    def lowered() -> None:
+        resource.setrlimit(resource.RLIMIT_STACK, (low, low))
+
+    def call(pre: Any = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*CORRAL, "run", "-q", "--policy", POLICY, "--", "sh", "-c",
+                               "ulimit -Hs"], env=daemon.env, cwd=daemon.cwd, preexec_fn=pre,
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+
+    def status(pre: Any = None) -> dict:
+        r = subprocess.run([*CORRAL, "daemon", "status", "--json"], env=daemon.env,
+                           cwd=daemon.cwd, preexec_fn=pre, capture_output=True, text=True)  # fmt: skip
+        return json.loads(r.stdout)
+
+    assert call(lowered).stdout.strip() == "4096"
+    end = time.monotonic() + 30
+    while "pid" not in status(lowered):
+        assert time.monotonic() < end
+        time.sleep(0.1)
+    low_server = status(lowered)
+    r = call()
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == (
+        "unlimited" if hard == resource.RLIM_INFINITY else str(hard // 1024)
+    )
+    assert status()["socket"] != low_server["socket"], "another server for other hard limits"
+    assert call(lowered).stdout.strip() == "4096"
+    assert status(lowered)["calls"] == low_server["calls"] + 1

@@ -159,6 +159,11 @@ def identity() -> list[Any]:
         sys.warnoptions,
         sorted(sys._xoptions.items()),
         sorted((k, v) for k, v in env.items() if k.startswith(KEY_ENV_PREFIXES)),
+        # what a child could not take on without privilege if its server had less: the hard
+        # limits, nice and oom_score_adj (a caller with other values gets a server of its own)
+        [(n, hard) for n, _soft, hard in _limits()],
+        os.getpriority(os.PRIO_PROCESS, 0),
+        _read("/proc/self/oom_score_adj"),
     ]
 
 
