@@ -30,8 +30,9 @@ LIMITATIONS (what differs from a plain `corral` process):
 - stdout that cannot be flushed at exit (a closed pipe) gives exit 120 as the interpreter does,
   without its "Exception ignored" line;
 - the first call, which starts the server, shares the CPU with the server's warm-up;
-- a call whose limits or priority the server cannot take on (a higher hard rlimit, a lower nice or
-  oom_score_adj without the privilege) or with a closed fd 0-2 runs in the caller's process.
+- a call that the child cannot take on (limits or priority it may not set; hard limits, nice and
+  oom_score_adj are in the key, so this is rare) or with a closed fd 0-2 runs in the caller's
+  process.
 """
 
 from __future__ import annotations
