@@ -18,13 +18,14 @@ Trust, both ways. The server is found under a directory only we can write: `$XDG
 (the runtime dir used only when it is a real directory owned by us with no group/other access),
 else `$TMPDIR/corral-<uid>` (default `/tmp`), created 0700 and refused unless it is a directory, not
 a symlink, owned by our uid, mode 0700. The socket is reached through an O_NOFOLLOW fd of that
-directory (`/proc/self/fd/N/name`), so a directory swapped after the check is never followed, and
-before anything is sent the server's SO_PEERCRED uid must be ours: a socket planted by another user
-gets no fd, no argv and no environment. The socket's name holds a hash of everything that makes a
+directory (`/proc/self/fd/N/name`), so a directory swapped after the check is never followed; the
+socket file must be a socket owned by us, and before anything is sent the server's SO_PEERCRED uid
+must be ours: a socket planted by another user gets no fd, no argv and no environment. The socket's name holds a hash of everything that makes a
 process a different principal or a different program (uid/gids, capabilities, no_new_privs,
 seccomp, LSM label, cgroup, the inodes of our namespaces, the interpreter, `sys.path`, interpreter
-flags, the environment variables read at import time), so a call inside `unshare -n` never meets a
-server from another namespace; the server checks the same of each peer (`forkserver._peer_ok`).
+flags, the environment variables read at import time, hard rlimits, nice, oom_score_adj), so a
+call inside `unshare -n` never meets a server from another namespace; the server checks the
+principal's part of it of each peer (`forkserver.peer_refusal`).
 """
 
 from __future__ import annotations
