@@ -17,6 +17,10 @@ from corral.monitor import Monitor
 from corral.sandbox.sandbox import Sandbox
 from corral.store.sqlite import EventStore
 
+# No test starts a fork server by accident (`corral run`/`check` as processes would, and it would
+# outlive the test): tests/cli/test_forkserver.py opts back in with its own runtime directory.
+os.environ["CORRAL_DAEMON"] = "0"
+
 
 def _only_loopback() -> bool:
     out = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout

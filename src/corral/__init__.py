@@ -7,7 +7,8 @@ The public names below are imported on first use (PEP 562), so `import corral.x`
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+
+TYPE_CHECKING = False  # not `typing`'s: the fork server's client (`corral run`) imports this first
 
 __version__ = "0.1.0"
 
@@ -35,6 +36,8 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from typing import Any
+
     from corral.events.model import Event
     from corral.policy import Policy, PolicyError, load_policy
     from corral.sandbox import ExecResult, Sandbox, SandboxClosed, SandboxRefused, SyncSandbox

@@ -15,6 +15,15 @@ def register(app: typer.Typer) -> None:
     app.command()(doctor)
 
 
+def _daemon() -> dict[str, object]:
+    """The fork server's state for this identity (cheap: a socket and one message)."""
+    from corral.cli import forkclient, forkserver
+
+    reply = forkserver.ask("status") or {}
+    return {"disabled": forkclient.disabled(), "runtime_dir": forkclient.runtime_dir(),
+            **{k: v for k, v in reply.items() if k != "t"}}  # fmt: skip
+
+
 def doctor(as_json: bool = typer.Option(False, "--json", help="print one JSON object")) -> None:
     """Probe user namespaces, bubblewrap, cgroups, seccomp and GPUs, and say what is enforceable."""
     caps = probe()
@@ -29,6 +38,7 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="print one JSON ob
         from corral.sandbox.hold import check_hold
 
         data["hold"] = check_hold()
+    data["daemon"] = _daemon()
     if as_json:
         typer.echo(json.dumps(data, indent=2))
         raise typer.Exit(0 if caps.userns else 1)
@@ -67,6 +77,12 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="print one JSON ob
             row("hold", False, str(value))
         else:
             row(f"hold: {name.replace('_', ' ')}", True, str(value))
+    d = data["daemon"]
+    row("fork server", None if d.get("pid") is None else True,
+        f"pid {d['pid']}, {d['calls']} call(s), socket {d['socket']}" if d.get("pid") else
+        "off (CORRAL_DAEMON=0)" if d["disabled"] else
+        "not running (the next `corral run`/`check` starts it)" if d["runtime_dir"] else
+        "no runtime directory of ours: calls run in their own process")  # fmt: skip
     console.print(table)
     for note in caps.notes:
         console.print(f"[yellow]•[/] {note}")

@@ -1,5 +1,9 @@
 """The `corral` command. Each part registers its own subcommands from its own module.
 
+`corral run` and `corral check` as a process first ask the fork server (`corral.cli.forkclient`,
+`corral.cli.forkserver`) to run the call in a child of a process that has everything imported;
+without one (or with `CORRAL_DAEMON=0` / `corral --no-daemon ...`) they run here as below.
+
 A call imports only the module of the subcommand it names: `corral run` does not pay for the audit
 readers, the HTML report or the server, and `corral --version` imports nothing of corral's parts
 (nor typer). `--help`, no arguments or an unknown name load every command, so the listing and the
@@ -11,9 +15,11 @@ from __future__ import annotations
 
 import importlib
 import sys
-from typing import TYPE_CHECKING, Any
 
+TYPE_CHECKING = False  # not `typing`'s: importing typing costs the fork server's client ~5 ms
 if TYPE_CHECKING:
+    from typing import Any
+
     import typer
 
 # command name -> module under corral.cli, in the order `corral --help` lists them
@@ -28,7 +34,9 @@ COMMANDS: dict[str, str] = {
     "demo": "demo",
     "export": "export",
     "images": "images",
+    "daemon": "daemon",
 }
+NO_DAEMON = "--no-daemon"
 
 
 def _version_text() -> str:
@@ -62,6 +70,11 @@ def build_app(commands: list[str] | None = None) -> typer.Typer:
             help="print the version and exit",
             is_eager=True,
             callback=_show_version,
+        ),
+        no_daemon: bool = typer.Option(
+            False,
+            NO_DAEMON,
+            help="run in this process, not in a child of the fork server (also CORRAL_DAEMON=0)",
         ),  # fmt: skip
     ) -> None:
         """Contain, watch and audit autonomous AI agents."""
@@ -80,15 +93,32 @@ def _named_command(args: list[str]) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """The `corral` process (argv None: from sys.argv, through the fork server where it serves the
+    command), or one call in this process (argv given: tests, the fork server's child)."""
     args = sys.argv[1:] if argv is None else list(argv)
     if args == ["--version"]:
         print(_version_text())
         return
+    if argv is None and args[:1] != [NO_DAEMON]:
+        code = _through_daemon(args)
+        if code is not None:
+            raise SystemExit(code)
+    if args[:1] == [NO_DAEMON]:
+        args = args[1:]
     name = _named_command(args)
     try:
         build_app([name] if name else None)(args=args, prog_name="corral")
     except Exception as err:  # noqa: BLE001 - click's own exits pass; the rest is one line
         raise SystemExit(_exit_for(err)) from None
+
+
+def _through_daemon(args: list[str]) -> int | None:
+    """The exit status of `corral ARGS` run by the fork server, or None to run it here."""
+    from corral.cli import forkclient
+
+    if not args or args[0] not in forkclient.SERVED or forkclient.disabled():
+        return None
+    return forkclient.serve_call(args)
 
 
 def _exit_for(err: Exception) -> int:

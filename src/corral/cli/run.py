@@ -136,6 +136,11 @@ async def _run(cmd, pol, workspace, events_file, timeout, episode, quiet, image=
         typer.echo(f"corral: {err}", err=True)
         await sb.close()
         return REFUSED_EXIT
+    except asyncio.CancelledError:
+        # Ctrl-C (asyncio.run cancels us), or the fork server's caller gone: close the sandbox
+        # (its processes killed, sandbox.stopped recorded) before the interrupt goes on
+        await sb.close()
+        raise
     await sb.close()
     if result.blocked:  # it never ran, so nothing was streamed: say why (exit 126)
         sys.stderr.write(result.stderr)

@@ -14,20 +14,18 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any, Protocol
-
-import dns.exception
-import dns.flags
-import dns.message
-import dns.rcode
-import dns.rdatatype
-import dns.rrset
+from typing import TYPE_CHECKING, Any, Protocol
 
 from corral.egress import addresses, facts
 from corral.egress.decide import Verdict, decide, name_allowed, wildcard_base
 from corral.egress.procinfo import ProcInfo
 from corral.egress.resolve import Resolver
 from corral.policy.model import NetworkPolicy
+
+if TYPE_CHECKING:
+    import dns.message
+
+# dnspython (~50 ms to import) loads on the first lookup a sandbox makes, not with the gateway
 
 UNIQUE_WINDOW = 60.0  # seconds over which distinct names under one domain are counted
 _NAMES_MAX = 4096
@@ -62,6 +60,12 @@ class DnsAnswerer:
     async def reply(self, data: bytes, owner: Callable[[], ProcInfo], transport: str,
                     step: int | None = None) -> dns.message.Message | None:  # fmt: skip
         """The answer to one query (None: not a DNS query, which is recorded as malformed)."""
+        import dns.exception
+        import dns.message
+        import dns.rcode
+        import dns.rdatatype
+        import dns.rrset
+
         try:
             query = dns.message.from_wire(data)
             q = query.question[0]
@@ -118,6 +122,8 @@ class DnsAnswerer:
 
     def _refuse(self, reply: dns.message.Message, p: ProcInfo, dst: dict[str, Any],
                 info: dict[str, Any], step: int | None, refusal: str, message: str) -> None:  # fmt: skip
+        import dns.rcode
+
         reply.set_rcode(dns.rcode.REFUSED)
         fact = facts.base("dns_query", p, dst, step=step, via="dns", outcome="refused",
                           refusal=refusal, dns=info, message=message)  # fmt: skip
@@ -130,6 +136,10 @@ def _proc_fields(p: ProcInfo) -> dict[str, Any]:
 
 def to_wire(query_wire: bytes, reply: dns.message.Message, transport: str) -> bytes:
     """The reply as sent: over UDP cut to the client's size with TC set, as RFC 1035 asks."""
+    import dns.exception
+    import dns.flags
+    import dns.message
+
     if transport != "udp":
         return reply.to_wire()
     query = dns.message.from_wire(query_wire)

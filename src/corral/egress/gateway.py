@@ -29,8 +29,6 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-import dns.message
-
 from corral.egress import addresses, facts, launch, procinfo, proxy_protocol, reputation
 from corral.egress.decide import Verdict, decide, normalize_host
 from corral.egress.dns_answer import DnsAnswerer, to_wire
@@ -860,6 +858,8 @@ def raise_fd_limit() -> int:
 
 
 def _dns_name(payload: bytes) -> str | None:
+    import dns.message  # on the first datagram to port 53: a sandbox that sends none never pays
+
     try:
         return dns.message.from_wire(payload).question[0].name.to_text().rstrip(".")
     except Exception:  # noqa: BLE001 - anything sent to port 53 may be garbage

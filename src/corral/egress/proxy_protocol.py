@@ -12,8 +12,6 @@ import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-import h11
-
 HEAD_MAX = 64 * 1024
 _STATUS = {400: "Bad Request", 403: "Forbidden", 405: "Method Not Allowed", 502: "Bad Gateway",
            503: "Service Unavailable"}  # fmt: skip
@@ -130,6 +128,8 @@ async def read_request(reader: Reader, send: Callable[[bytes], Awaitable[None]]
 
 
 def _http(raw: bytes) -> ProxyRequest:
+    import h11  # on the first HTTP request to the proxy, not with the gateway
+
     def bad(reason: str, code: int = 400) -> Malformed:
         return Malformed("http", reason, raw, http_status(code, f"bad proxy request: {reason}"))
 

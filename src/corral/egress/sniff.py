@@ -21,10 +21,11 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import h11
-from wsproto.frame_protocol import FrameProtocol, Opcode, ParseFailed
+if TYPE_CHECKING:  # h11 and wsproto load on the first HTTP stream a sandbox opens, not before
+    import h11
+    from wsproto.frame_protocol import FrameProtocol
 
 from corral.egress.wsdeflate import BoundedInflate, negotiated
 
@@ -373,6 +374,8 @@ class StreamSniffer:
             self._http_down(d, data, out)
 
     def _http_up(self, d: _Dir, data: bytes, out: list[Evidence]) -> None:
+        import h11
+
         if d.http is None:
             d.http = h11.Connection(h11.SERVER, max_incomplete_event_size=_HEAD_MAX)
             d.pending = bytearray()
@@ -427,6 +430,9 @@ class StreamSniffer:
             self._upgrade = req
 
     def _http_down(self, d: _Dir, data: bytes, out: list[Evidence]) -> None:
+        import h11
+        from wsproto.frame_protocol import FrameProtocol
+
         """Only a reply to a WebSocket upgrade is read: 101 switches both sides to frames."""
         if d.http is None:
             assert self._upgrade is not None
@@ -474,6 +480,8 @@ class StreamSniffer:
 
     # ---------------------------------------------------------------- WebSocket
     def _ws(self, d: _Dir, data: bytes, out: list[Evidence]) -> None:
+        from wsproto.frame_protocol import Opcode, ParseFailed
+
         assert d.ws is not None
         d.ws.receive_bytes(data)
         try:
