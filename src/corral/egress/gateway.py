@@ -864,4 +864,3 @@ def _dns_name(payload: bytes) -> str | None:
         return dns.message.from_wire(payload).question[0].name.to_text().rstrip(".")
     except Exception:  # noqa: BLE001 - anything sent to port 53 may be garbage
         return None
-
