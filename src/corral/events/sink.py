@@ -9,6 +9,7 @@ the sandbox's own stop) are held, never raised, so no thread dies and `close()` 
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from collections.abc import Callable
@@ -70,7 +71,7 @@ class EventSink:
             try:
                 listener(event)
             except Exception as err:  # noqa: BLE001 - a listener bug must not drop events
-                self._append(f'{{"listener_error": {str(err)!r}}}\n'.encode())
+                self._append((json.dumps({"listener_error": str(err)}) + "\n").encode())
         return event
 
     def _append(self, data: bytes, keep: bool = True) -> str | None:
@@ -81,13 +82,29 @@ class EventSink:
                 return None
             held = len(self._unwritten)
             self._unwritten += data
+            cut = False
             try:
                 while self._unwritten:
-                    n = os.write(self._fd, self._unwritten)
+                    # whole lines only: a write the disk cut short is taken back (truncated off),
+                    # so a full disk never leaves half a line for the next writer to run into
+                    end = self._unwritten.rfind(b"\n") + 1 or len(self._unwritten)
+                    size = os.fstat(self._fd).st_size
+                    try:
+                        n = os.write(self._fd, self._unwritten[:end])
+                    except OSError:
+                        n = 0
+                        raise
+                    finally:
+                        if 0 < n < end:
+                            os.ftruncate(self._fd, size)
+                            n = 0
+                            cut = True  # begun, so kept (as a half-written line was)
+                    if n == 0:
+                        raise OSError(28, os.strerror(28))
                     del self._unwritten[:n]
                     held = max(0, held - n)
             except OSError as err:
-                if not keep and len(self._unwritten) == held + len(data):
+                if not keep and not cut and len(self._unwritten) == held + len(data):
                     del self._unwritten[held:]
                 return (f"the events file {self.jsonl_path} cannot be written ({err.strerror}); "
                         f"{len(self._unwritten)} bytes held in memory until it can")  # fmt: skip
