@@ -111,12 +111,6 @@ def test_writes_that_fail_are_held_and_written_in_order(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"), reason="needs root (tmpfs)")
-@pytest.mark.xfail(
-    strict=True,
-    reason="REGRESSION after merging watchrest + matrix (each passes "
-    "alone): the resource.usage event written while the disk is full at close "
-    "reaches the store but not the JSON-lines file; open in issue 10's note",
-)
 def test_a_full_disk_fails_the_next_command_closed_and_loses_nothing(tmp_path: Path) -> None:
     d = tmp_path / "small"
     d.mkdir()

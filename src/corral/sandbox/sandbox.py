@@ -159,6 +159,7 @@ class Sandbox:
         self._disk_hit: set[str] = set()
         self._refusals: dict[str, int] = {}
         self._borrowed_identity = False
+        self._own_sink = sink is None
         if sink is None:
             if store is True:
                 store = EventStore.shared()
@@ -1463,3 +1464,5 @@ class Sandbox:
             self.identity = None
         self.workspace = None
         self.closed_reason = self.closed_reason or "closed"
+        if self._own_sink:  # (lines a full disk refused stay held by the shared file)
+            self.sink.close()
