@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-GAP_S = 0.2
+GAP_S = float(os.environ.get("CORRAL_PARTS_GAP", "0.2"))  # 0: back to back
 marks: dict[str, list[float]] = {}
 
 

@@ -28,7 +28,7 @@ from corral.events.model import Event, severity_rank
 from corral.events.sink import EventSink
 from corral.policy.loader import load_policy
 from corral.policy.model import Policy
-from corral.sandbox import files, identity, stage, syscalls, treewalk, usage
+from corral.sandbox import discard, files, identity, stage, syscalls, treewalk, usage
 from corral.sandbox.bwrap import BwrapSpec, build_argv, build_image_argv, setid_binary
 from corral.sandbox.errors import (
     PathOutsideWorkspace,
@@ -1447,7 +1447,12 @@ class Sandbox:
             self.identity = None  # the agent sandbox's, given back by it
         elif self._own_workspace and self.workspace is not None:
             if self.kept_layer is None:  # (an image root's state dir holds a kept layer)
-                await asyncio.to_thread(treewalk.rmtree, str(self.workspace))
+                # renamed now, removed behind us; the id is let go once its files are gone
+                held = self.identity
+                if discard.discard(self.workspace, then=held.release if held else None):
+                    self.identity = None
+                else:
+                    await asyncio.to_thread(treewalk.rmtree, str(self.workspace))
         else:
             try:
                 await asyncio.to_thread(self._drop_placeholders)
