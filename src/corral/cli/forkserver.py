@@ -75,6 +75,8 @@ PRELOAD = (
     "corral.monitor",
     "corral.monitor.attach",
     "corral.respond",
+    "corral.rl",  # (the reward shaper: the steps charged at close)
+    "corral.rl.reward",
     "corral.rules.gate",
     "corral.rules.bounded",
     "corral.rules.engine",
