@@ -272,7 +272,12 @@ class Monitor:
                 self._queue.put(("exec", w, (note, origin)))
                 self._wake()
 
+            def on_exit(tid: int, w: Watched = w) -> None:
+                """On the sandbox's event loop, while a process is held in exit_group/exit."""
+                self._orphans(w, tid)
+
             sb.set_exec_hook(on_exec)
+            sb.set_exit_hook(on_exit)
             w.exec_sensor = sb.exec_sensor
         sb.watch = self
         self._wake()
@@ -291,6 +296,7 @@ class Monitor:
                 del self._owner[pid]
         sb = w.sb
         sb.set_exec_hook(None)
+        sb.set_exit_hook(None)
         if not any(x.sb.sink is sb.sink for x in self._watched.values()):
             sb.unsubscribe(self._on_sandbox_event)
 
@@ -598,6 +604,35 @@ class Monitor:
             if st is not None:
                 origins[pid] = (st[3], w.current_step)
         w.current_step = new_step
+
+    def _orphans(self, w: Watched, tid: int) -> None:
+        """A process is leaving (held in exit_group/exit by the seccomp listener): each of its
+        children is about to be re-parented to the sandbox's init, its forking ancestry lost.
+        Record now the step that started each (the leaving process's, inherited), so that an
+        orphan exec'ing during a later step is still blamed on the step that started its
+        ancestor. Runs on the sandbox's event loop, as the exec hook and `_snapshot` do.
+
+        LIMITATION: only a process that leaves through exit_group or exit is seen. A parent
+        killed by a signal (SIGKILL from a sibling, or a crash it causes on purpose) never calls
+        either: its children's later execs fall back to the chain they still have, else to the
+        step running then. A child forked by another thread of the leaving process after this
+        read (between its exit_group and the kernel's killing of its other threads) is missed the
+        same way. A process-group or session fallback would not help: the shell runs without job
+        control, so every step's processes share one group, and `setsid` makes its own."""
+        tgid, kids = procfs.process_children(tid)
+        if not kids:
+            return
+        shells = w.sb.shell_pids()
+        for child in kids:
+            st = procfs.stat(child)
+            if st is None:
+                continue
+            known = w.origins.get(child)
+            if known is not None and known[0] == st[3]:
+                continue  # exec'd already, or recorded at a step's start
+            # the shell's own children are each step's work: the step running now
+            origin = w.current_step if tgid in shells else self._origin(w, child, tgid, st[3])
+            w.origins[child] = (st[3], origin)
 
     def _origin(self, w: Watched, pid: int, ppid: int, start: int) -> int | None:
         """The step that started pid: its own or its nearest ancestor's as the snapshots knew
