@@ -503,17 +503,10 @@ def check(out: Outcome, act: Act) -> None:
         assert gap <= 1.0, f"{f.rule} {gap:.3f}s after its exec"
 
 
-# cells that cannot pass yet, with the precise reason (strict: they fail loudly once fixed)
-ORPHAN = (
-    "the miner act's own `(nohup ./kworker &)` runs inside the step-k job after `sleep 1`: it is "
-    "forked during a later step by a subshell that exits at once, so at its exec the process is "
-    "an orphan of the sandbox's init whose forking ancestors are gone; the monitor learns "
-    "ancestry at execs and at each step's start, never at fork, and blames the step running "
-    "then (needs fork-time origin: a per-step cgroup, or fork notifications)"
-)
-XFAIL: dict[tuple[str, str, str], str] = {
-    (entry, "mining", "background"): ORPHAN for entry in ("sandbox", "rock", "env", "pool")
-}
+# cells that cannot pass yet, with the precise reason (strict: they fail loudly once fixed).
+# None today: the orphan cells `*-mining-background` were here until the seccomp filter held exits
+# (see Monitor._orphans and tests/monitor/test_orphan_origin.py)
+XFAIL: dict[tuple[str, str, str], str] = {}
 
 # cells seen to fail only some of the time on a loaded 2-core VM: not strict, so the module
 # stays green, but each is a real defect the matrix found, listed to fix
