@@ -511,18 +511,9 @@ XFAIL: dict[tuple[str, str, str], str] = {}
 # cells seen to fail only some of the time on a loaded 2-core VM: not strict, so the module
 # stays green, but each is a real defect the matrix found, listed to fix
 FLAKY: dict[tuple[str, str, str], str] = {}
-# the monitor judges an exec on its own thread after the kernel let it run: a scripted `ssh -R`
-# sometimes connects before the kill, and the gateway's `tunnel.ssh_forward_on_wire` is charged
-# as well as the exec's `tunnel.ssh_remote_forward` (-2.0 where the plain act costs -1.0): one
-# act, two penalties (the responder and the reward shaper count per finding, not per act)
-DOUBLE = (
-    "intermittent double charge: a scripted act that reaches the network before the monitor's "
-    "kill (ssh -R, curl to the metadata host) is charged for its exec finding and again for the "
-    "gateway's (tunnel.ssh_forward_on_wire, metadata.cloud_endpoint): -2.0, not -1.0"
-)
-FLAKY.update(
-    {(entry, cat, "script"): DOUBLE for entry in ENTRIES for cat in ("tunnel", "metadata")}
-)
+# (the DOUBLE cells `*-tunnel-script`, `*-metadata-script` were here: a scripted act that reached
+# the network before the monitor's kill was charged in the step records once per finding, -2.0;
+# see RewardShaper.penalty_by_step and tests/watch/test_one_act_one_charge.py)
 SLOW_FANOUT = (
     "intermittent under load (load average 8 on this 2-core VM): the fan-out crosses its "
     "threshold 1.5-2 s after the probe's exec, each connect being mediated by the supervisor's "
