@@ -66,6 +66,26 @@ async def test_an_orphan_forked_in_a_later_step_is_blamed_on_the_step_that_start
 
 
 @pytest.mark.unprivileged
+async def test_a_jobs_child_that_execs_after_the_next_steps_start_keeps_the_jobs_step(
+    wait_event,
+) -> None:
+    """Step 1's job forks a child during step 2 (its parent alive: no orphan) that execs only
+    once step 3 has begun (as on a loaded host): the snapshot at step 3's start must record the
+    child as the job's (step 1), not as step 2's because it appeared while step 2 ran."""
+    async with Sandbox(_policy(), store=False) as sb:
+        await sb.write_file("marker", MARKER, 0o755)
+        job = "( sleep 0.5; (sleep 1.2; ./marker late; true) ) >/dev/null 2>&1 &"
+        await sb.exec(job, step=1)
+        await sb.exec("sleep 1", step=2)  # the job forks its child during this step
+        await sb.exec("sleep 1.5", step=3)  # the child execs ./marker during this one
+        ev = await wait_event(
+            sb, lambda e: e.rule == "process.exec" and e.argv == ["./marker", "late"]
+        )
+        assert ev.step == 3, f"it ran while step 3 was running, not {ev.step}"
+        assert ev.origin_step == 1, f"blamed on step {ev.origin_step}, not 1; {ev.evidence}"
+
+
+@pytest.mark.unprivileged
 async def test_a_child_forked_by_the_shell_itself_is_the_current_step() -> None:
     """The shell's own children are each step's work: the exit records never move them back."""
     async with Sandbox(_policy(), store=False) as sb:

@@ -588,21 +588,34 @@ class Monitor:
 
     def _snapshot(self, w: Watched, new_step: int | None) -> None:
         """At a step's start, before its command is sent: every process in the sandbox not yet
-        known was started by the step that ran until now. Runs on the sandbox's event loop, the
-        thread the exec sensor's hook runs on, so the two never interleave: a process absent
-        from the last snapshot was forked after it, by the current step."""
-        pids = procfs.descendants(w.init_pid) if w.init_pid else []
+        known was started during the step that ran until now: by that step's command (forked by
+        the shell, or by a process of that step), or by an earlier step's background job, whose
+        origin it inherits from its parent (the job's `( sleep 1; (./miner &) )` forks during a
+        later step; a loaded host may not exec it before the next snapshot). Runs on the sandbox's
+        event loop, the thread the exec sensor's hook runs on, so the two never interleave: a
+        process absent from the last snapshot was forked after it."""
+        pids = procfs.descendants(w.init_pid) if w.init_pid else []  # parents before children
         origins = w.origins
         if len(origins) > 4096:  # forget the dead
             live = set(pids)
             for pid in [p for p in origins if p not in live]:
                 del origins[pid]
+        shells: set[int] | None = None
         for pid in pids:
-            if pid in origins:  # known (a pid is reused only after ~4M forks): no read
+            # known: no read. LIMITATION: a pid the kernel reused (pid_max may be 32768) keeps
+            # its old entry here; `_origin`'s starttime check then ignores it and walks the chain
+            if pid in origins:
                 continue
             st = procfs.stat(pid)
-            if st is not None:
-                origins[pid] = (st[3], w.current_step)
+            if st is None:
+                continue
+            if shells is None:
+                shells = w.sb.shell_pids()
+            if pid == w.init_pid or pid in shells or st[1] in shells or st[1] == w.init_pid:
+                origin = w.current_step  # the shell's own child: that step's command
+            else:  # a child of a known process (recorded just above: parents come first)
+                origin = self._origin(w, pid, st[1], st[3])
+            origins[pid] = (st[3], origin)
         w.current_step = new_step
 
     def _orphans(self, w: Watched, tid: int) -> None:
