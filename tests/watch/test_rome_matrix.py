@@ -515,11 +515,17 @@ FLAKY: dict[tuple[str, str, str], str] = {}
 # the network before the monitor's kill was charged in the step records once per finding, -2.0;
 # see RewardShaper.penalty_by_step and tests/watch/test_one_act_one_charge.py)
 SLOW_FANOUT = (
-    "intermittent under load (load average 8 on this 2-core VM): the fan-out crosses its "
-    "threshold 1.5-2 s after the probe's exec, each connect being mediated by the supervisor's "
-    "event loop, shared with the other sandboxes of SandboxEnv's process"
+    "intermittent under load (two CPU burners beside the module, 2-core VM): the fan-out finding "
+    "comes 1.1-2.5 s after the probe's exec where it comes 0.25 s after it on an idle host. The "
+    "probe's 64 connects took 0.05-0.16 s with the burners (three SandboxEnvs at once, outside "
+    "the matrix); the finding waits for the monitor's sweep (every 0.25 s, reading the netns's "
+    "TCP counters), which runs on a thread sharing the GIL with the process's other sandboxes: "
+    "in one matrix process with three busy sandboxes a sweep took 0.3-0.7 s, and reading "
+    "/proc/PID/net/tcp alone 70-90 ms in another (it walks the "
+    "host's whole TCP hash). Fix to try: judge the fan-out from the seccomp notifier's connect "
+    "records as they arrive, not from a sweep"
 )
-FLAKY.update({("env", "probe_internal", mode): SLOW_FANOUT for mode in MODES})
+FLAKY.update({(e, "probe_internal", mode): SLOW_FANOUT for e in ("env", "pool") for mode in MODES})
 FLAKY.update(
     {
         ("run_code", "mining", mode): (
