@@ -105,10 +105,10 @@ async def test_a_child_forked_by_the_shell_itself_is_the_current_step() -> None:
 async def test_an_orphan_whose_parent_was_killed_by_a_signal(wait_event) -> None:
     async with Sandbox(_policy(), store=False) as sb:
         await sb.write_file("marker", MARKER, 0o755)
-        job = "( sleep 1; ( (sleep 0.2; ./marker orphan) & kill -9 $BASHPID ) ) >/dev/null 2>&1 &"
+        job = "( sleep 1.5; ( (sleep 0.2; ./marker orphan) & kill -9 $BASHPID ) ) >/dev/null 2>&1 &"
         await sb.exec(job, step=1)
-        await sb.exec("sleep 0.3", step=2)
-        await sb.exec("sleep 1.8", step=3)
+        await sb.exec("sleep 0.1", step=2)  # step 3 begins long before the job forks
+        await sb.exec("sleep 2.3", step=3)
         ev = await wait_event(
             sb, lambda e: e.rule == "process.exec" and e.argv == ["./marker", "orphan"]
         )
