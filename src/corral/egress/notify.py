@@ -292,6 +292,8 @@ class Notifier:
         self.on_attempt = on_attempt
         # the exec sensor: set by the monitor when it watches this sandbox (None: continue at once)
         self.on_exec = on_exec
+        # an IP connect() seen (its host tid): the monitor judges a fan-out as it happens
+        self.on_connect: Callable[[int], None] | None = None
         # a process (thread) leaving: its host tid, while it is held, its children still its own;
         # set by the monitor (None: continue at once)
         self.on_exit: Callable[[int], None] | None = None
@@ -449,6 +451,10 @@ class Notifier:
             return False
         family, ip, port = addr
         self.connects.append((time.monotonic(), pid))
+        on_connect = self.on_connect
+        if on_connect is not None:
+            with contextlib.suppress(Exception):  # a sensor fault must never hold the sandbox
+                on_connect(pid)
         if not self._allowed(family, ip, port):
             proto = "tcp" if sock.type == socket.SOCK_STREAM else "udp"
             self._refuse(nid, [Attempt(pid=pid, syscall="connect", family=family, ip=ip,
