@@ -514,18 +514,10 @@ FLAKY: dict[tuple[str, str, str], str] = {}
 # (the DOUBLE cells `*-tunnel-script`, `*-metadata-script` were here: a scripted act that reached
 # the network before the monitor's kill was charged in the step records once per finding, -2.0;
 # see RewardShaper.penalty_by_step and tests/watch/test_one_act_one_charge.py)
-SLOW_FANOUT = (
-    "intermittent under load (two CPU burners beside the module, 2-core VM): the fan-out finding "
-    "comes 1.1-2.5 s after the probe's exec where it comes 0.25 s after it on an idle host. The "
-    "probe's 64 connects took 0.05-0.16 s with the burners (three SandboxEnvs at once, outside "
-    "the matrix); the finding waits for the monitor's sweep (every 0.25 s, reading the netns's "
-    "TCP counters), which runs on a thread sharing the GIL with the process's other sandboxes: "
-    "in one matrix process with three busy sandboxes a sweep took 0.3-0.7 s, and reading "
-    "/proc/PID/net/tcp alone 70-90 ms in another (it walks the "
-    "host's whole TCP hash). Fix to try: judge the fan-out from the seccomp notifier's connect "
-    "records as they arrive, not from a sweep"
-)
-FLAKY.update({(e, "probe_internal", mode): SLOW_FANOUT for e in ("env", "pool") for mode in MODES})
+# (the SLOW_FANOUT cells `env-probe_internal-*`, `pool-probe_internal-*` were here: under load
+# the fan-out finding came 1.1-2.5 s after the probe's exec, waiting for the monitor's sweep on
+# a thread sharing the GIL with the process's other sandboxes; it is now judged as the connects
+# arrive: see the connect hook in Monitor.watch and tests/monitor/test_fanout_prompt.py)
 FLAKY.update(
     {
         ("run_code", "mining", mode): (
