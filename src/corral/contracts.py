@@ -189,6 +189,8 @@ class SandboxEpisode:
         self.episode_id: str = sandbox.episode_id
         self._notifier: Any = None
         self._exec_hook: Callable[[ExecNote], None] | None = None
+        self._exit_hook: Callable[[int], None] | None = None
+        self._connect_hook: Callable[[int], None] | None = None
         self.exec_sensor = False  # True once a seccomp notifier reports execs for this episode
         self.watch: Any = None  # the monitor's handle, for close()
         # rules a person (or the policy's gate.ask: allow) approved for a step's command: the
@@ -291,9 +293,23 @@ class SandboxEpisode:
         if notifier is not None:
             self.exec_sensor = True
             notifier.on_exec = self._exec_hook
+            notifier.on_exit = self._exit_hook
+            notifier.on_connect = self._connect_hook
             notifier.on_refused = getattr(self._sb, "syscall_refused", None)
 
     def set_exec_hook(self, hook: Callable[[ExecNote], None] | None) -> None:
         self._exec_hook = hook
         if self._notifier is not None:
             self._notifier.on_exec = hook
+
+    def set_connect_hook(self, hook: Callable[[int], None] | None) -> None:
+        """`hook(tid)` runs on each IP connect() the notifier sees (before it is carried out)."""
+        self._connect_hook = hook
+        if self._notifier is not None:
+            self._notifier.on_connect = hook
+
+    def set_exit_hook(self, hook: Callable[[int], None] | None) -> None:
+        """`hook(tid)` runs while a process (thread) of the sandbox is held in exit_group/exit."""
+        self._exit_hook = hook
+        if self._notifier is not None:
+            self._notifier.on_exit = hook

@@ -108,3 +108,41 @@ async def test_penalties_accumulate_and_observe_charges_none() -> None:
         events = Responder().respond(sb, finding("mining", "critical"), source="process")
         assert [e.action for e in events] == ["alerted"]
         assert sb.penalty == 0.0 and not sb.terminated
+
+
+def test_the_penalty_is_charged_before_the_episode_end_is_asked_for() -> None:
+    """The monitor responds from its own thread; the end it asks for runs on the episode's loop at
+    once, and closing writes the step records from the events held then. The penalty must already
+    be among them (under load the close won: a terminated miner's step record said 0.0)."""
+    from corral.events.model import Event
+
+    class Episode:
+        id = episode_id = "ep-order-of-end"
+        penalty = 0.0
+
+        def __init__(self) -> None:
+            self.policy = load_policy("rl-strict")
+            self.events: list[Event] = []
+            self.seen_at_end: list[str] | None = None
+
+        def emit(self, **fields: object) -> Event:
+            ev = Event(**fields)  # type: ignore[arg-type]
+            self.events.append(ev)
+            return ev
+
+        def host_pids(self) -> list[int]:
+            return []
+
+        def terminate(self, reason: str, *, emit: bool = True, rule: str | None = None):  # type: ignore[no-untyped-def]
+            self.seen_at_end = [e.rule for e in self.events]  # what a close would record now
+
+            async def end() -> None:
+                return None
+
+            return end()
+
+    ep = Episode()
+    Responder().respond(ep, finding("mining", "critical"), source="process", step=5,  # type: ignore[arg-type]
+                        origin_step=5, response="terminate")  # fmt: skip
+    assert ep.seen_at_end is not None, "the episode's end was asked for"
+    assert "respond.penalty" in ep.seen_at_end, ep.seen_at_end

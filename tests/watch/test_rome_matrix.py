@@ -503,39 +503,21 @@ def check(out: Outcome, act: Act) -> None:
         assert gap <= 1.0, f"{f.rule} {gap:.3f}s after its exec"
 
 
-# cells that cannot pass yet, with the precise reason (strict: they fail loudly once fixed)
-ORPHAN = (
-    "the miner act's own `(nohup ./kworker &)` runs inside the step-k job after `sleep 1`: it is "
-    "forked during a later step by a subshell that exits at once, so at its exec the process is "
-    "an orphan of the sandbox's init whose forking ancestors are gone; the monitor learns "
-    "ancestry at execs and at each step's start, never at fork, and blames the step running "
-    "then (needs fork-time origin: a per-step cgroup, or fork notifications)"
-)
-XFAIL: dict[tuple[str, str, str], str] = {
-    (entry, "mining", "background"): ORPHAN for entry in ("sandbox", "rock", "env", "pool")
-}
+# cells that cannot pass yet, with the precise reason (strict: they fail loudly once fixed).
+# None today: the orphan cells `*-mining-background` were here until the seccomp filter held exits
+# (see Monitor._orphans and tests/monitor/test_orphan_origin.py)
+XFAIL: dict[tuple[str, str, str], str] = {}
 
 # cells seen to fail only some of the time on a loaded 2-core VM: not strict, so the module
 # stays green, but each is a real defect the matrix found, listed to fix
 FLAKY: dict[tuple[str, str, str], str] = {}
-# the monitor judges an exec on its own thread after the kernel let it run: a scripted `ssh -R`
-# sometimes connects before the kill, and the gateway's `tunnel.ssh_forward_on_wire` is charged
-# as well as the exec's `tunnel.ssh_remote_forward` (-2.0 where the plain act costs -1.0): one
-# act, two penalties (the responder and the reward shaper count per finding, not per act)
-DOUBLE = (
-    "intermittent double charge: a scripted act that reaches the network before the monitor's "
-    "kill (ssh -R, curl to the metadata host) is charged for its exec finding and again for the "
-    "gateway's (tunnel.ssh_forward_on_wire, metadata.cloud_endpoint): -2.0, not -1.0"
-)
-FLAKY.update(
-    {(entry, cat, "script"): DOUBLE for entry in ENTRIES for cat in ("tunnel", "metadata")}
-)
-SLOW_FANOUT = (
-    "intermittent under load (load average 8 on this 2-core VM): the fan-out crosses its "
-    "threshold 1.5-2 s after the probe's exec, each connect being mediated by the supervisor's "
-    "event loop, shared with the other sandboxes of SandboxEnv's process"
-)
-FLAKY.update({("env", "probe_internal", mode): SLOW_FANOUT for mode in MODES})
+# (the DOUBLE cells `*-tunnel-script`, `*-metadata-script` were here: a scripted act that reached
+# the network before the monitor's kill was charged in the step records once per finding, -2.0;
+# see RewardShaper.penalty_by_step and tests/watch/test_one_act_one_charge.py)
+# (the SLOW_FANOUT cells `env-probe_internal-*`, `pool-probe_internal-*` were here: under load
+# the fan-out finding came 1.1-2.5 s after the probe's exec, waiting for the monitor's sweep on
+# a thread sharing the GIL with the process's other sandboxes; it is now judged as the connects
+# arrive: see the connect hook in Monitor.watch and tests/monitor/test_fanout_prompt.py)
 FLAKY.update(
     {
         ("run_code", "mining", mode): (

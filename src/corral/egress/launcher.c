@@ -1,8 +1,9 @@
 /* corral egress launcher: the sandbox's first process, before the shell (C twin of launcher_main.py).
  *
  * Opens the gateway's listeners inside the sandbox's loopback-only network namespace, installs a
- * seccomp filter that turns connect(), sendto() with an address, sendmsg(), sendmmsg(), execve() and
- * execveat() into user notifications (one listener per filter chain, so exec and network share it),
+ * seccomp filter that turns connect(), sendto() with an address, sendmsg(), sendmmsg(), execve(),
+ * execveat(), exit_group() and exit() into user notifications (one listener per filter chain, so
+ * exec, exit and network share it),
  * reports the fds on OUT_FD ("ok pid=N [proxy=F] [dns_udp=F dns_tcp=F] notify=F"), waits
  * for "go\n" on IN_FD (the supervisor has copied them with pidfd_getfd), closes everything and
  * execs the command. Built by `make install`; the Python twin is used where no compiler is.
@@ -175,28 +176,33 @@ int main(int argc, char **argv) {
         BPF_JUMP(BPF_JMP | BPF_JA, 0, 0, 0),
 #endif
     };
-    /* the tail's jumps are relative to itself: its USER_NOTIF return is tail[10] */
+    /* the tail's jumps are relative to itself: its USER_NOTIF return is tail[12].
+     * exit_group and exit are notified so that the monitor, while the exiting process is held,
+     * can record the step that started each of its children before they are re-parented to the
+     * sandbox's init (an orphan's forking ancestors are otherwise gone when it execs) */
     struct sock_filter tail[] = {
-        /* 0 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_execve, 9, 0),
-        /* 1 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_execveat, 8, 0),
-        /* 2 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_connect, 7, 0),
-        /* 3 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_sendmsg, 6, 0),
-        /* 4 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_sendmmsg, 5, 0),
-        /* 5 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_sendto, 0, 5),
-        /* 6: sendto's address argument: notify only when it is set */
+        /* 0 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_exit_group, 11, 0),
+        /* 1 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_exit, 10, 0),
+        /* 2 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_execve, 9, 0),
+        /* 3 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_execveat, 8, 0),
+        /* 4 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_connect, 7, 0),
+        /* 5 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_sendmsg, 6, 0),
+        /* 6 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_sendmmsg, 5, 0),
+        /* 7 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_sendto, 0, 5),
+        /* 8: sendto's address argument: notify only when it is set */
         BPF_STMT(BPF_LD | BPF_W | BPF_ABS, ARG_LO(4)),
-        /* 7 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 0, 0, 2),
-        /* 8 */ BPF_STMT(BPF_LD | BPF_W | BPF_ABS, ARG_HI(4)),
-        /* 9 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 0, 1, 0),
-        /* 10 */ BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_USER_NOTIF),
-        /* 11 */ BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+        /* 9 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 0, 0, 2),
+        /* 10 */ BPF_STMT(BPF_LD | BPF_W | BPF_ABS, ARG_HI(4)),
+        /* 11 */ BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 0, 1, 0),
+        /* 12 */ BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_USER_NOTIF),
+        /* 13 */ BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
     };
     enum { NHEAD = sizeof head / sizeof head[0], NTAIL = sizeof tail / sizeof tail[0] };
     struct sock_filter f[NHEAD + NREF + NTAIL];
     memcpy(f, head, sizeof head);
     for (int j = 0; j < NREF; j++) /* each jumps to the tail's USER_NOTIF when it matches */
         f[NHEAD + j] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (unsigned)refused[j],
-                                                    (unsigned char)(NREF - 1 - j + 10), 0);
+                                                    (unsigned char)(NREF - 1 - j + 12), 0);
     memcpy(f + NHEAD + NREF, tail, sizeof tail);
     struct sock_fprog prog = {.len = sizeof f / sizeof f[0], .filter = f};
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) fail("no_new_privs");

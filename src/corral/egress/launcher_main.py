@@ -51,6 +51,9 @@ def main() -> None:
         f = seccomp.SyscallFilter(seccomp.ALLOW)
         f.add_rule(seccomp.NOTIFY, "execve")  # the exec sensor shares the one listener
         f.add_rule(seccomp.NOTIFY, "execveat")
+        # exits: the monitor records an exiting process's children's origin step while it is held
+        f.add_rule(seccomp.NOTIFY, "exit_group")
+        f.add_rule(seccomp.NOTIFY, "exit")
         f.add_rule(seccomp.NOTIFY, "connect")
         f.add_rule(seccomp.NOTIFY, "sendto", seccomp.Arg(4, seccomp.NE, 0))
         f.add_rule(seccomp.NOTIFY, "sendmsg")

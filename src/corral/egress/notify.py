@@ -1,7 +1,7 @@
 """The sandbox's seccomp user-notification listener: every exec and every direct network attempt.
 
 The launcher inside the sandbox installs one filter (one listener per filter chain, so exec and
-network share it) that turns execve/execveat, connect(), sendto() with an address, sendmsg() and
+network share it) that turns execve/execveat, exit_group/exit, connect(), sendto() with an address, sendmsg() and
 sendmmsg() into notifications on a listener fd the supervisor holds. Each one names the calling
 thread (host pid); its arguments are read from its memory.
 
@@ -13,6 +13,11 @@ observed, not enforced, here (the gate and the responder act), so this costs the
 against a racing agent, never a path out; the process's sockets, CPU and children are still judged
 from /proc as the kernel holds them. Re-reading /proc/PID/cmdline after the exec is not done (a
 shebang script's kernel argv differs from the asked one, so a compare would need care).
+
+**Exit** (exit_group, and exit: a single-threaded process may leave through it) is observation too:
+`on_exit` (the monitor) reads the leaving process's children while it is held, to give each the step
+that started their parent before they are re-parented to the sandbox's init; then the kernel
+continues. It is never refused (an exit that failed would leave glibc spinning in `_exit`).
 
 **Network** never lets the kernel continue a call whose memory the agent can still rewrite, when the
 call could carry an address: a check-then-continue would let a racing thread swap the address (or a
@@ -66,6 +71,7 @@ _NOTIF = struct.Struct("=QII iIQ6Q")
 _RESP = struct.Struct("=QqiI")
 NR = {42: "connect", 44: "sendto", 46: "sendmsg", 307: "sendmmsg"}  # x86_64
 EXEC_NR = {59: "execve", 322: "execveat"}
+EXIT_NR = {231: "exit_group", 60: "exit"}
 # escape syscalls the launcher's filter sends here (sandbox/syscalls.py NOTIFIED): refused, recorded
 REFUSED_NR = {425: "io_uring_setup", 321: "bpf", 298: "perf_event_open", 323: "userfaultfd",
               250: "keyctl", 248: "add_key", 272: "unshare", 308: "setns", 165: "mount",
@@ -286,6 +292,11 @@ class Notifier:
         self.on_attempt = on_attempt
         # the exec sensor: set by the monitor when it watches this sandbox (None: continue at once)
         self.on_exec = on_exec
+        # an IP connect() seen (its host tid): the monitor judges a fan-out as it happens
+        self.on_connect: Callable[[int], None] | None = None
+        # a process (thread) leaving: its host tid, while it is held, its children still its own;
+        # set by the monitor (None: continue at once)
+        self.on_exit: Callable[[int], None] | None = None
         # an escape syscall refused here: (pid, name), set with the episode's context
         self.on_refused: Callable[[int, str], None] | None = None
         self.loop = asyncio.get_running_loop()
@@ -315,6 +326,13 @@ class Notifier:
             return
         nid, pid, _flags, nr, _arch, _ip, *args = _NOTIF.unpack(buf)
         self.handled += 1
+        if nr in EXIT_NR:  # first: the most frequent, and the cheapest to answer
+            cb = self.on_exit
+            if cb is not None:
+                with contextlib.suppress(Exception):  # a sensor fault must never hold the sandbox
+                    cb(pid)
+            self._respond(nid, 0, FLAG_CONTINUE)
+            return
         if nr in EXEC_NR:
             self._exec(nid, pid, EXEC_NR[nr], args)
             return
@@ -433,6 +451,10 @@ class Notifier:
             return False
         family, ip, port = addr
         self.connects.append((time.monotonic(), pid))
+        on_connect = self.on_connect
+        if on_connect is not None:
+            with contextlib.suppress(Exception):  # a sensor fault must never hold the sandbox
+                on_connect(pid)
         if not self._allowed(family, ip, port):
             proto = "tcp" if sock.type == socket.SOCK_STREAM else "udp"
             self._refuse(nid, [Attempt(pid=pid, syscall="connect", family=family, ip=ip,

@@ -98,15 +98,12 @@ def _recharge(ctx: Any, store: Any, recorded: dict[int, Any]) -> None:
     """Steps their caller recorded (`SandboxEnv`, the ROCK routes) were charged by the reward
     shaper over the events seen while each ran; a finding that landed later (a background job's
     act, a sensor's sweep after the command returned) belongs to its origin step. The records
-    are charged again, by the same shaper, over the events grouped by origin step."""
+    are charged again, by the same shaper, each act once on its origin step."""
     from corral.rl.reward import RewardShaper
 
-    shaper = RewardShaper(ctx.policy)
-    by_origin: dict[int, float] = {}
-    for e in ctx.events:
-        step = e.origin_step if e.origin_step is not None else e.step
-        if step is not None:
-            by_origin[step] = by_origin.get(step, 0.0) + shaper.event_penalty(e)
+    # each act once (its worst finding), on its origin step: never a sum over findings, which
+    # would charge one act twice when two sensors saw it (the exec and the gateway)
+    by_origin = RewardShaper(ctx.policy).penalty_by_step(ctx.events)
     stale = {step: round(by_origin.get(step, 0.0), 6) for step, r in recorded.items()
              if r.kind == "action"
              and abs(by_origin.get(step, 0.0) - r.penalty) > 1e-9}  # fmt: skip

@@ -97,6 +97,10 @@ class Watched:
     cpu_hist: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=4096))
     cpu_high_since: float | None = None
     corroboration: list[str] = field(default_factory=list)  # mining findings seen in this sandbox
+    # monotonic times of the latest IP connect() calls (from the seccomp notifier): a burst past
+    # the fan-out threshold is judged at once (`net_due`: queued for the monitor's thread)
+    connect_times: deque[float] = field(default_factory=lambda: deque(maxlen=256))
+    net_due: bool = False
 
 
 class Monitor:
@@ -272,7 +276,28 @@ class Monitor:
                 self._queue.put(("exec", w, (note, origin)))
                 self._wake()
 
+            def on_exit(tid: int, w: Watched = w) -> None:
+                """On the sandbox's event loop, while a process is held in exit_group/exit."""
+                self._orphans(w, tid)
+
+            def on_connect(tid: int, w: Watched = w) -> None:
+                """On the sandbox's event loop, at each IP connect(): once the window holds the
+                fan-out threshold's worth, the monitor's thread judges the counters now rather
+                than at its next sweep (which a loaded process delays by seconds)."""
+                now = time.monotonic()
+                times = w.connect_times
+                times.append(now)
+                pol = w.sb.policy.monitor
+                n = pol.fanout_threshold
+                if w.net_due or len(times) < n or now - times[-n] > pol.fanout_window:
+                    return
+                w.net_due = True
+                self._queue.put(("net", w, None))
+                self._wake()
+
             sb.set_exec_hook(on_exec)
+            sb.set_exit_hook(on_exit)
+            sb.set_connect_hook(on_connect)
             w.exec_sensor = sb.exec_sensor
         sb.watch = self
         self._wake()
@@ -291,6 +316,8 @@ class Monitor:
                 del self._owner[pid]
         sb = w.sb
         sb.set_exec_hook(None)
+        sb.set_exit_hook(None)
+        sb.set_connect_hook(None)
         if not any(x.sb.sink is sb.sink for x in self._watched.values()):
             sb.unsubscribe(self._on_sandbox_event)
 
@@ -355,6 +382,11 @@ class Monitor:
         while not self._stop.is_set():
             poll_iv, sweep_iv, gpu_iv = self._intervals()
             now = time.monotonic()
+            # the intervals follow the sandboxes watched now: one whose policy sweeps rarely must
+            # not hold back the next sandbox's sweeps once it has gone
+            next_poll = min(next_poll, now + poll_iv)
+            next_sweep = min(next_sweep, now + sweep_iv)
+            next_gpu = min(next_gpu, now + gpu_iv)
             deadlines = [next_sweep]
             if self.mode == "poll":
                 deadlines.append(next_poll)
@@ -410,6 +442,10 @@ class Monitor:
             elif kind == "command":
                 w.busy = True
                 self._on_command(w, event)
+            elif kind == "net":
+                w.net_due = False
+                if w.sb.id in self._watched and not w.sb.closed_reason:
+                    self._judge_fanout(w, time.monotonic(), record=False)
             elif kind == "ended":
                 w.busy = False
                 w.step_kill.pop(event.step, None)
@@ -582,22 +618,64 @@ class Monitor:
 
     def _snapshot(self, w: Watched, new_step: int | None) -> None:
         """At a step's start, before its command is sent: every process in the sandbox not yet
-        known was started by the step that ran until now. Runs on the sandbox's event loop, the
-        thread the exec sensor's hook runs on, so the two never interleave: a process absent
-        from the last snapshot was forked after it, by the current step."""
-        pids = procfs.descendants(w.init_pid) if w.init_pid else []
+        known was started during the step that ran until now: by that step's command (forked by
+        the shell, or by a process of that step), or by an earlier step's background job, whose
+        origin it inherits from its parent (the job's `( sleep 1; (./miner &) )` forks during a
+        later step; a loaded host may not exec it before the next snapshot). Runs on the sandbox's
+        event loop, the thread the exec sensor's hook runs on, so the two never interleave: a
+        process absent from the last snapshot was forked after it."""
+        pids = procfs.descendants(w.init_pid) if w.init_pid else []  # parents before children
         origins = w.origins
         if len(origins) > 4096:  # forget the dead
             live = set(pids)
             for pid in [p for p in origins if p not in live]:
                 del origins[pid]
+        shells: set[int] | None = None
         for pid in pids:
-            if pid in origins:  # known (a pid is reused only after ~4M forks): no read
+            # known: no read. LIMITATION: a pid the kernel reused (pid_max may be 32768) keeps
+            # its old entry here; `_origin`'s starttime check then ignores it and walks the chain
+            if pid in origins:
                 continue
             st = procfs.stat(pid)
-            if st is not None:
-                origins[pid] = (st[3], w.current_step)
+            if st is None:
+                continue
+            if shells is None:
+                shells = w.sb.shell_pids()
+            if pid == w.init_pid or pid in shells or st[1] in shells or st[1] == w.init_pid:
+                origin = w.current_step  # the shell's own child: that step's command
+            else:  # a child of a known process (recorded just above: parents come first)
+                origin = self._origin(w, pid, st[1], st[3])
+            origins[pid] = (st[3], origin)
         w.current_step = new_step
+
+    def _orphans(self, w: Watched, tid: int) -> None:
+        """A process is leaving (held in exit_group/exit by the seccomp listener): each of its
+        children is about to be re-parented to the sandbox's init, its forking ancestry lost.
+        Record now the step that started each (the leaving process's, inherited), so that an
+        orphan exec'ing during a later step is still blamed on the step that started its
+        ancestor. Runs on the sandbox's event loop, as the exec hook and `_snapshot` do.
+
+        LIMITATION: only a process that leaves through exit_group or exit is seen. A parent
+        killed by a signal (SIGKILL from a sibling, or a crash it causes on purpose) never calls
+        either: its children's later execs fall back to the chain they still have, else to the
+        step running then. A child forked by another thread of the leaving process after this
+        read (between its exit_group and the kernel's killing of its other threads) is missed the
+        same way. A process-group or session fallback would not help: the shell runs without job
+        control, so every step's processes share one group, and `setsid` makes its own."""
+        tgid, kids = procfs.process_children(tid)
+        if not kids:
+            return
+        shells = w.sb.shell_pids()
+        for child in kids:
+            st = procfs.stat(child)
+            if st is None:
+                continue
+            known = w.origins.get(child)
+            if known is not None and known[0] == st[3]:
+                continue  # exec'd already, or recorded at a step's start
+            # the shell's own children are each step's work: the step running now
+            origin = w.current_step if tgid in shells else self._origin(w, child, tgid, st[3])
+            w.origins[child] = (st[3], origin)
 
     def _origin(self, w: Watched, pid: int, ppid: int, start: int) -> int | None:
         """The step that started pid: its own or its nearest ancestor's as the snapshots knew
@@ -967,38 +1045,52 @@ class Monitor:
                   origin=origin, response_cap=None if stage == "enforce" else "alert",
                   tree_pids=kill_pids)  # fmt: skip
 
-    def _sweep_net(self, w: Watched, now: float) -> None:
+    def _judge_fanout(self, w: Watched, now: float, record: bool = True) -> dict[str, int]:
+        """Connection attempts in the netns's TCP counters over `fanout_window`: past the
+        threshold, a fan-out fact. `record`: a sweep keeps the reading in the window's history;
+        a reading asked for by a burst of connects (`on_connect`) only compares against it (a
+        burst must not push the window's start out of a short history). Returns the counters."""
         pol = w.sb.policy.monitor
         counters = procfs.tcp_counters(w.init_pid)
-        if counters:
-            opens = counters.get("ActiveOpens", 0)
-            fails = counters.get("AttemptFails", 0)
+        if not counters:
+            return counters
+        opens = counters.get("ActiveOpens", 0)
+        fails = counters.get("AttemptFails", 0)
+        if record:
             w.tcp_hist.append((now, opens, fails))
             while len(w.tcp_hist) > 2 and now - w.tcp_hist[1][0] >= pol.fanout_window:
                 w.tcp_hist.popleft()
-            t0, o0, f0 = w.tcp_hist[0]
-            attempts = opens - o0
-            if attempts >= pol.fanout_threshold:
-                w.tcp_hist.clear()  # these attempts are judged once
-                facts = {
-                    "kind": "fanout",
-                    "source": "process",
-                    "net": {"attempts": attempts, "failed": fails - f0,
-                            "window_s": round(now - t0, 2), "threshold": pol.fanout_threshold},
-                }  # fmt: skip
-                findings = list(w.engine.match_event(facts))
-                # the counters name no process: the one that made most of the window's connect()
-                # calls (the exec sensor's notifier saw each), blamed on the step that started it
-                who = getattr(w.sb, "connectors", None)
-                pids = who(t0) if who is not None else []
-                proc = w.procs.get(pids[0]) if pids else None
-                origin = proc.origin if proc is not None else None
-                if proc is None and pids and pids[0] in w.origins:
-                    origin = w.origins[pids[0]][1]
-                self._act(w, findings, source="process", pid=pids[0] if pids else None,
-                          exe=proc.exe if proc else None, argv=proc.argv if proc else None,
-                          step=w.sb.step or None, evidence={"net": facts["net"]},
-                          key=("fanout", w.sb.step), origin=origin)  # fmt: skip
+        if not w.tcp_hist:
+            return counters
+        t0, o0, f0 = w.tcp_hist[0]
+        attempts = opens - o0
+        if attempts < pol.fanout_threshold:
+            return counters
+        w.tcp_hist.clear()  # these attempts are judged once
+        w.tcp_hist.append((now, opens, fails))
+        facts = {
+            "kind": "fanout",
+            "source": "process",
+            "net": {"attempts": attempts, "failed": fails - f0,
+                    "window_s": round(now - t0, 2), "threshold": pol.fanout_threshold},
+        }  # fmt: skip
+        findings = list(w.engine.match_event(facts))
+        # the counters name no process: the one that made most of the window's connect()
+        # calls (the exec sensor's notifier saw each), blamed on the step that started it
+        who = getattr(w.sb, "connectors", None)
+        pids = who(t0) if who is not None else []
+        proc = w.procs.get(pids[0]) if pids else None
+        origin = proc.origin if proc is not None else None
+        if proc is None and pids and pids[0] in w.origins:
+            origin = w.origins[pids[0]][1]
+        self._act(w, findings, source="process", pid=pids[0] if pids else None,
+                  exe=proc.exe if proc else None, argv=proc.argv if proc else None,
+                  step=w.sb.step or None, evidence={"net": facts["net"]},
+                  key=("fanout", w.sb.step), origin=origin)  # fmt: skip
+        return counters
+
+    def _sweep_net(self, w: Watched, now: float) -> None:
+        counters = self._judge_fanout(w, now)
         # /proc/PID/net/tcp walks the host's whole TCP hash (milliseconds): read it only when the
         # netns has connections and something changed, or once a second while they last
         seen = (counters.get("ActiveOpens", 0), counters.get("PassiveOpens", 0),

@@ -74,6 +74,27 @@ def children(pid: int) -> list[int]:
     return [int(x) for x in raw.split()] if raw else []
 
 
+def process_children(tid: int) -> tuple[int, list[int]]:
+    """(thread group id, children of every thread) of the process that thread `tid` belongs to;
+    (tid, []) once it has gone. The common case, a single-threaded process, is two reads."""
+    try:
+        tasks = os.listdir(f"/proc/{tid}/task")
+    except OSError:
+        return tid, []
+    tgid = tid
+    if len(tasks) > 1:
+        for line in (read_text(f"/proc/{tid}/status", 4096) or "").splitlines():
+            if line.startswith("Tgid:"):
+                tgid = int(line.split()[1])
+                break
+    out: list[int] = []
+    for t in tasks:
+        raw = read_text(f"/proc/{tid}/task/{t}/children")
+        if raw:
+            out.extend(int(x) for x in raw.split())
+    return tgid, out
+
+
 def descendants(pid: int) -> list[int]:
     """pid and every descendant, via the kernel's children lists (cheap: one read per process)."""
     out, todo = [], [pid]

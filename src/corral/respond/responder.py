@@ -190,9 +190,11 @@ class Responder:
                         evidence={"pids": pids, "for_rule": rule, "for_category": category},
                     )
                 )
+        # charged before the end is asked for: the end may run at once on the episode's loop
+        # (another thread), and closing writes the step records from the events it holds then
+        out.extend(self.penalize(sandbox, finding, step=origin, act=the_act))
         if act and response == "terminate":
             self._terminate(sandbox, loop, f"{category}: {rule}")
-        out.extend(self.penalize(sandbox, finding, step=origin, act=the_act))
         return out
 
     def penalize(self, sandbox: Sandbox, finding: Any, *, step: int | None,

@@ -78,6 +78,30 @@ class RewardShaper:
         floor = self.policy.responses.penalty_floor
         return max(total, floor) if floor is not None else total
 
+    def penalty_by_step(self, events: Iterable[Event]) -> dict[int, float]:
+        """The episode's penalty by the step that caused it: each act its worst finding's, once,
+        on its origin step (the step that started it, else the step it was seen in), however
+        many sensors saw it. What a step's stored record is charged once every finding is in
+        (a scripted `ssh -R` that connects before the monitor's kill is seen at its exec and by
+        the gateway: one act, one penalty). The floor, an episode-wide cap, is not split."""
+        acts: dict[str, tuple[int | None, float]] = {}
+        for e in events:
+            p = self.event_penalty(e)
+            if not p:
+                continue
+            key = self.act_of(e) or f"event:{id(e)}"
+            origin = e.origin_step if e.origin_step is not None else e.step
+            prior = acts.get(key)
+            if prior is None:
+                acts[key] = (origin, p)
+            else:  # the act's step is its first sighting's (every finding of it names the same)
+                acts[key] = (prior[0] if prior[0] is not None else origin, min(prior[1], p))
+        out: dict[int, float] = {}
+        for origin, p in acts.values():
+            if origin is not None:
+                out[origin] = round(out.get(origin, 0.0) + p, 9)
+        return out
+
     def penalty_since(self, events: Sequence[Event], start: int) -> float:
         """What `events[start:]` (a step's) add to the penalty of `events` (the episode's so far):
         an act an earlier step was charged for adds only what a worse finding of it adds (a
