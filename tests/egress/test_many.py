@@ -96,4 +96,8 @@ async def test_fifty_sandboxes_with_the_gateway_at_once(serve, store, low_fd_lim
                 assert psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, pid
     left = {p.pid for p in psutil.Process().children(recursive=True)} - children
     assert not left, [psutil.Process(p).cmdline() for p in left if psutil.pid_exists(p)]
+    # (each own workspace is removed behind close(); its host id's lock goes once it is gone)
+    from corral.sandbox import discard
+
+    assert discard.wait(60)
     assert _open_fds() - before == set()
