@@ -348,9 +348,10 @@ def _forward_signals(sock: Any, pidfd: int | None) -> None:
             else:
                 send(sock, {"t": "signal", "sig": signum})
         if signum == signal.SIGTSTP:  # stop ourselves too, as the default action would
-            signal.signal(signal.SIGTSTP, signal.SIG_DFL)
-            os.kill(os.getpid(), signal.SIGTSTP)
-            signal.signal(signal.SIGTSTP, forward)
+            # with SIGSTOP: a caller in an orphaned process group (a job started by a script or
+            # a CI runner without job control) would drop its own SIGTSTP and run on while its
+            # call stands stopped; the caller and its call stop and go on together
+            os.kill(os.getpid(), signal.SIGSTOP)
 
     for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGTSTP, signal.SIGCONT):
         if signal.getsignal(s) != signal.SIG_IGN:  # an ignored signal stays ignored (nohup)
