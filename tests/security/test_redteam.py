@@ -65,6 +65,33 @@ async def test_a_very_deep_tree_cannot_stop_the_hand_back(tmp_path) -> None:
         await sb2.exec(py(DEEP))
         own = sb2.workspace
     assert own is not None and not own.exists()
+    from corral.sandbox import discard  # (removed behind close(): wait for it, then look)
+
+    assert discard.wait(60)
+    assert not own.with_name(own.name + discard.SUFFIX).exists()
+
+
+@pytest.mark.unprivileged
+async def test_links_left_in_the_workspace_lead_its_removal_nowhere(tmp_path) -> None:
+    """The own workspace is removed behind close() by a worker thread: links the agent left
+    there (to a host file, a host directory, and a directory replaced by a link mid-tree) must
+    be removed as links, never followed into the host."""
+    from corral.sandbox import discard
+
+    host = new_dir(tmp_path / "host")
+    (host / "canary").write_text("keep")
+    (host / "sub").mkdir()
+    (host / "sub" / "inner").write_text("keep")
+    os.chmod(host, 0o755)
+    async with open_box() as sb:
+        r = await sb.exec(f"ln -s {host}/canary f && ln -s {host} d && mkdir -p a/b && "
+                          f"rmdir a/b && ln -s {host}/sub a/b && ls -la a | wc -l")  # fmt: skip
+        assert r.exit_code == 0, r.stderr
+        own = sb.workspace
+    assert own is not None and discard.wait(60)
+    assert not own.exists() and not own.with_name(own.name + discard.SUFFIX).exists()
+    assert (host / "canary").read_text() == "keep"
+    assert (host / "sub" / "inner").read_text() == "keep"
 
 
 @pytest.mark.unprivileged
