@@ -136,6 +136,7 @@ class Monitor:
         self._lock = threading.RLock()
         self._queue: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         self._wake_r, self._wake_w = os.pipe()
+        self._wake_lock = threading.Lock()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
         self._sock: Any = None
@@ -148,6 +149,9 @@ class Monitor:
     def start(self) -> Monitor:
         if self._thread is not None:
             return self
+        with self._wake_lock:
+            if self._wake_r < 0:  # started again after close()
+                self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.mode, self.mode_reason = "poll", ""
         if self.requested_mode in ("auto", "connector"):
             try:
@@ -179,8 +183,14 @@ class Monitor:
         self.mode = "stopped"
 
     def close(self) -> None:
+        """Idempotent. The wake pipe's numbers are forgotten (under the lock `_wake` takes) before
+        they are closed: a sandbox still holding this monitor must never write its wake-up byte
+        into, or a second close close, a number another pipe or socket has taken since."""
         self.stop()
-        for fd in (self._wake_r, self._wake_w):
+        with self._wake_lock:
+            fds = [fd for fd in (self._wake_r, self._wake_w) if fd >= 0]
+            self._wake_r = self._wake_w = -1
+        for fd in fds:
             with contextlib.suppress(OSError):
                 os.close(fd)
 
@@ -365,8 +375,9 @@ class Monitor:
             w.corroboration.append(event.rule)
 
     def _wake(self) -> None:
-        with contextlib.suppress(OSError):
-            os.write(self._wake_w, b"x")
+        with self._wake_lock, contextlib.suppress(OSError):
+            if self._wake_w >= 0:
+                os.write(self._wake_w, b"x")
 
     # ---------------------------------------------------------------- the thread
     def _intervals(self) -> tuple[float, float, float]:
@@ -395,6 +406,8 @@ class Monitor:
             timeout = max(0.0, min(deadlines) - now) if self._watched else 1.0
             # poll, not select: with many sandboxes the supervisor's fds pass 1024
             poller = select.poll()
+            if self._wake_r < 0:  # closed while this thread outlived stop()'s join
+                break
             poller.register(self._wake_r, select.POLLIN)
             if self._sock is not None:
                 poller.register(self._sock, select.POLLIN)

@@ -190,6 +190,7 @@ class Sandbox:
         self.terminated = False
         self._proc: subprocess.Popen[bytes] | None = None
         self._chan: ShellChannel | None = None
+        self._teardown_task: asyncio.Future[None] | None = None
         self._init_pid: int | None = None
         self._lock = asyncio.Lock()
         self._counters = CgroupCounters()
@@ -1365,6 +1366,21 @@ class Sandbox:
         await self._teardown()
 
     async def _teardown(self) -> None:
+        """End the processes and close the channel and the gateway. Single-flight: the responder's
+        `terminate` and the caller's `close` (or a command's timeout) may run it at once, and the
+        second waits for the first rather than closing the same fd numbers again after an await,
+        when they may belong to another sandbox."""
+        running = self._teardown_task
+        if running is None:
+            running = self._teardown_task = asyncio.ensure_future(self._teardown_once())
+            running.add_done_callback(self._teardown_done)
+        await asyncio.shield(running)
+
+    def _teardown_done(self, task: asyncio.Future[None]) -> None:
+        if self._teardown_task is task:  # a later start and teardown get their own
+            self._teardown_task = None
+
+    async def _teardown_once(self) -> None:
         with contextlib.suppress(Exception):  # no walk of the workspace still running at close
             await self._settle_prep()
         # the init first: its pid namespace goes with it, the outer bwrap reaps it and is reaped in
@@ -1374,7 +1390,7 @@ class Sandbox:
         for session in self.sessions.values():  # their processes went with the pid namespace
             session._close_channel(self.closed_reason or "the sandbox's shell ended")
         if self._chan is not None:
-            self._chan.close()
+            self._chan.close()  # (idempotent: the channel forgets its fds)
         if self.egress is not None:
             await self.egress.stopped(self)
         await finish(self._proc, killed)

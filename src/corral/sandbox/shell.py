@@ -107,6 +107,8 @@ class ShellChannel:
         loop.add_reader(ctl, self._on_ctl)
 
     def _read(self, fd: int) -> bytes | None:
+        if fd < 0:  # closed: its number may belong to another file now, never read it
+            return b""
         try:
             return os.read(fd, 65536)
         except BlockingIOError:
@@ -125,7 +127,8 @@ class ShellChannel:
             self.capture.add(name, data)
 
     def drain(self) -> None:
-        """Take whatever the command wrote before it reported done: it is already in the pipes."""
+        """Take whatever the command wrote before it reported done: it is already in the pipes.
+        A no-op once closed (a command whose sandbox was ended while it ran drains afterwards)."""
         for fd, name in ((self.stdout, "stdout"), (self.stderr, "stderr")):
             while True:
                 data = self._read(fd)
@@ -180,18 +183,32 @@ class ShellChannel:
         return fut
 
     def send(self, data: bytes) -> None:
+        if self.closed:
+            raise BrokenPipeError("the shell's channel is closed")
         view = memoryview(data)
         while view:
             n = os.write(self.stdin, view)
             view = view[n:]
 
+    @property
+    def closed(self) -> bool:
+        return self.ctl < 0
+
     def close(self) -> None:
-        for fd in (self.stdout, self.stderr, self.ctl):
+        """Idempotent. The fd numbers are forgotten before they are closed: a second close, a
+        late `drain()` or `send()` (a command whose sandbox was ended under it) must never touch
+        a number that another sandbox's pipe or socket has taken since (reading a reused blocking
+        fd hung the event loop; closing it broke another sandbox)."""
+        fds = [fd for fd in (self.stdin, self.stdout, self.stderr, self.ctl) if fd >= 0]
+        self.stdin = self.stdout = self.stderr = self.ctl = -1
+        for fd in fds:
             with contextlib.suppress(Exception):
                 self.loop.remove_reader(fd)
-        for fd in (self.stdin, self.stdout, self.stderr, self.ctl):
+        for fd in fds:
             with contextlib.suppress(OSError):
                 os.close(fd)
+        self.eof = True  # what is expected from here on fails at once (`expect`)
+        self.eof_event.set()
         for fut in self._waiters.values():
             if not fut.done():
                 fut.set_exception(EOFError("shell closed"))
