@@ -106,6 +106,38 @@ async def test_no_gateway_means_no_sandbox(store):
     await sb.close()
 
 
+async def test_no_gateway_refusal_names_the_gateway_when_the_sandbox_ended_first(
+    store, monkeypatch
+):
+    """The launcher's report is the refusal even when the sandbox is already gone by the time the
+    supervisor writes the shell's bootstrap (a busy supervisor): never a bare "Broken pipe"."""
+    import time
+
+    from corral import Sandbox
+    from corral.egress import Egress
+    from corral.sandbox.errors import SandboxRefused
+    from corral.sandbox.shell import ShellChannel
+
+    sb = Sandbox("dev", egress=Egress(proxy_port=53), store=store)
+    send = ShellChannel.send
+    waited: list[int | None] = []
+
+    def late_send(chan: ShellChannel, data: bytes) -> None:
+        if not waited:  # the bootstrap: written only once the failed launcher took bwrap down
+            assert sb._proc is not None
+            end = time.monotonic() + 30
+            while sb._proc.poll() is None and time.monotonic() < end:
+                time.sleep(0.01)
+            waited.append(sb._proc.poll())
+        send(chan, data)
+
+    monkeypatch.setattr(ShellChannel, "send", late_send)
+    with pytest.raises(SandboxRefused, match="egress gateway could not be set up"):
+        await sb.start()
+    assert waited and waited[0] is not None  # the sandbox had ended before the bootstrap
+    await sb.close()
+
+
 @pytest.mark.parametrize("launcher", ["python", "native"])
 async def test_both_launchers_give_the_same_gateway(make_sandbox, serve, monkeypatch, launcher):
     from corral.egress.gateway import launcher_binary

@@ -650,9 +650,17 @@ class Sandbox:
             os.write(block_w, b"1")
             # the bootstrap waits in the shell's stdin pipe, so bash reads it the moment the
             # launcher execs it, while the gateway finishes setting up here
-            self._chan.send(bootstrap(self._ctl_fd_inside, moved_from=ctl_w))
+            broken: BrokenPipeError | None = None
+            try:
+                self._chan.send(bootstrap(self._ctl_fd_inside, moved_from=ctl_w))
+            except BrokenPipeError as err:
+                # the sandbox is gone already, most likely because the launcher could not set up:
+                # its own report (naming the gateway and the cause) is the refusal, not the pipe
+                broken = err
             if self.egress is not None:
                 await self.egress.started(self, self._proc.pid)
+            if broken is not None:
+                raise broken
             await asyncio.wait_for(ready, 10)
         except SandboxRefused:
             self._chan.drain()
