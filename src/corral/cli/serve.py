@@ -15,6 +15,12 @@ import typer
 EXIT_USAGE = 2
 EXIT_CANNOT_SANDBOX = 125
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")  # uvicorn's
+# How long an idle kept-alive connection stays open. uvicorn's default (5 s) equals httpx's and
+# httpcore's keep-alive expiry (5 s), so a client re-used a pooled connection just as the server
+# closed it, and its request met a reset (httpx.ReadError) on a busy host. The server's idle
+# timeout must outlast its clients': 75 s (nginx's keepalive_timeout) is above httpx's and
+# aiohttp's (15 s) expiry.
+KEEP_ALIVE_S = 75
 
 
 def register(app: typer.Typer) -> None:
@@ -114,6 +120,7 @@ def serve(
                "/openapi.json)", err=True)  # fmt: skip
     try:
         uvicorn.run(app, host=host, port=port, log_level=log_level.lower(),
+                    timeout_keep_alive=KEEP_ALIVE_S,
                     ssl_certfile=str(ssl_certfile) if ssl_certfile else None,
                     ssl_keyfile=str(ssl_keyfile) if ssl_keyfile else None)  # fmt: skip
     except OSError as err:  # the TLS files did not load
