@@ -199,7 +199,9 @@ class SandboxManager:
         if entry.gone is None:
             self._retire(entry, entry.sandbox.closed_reason or reason)
         if entry.closing is not None:
-            await entry.closing
+            # shielded: a request that goes away (its client disconnected) must not cancel the
+            # close every other caller waits on, leaving the sandbox half torn down
+            await asyncio.shield(entry.closing)
         else:
             await entry.sandbox.close()
         return entry
