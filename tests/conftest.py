@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import socket
 import subprocess
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -46,6 +48,38 @@ def corral_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Mo
     yield home
     # the shared store of this test's home (Sandbox's default): three fds each, a thousand tests
     EventStore.release_shared(home)
+
+
+# Where sandboxes start and close in this process: every fd the supervisor closes there is closed
+# once. A second close of a number is EBADF only while nobody re-used it; when someone had, it
+# closed their fd (a shell channel's, which then reads blocking and stalls the event loop), so an
+# EBADF here is the visible half of a bug that, on a busier run, is a hang.
+_ONE_CLOSE_DIRS = {"sandbox", "egress", "monitor", "server", "rl", "security"}
+
+
+@pytest.fixture(autouse=True)
+def _each_fd_closed_once(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+                         ) -> Iterator[None]:  # fmt: skip
+    parts = Path(str(request.node.path)).relative_to(Path(__file__).parent).parts
+    if not parts or parts[0] not in _ONE_CLOSE_DIRS:
+        yield
+        return
+    twice: list[str] = []
+    real_close = os.close
+
+    def close(fd: int) -> None:
+        try:
+            real_close(fd)
+        except OSError as err:
+            if err.errno == errno.EBADF:  # recorded even where the caller suppresses it
+                where = "".join(traceback.format_stack(limit=8)[:-1])
+                twice.append(f"os.close({fd}) on a closed fd, from:\n{where}")
+            raise
+
+    monkeypatch.setattr(os, "close", close)
+    yield
+    monkeypatch.setattr(os, "close", real_close)
+    assert not twice, "an fd was closed twice:\n" + "\n".join(twice[:3])
 
 
 @pytest.fixture

@@ -227,10 +227,12 @@ class SandboxRoot:
         return total, files
 
     def release(self) -> None:
-        if self.hold_fd is not None:
+        # forgotten before it is closed: two closes of the sandbox run this on two threads
+        # (`discard`), and the second must not close the number after someone re-used it
+        fd, self.hold_fd = self.hold_fd, None
+        if fd is not None:
             with contextlib.suppress(OSError):
-                os.close(self.hold_fd)
-            self.hold_fd = None
+                os.close(fd)
 
     def discard(self) -> Path | None:
         """End of the sandbox: drop the layer (or keep it and say where). Call after every

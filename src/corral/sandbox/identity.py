@@ -61,10 +61,12 @@ class HostIdentity:
         return self.uid
 
     def release(self) -> None:
-        if self.lock_fd >= 0:
+        # forgotten before it is closed: the discard worker's thread may release it while the
+        # event loop's does too, and a second close would hit a number someone else holds now
+        fd, self.lock_fd = self.lock_fd, -1
+        if fd >= 0:
             with contextlib.suppress(OSError):
-                os.close(self.lock_fd)
-            self.lock_fd = -1
+                os.close(fd)
 
 
 def allocate() -> HostIdentity:
