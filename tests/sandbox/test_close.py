@@ -3,7 +3,10 @@ sandbox is born in its cgroup and the supervisor's thread is never left in one."
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -152,3 +155,90 @@ def test_kill_all_empties_a_cgroup_and_spares_the_supervisor() -> None:
     finally:
         cg.destroy()
     assert not any(d.exists() for d in cg.dirs.values())
+
+
+def _take_numbers(numbers: set[int]) -> dict[int, tuple[int, int]]:
+    """Open pipes until every free one of `numbers` is ours (the lowest free number is the next
+    fd; one may be in use again already, e.g. by the pidfd that close waits on): {fd: (dev, inode)}
+    of every fd opened, to tell later whether each is still the same open file."""
+    taken: dict[int, tuple[int, int]] = {}
+    while not taken or max(taken) < max(numbers):
+        for fd in os.pipe():
+            st = os.fstat(fd)
+            taken[fd] = (st.st_dev, st.st_ino)
+    assert numbers & taken.keys(), f"none of the fds {sorted(numbers)} was freed"
+    return taken
+
+
+def _still_ours(taken: dict[int, tuple[int, int]]) -> list[int]:
+    lost = []
+    for fd, ident in taken.items():
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            lost.append(fd)
+            continue
+        if (st.st_dev, st.st_ino) != ident:
+            lost.append(fd)
+    return lost
+
+
+def _close_all(taken: dict[int, tuple[int, int]]) -> None:
+    for fd in taken:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
+async def _close_held(sb: Sandbox) -> asyncio.Task[None]:
+    """Start `sb.close()` with the outer bwrap stopped (SIGSTOP): close lets the shell's fds go,
+    then waits for bwrap to exit, which it cannot until SIGCONT. Returns the close's task there."""
+    chan, proc = sb._chan, sb._proc
+    assert chan is not None and proc is not None
+    os.kill(proc.pid, signal.SIGSTOP)
+    closing = asyncio.create_task(sb.close())
+    for _ in range(500):
+        await asyncio.sleep(0.001)
+        if chan.closed:
+            break
+    assert chan.closed and not closing.done()
+    return closing
+
+
+async def test_close_after_a_cancelled_close_closes_no_fd_twice() -> None:
+    """A close cancelled part-way (a client that went away, a `wait_for` around it) is finished by
+    a later close, which must not close the shell's fd numbers a second time."""
+    sb = Sandbox(sandbox_policy())
+    await sb.start()
+    chan, proc = sb._chan, sb._proc
+    assert chan is not None and proc is not None
+    numbers = {chan.stdin, chan.stdout, chan.stderr, chan.ctl}
+    closing = await _close_held(sb)
+    closing.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await closing
+    taken = _take_numbers(numbers)
+    try:
+        os.kill(proc.pid, signal.SIGCONT)
+        await sb.close()
+        assert not _still_ours(taken), "the second close closed fds the sandbox no longer owned"
+        assert sb._proc is None and sb.closed_reason
+        assert proc.returncode is not None  # bwrap reaped all the same
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGCONT)
+        _close_all(taken)
+
+
+async def test_two_closes_at_once_are_one_close() -> None:
+    """A second close while the first runs (a server's stop beside an episode's end) waits for
+    it: one teardown, one `sandbox.stopped` record, and both callers return once it is done."""
+    sb = Sandbox(sandbox_policy())
+    await sb.start()
+    proc = sb._proc
+    assert proc is not None
+    await asyncio.gather(sb.close(), sb.close())
+    stopped = [e for e in sb.events if e.rule == "sandbox.stopped"]
+    assert len(stopped) == 1, [e.message for e in stopped]
+    assert sb._proc is None and sb.workspace is None and proc.returncode is not None
+    await sb.close()  # and a later one does nothing more
+    assert len([e for e in sb.events if e.rule == "sandbox.stopped"]) == 1

@@ -197,6 +197,7 @@ class Sandbox:
         self._next_id = 0
         self._started_at = 0.0
         self._wall_task: asyncio.Task[None] | None = None
+        self._closing: asyncio.Future[None] | None = None  # the close under way (see close())
         self._ctl_fd_inside = 0
         self._shell_pid: int | None = None
         self.sessions: dict[str, ShellSession] = {}
@@ -1421,6 +1422,17 @@ class Sandbox:
         return getattr(self, "ctx", None) or SandboxEpisode(self)
 
     async def close(self) -> None:
+        """End the sandbox and give back all it holds. One close at a time: a close while one is
+        under way (a server's stop beside an episode's end) waits for that one, rather than run
+        the same teardown beside it (the store would get `sandbox.stopped` twice, the layer and
+        cgroup would be removed twice). A caller that is cancelled does not cancel the close."""
+        loop = asyncio.get_running_loop()
+        running = self._closing
+        if running is None or running.done() or running.get_loop() is not loop:
+            running = self._closing = loop.create_task(self._close())
+        await asyncio.shield(running)
+
+    async def _close(self) -> None:
         if self._wall_task is not None:
             self._wall_task.cancel()
             self._wall_task = None
