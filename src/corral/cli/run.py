@@ -111,6 +111,9 @@ async def _run(cmd, pol, workspace, events_file, timeout, episode, quiet, image=
         out.write(data)
         out.flush()
 
+    from corral.sandbox.ahead import reserve
+
+    reserve.enabled = False  # one sandbox, then exit: nothing to make ahead for a next start
     try:
         sb = Sandbox(pol, workspace=workspace, events_file=events_file, episode_id=episode,
                      image=image)  # fmt: skip

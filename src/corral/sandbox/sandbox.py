@@ -28,7 +28,7 @@ from corral.events.model import Event, severity_rank
 from corral.events.sink import EventSink
 from corral.policy.loader import load_policy
 from corral.policy.model import Policy
-from corral.sandbox import discard, files, identity, stage, syscalls, treewalk, usage
+from corral.sandbox import ahead, discard, files, identity, stage, syscalls, treewalk, usage
 from corral.sandbox.bwrap import BwrapSpec, build_argv, build_image_argv, setid_binary
 from corral.sandbox.errors import (
     PathOutsideWorkspace,
@@ -152,6 +152,9 @@ class Sandbox:
         self.identity: identity.HostIdentity | None = None
         self._owners: identity.Owners = {}
         self._placeholders: list[Path] = []
+        # what this start took from (or would have): `ahead` makes the next one's after close
+        self._ahead_root: Path | None = None
+        self._ahead_cgroup = False
         self._stages: dict[str, str] = {}
         self._harness: Sandbox | None = None
         self._disk_base: usage.Usage | None = None
@@ -278,6 +281,9 @@ class Sandbox:
         report.mechanisms["disk"] = "tmpfs size (/tmp) + workspace scan"
         report.mechanisms["inodes"] = "workspace scan"
         if caps.cgroup_version and caps.cgroup_writable:
+            self._ahead_cgroup = True
+            self.cgroup = ahead.reserve.take_cgroup(caps, lim, report)  # made ahead, limited
+        if self.cgroup is None and caps.cgroup_version and caps.cgroup_writable:
             cg = Cgroup(cgroup_name(self.id), caps)
             try:
                 cg.create()
@@ -330,6 +336,7 @@ class Sandbox:
                     stage.sweep()
         if self.image and self._root is None:
             await asyncio.to_thread(self._prepare_image)
+        placeholders_made = False
         if self.workspace is None:
             if self._workspace_arg is not None:
                 self.workspace = check_workspace(self._workspace_arg, [str(corral_home())])
@@ -337,10 +344,16 @@ class Sandbox:
                 root = stage.sandboxes_root(corral_home() / "sandboxes")
                 if not _swept_workspaces:
                     await asyncio.to_thread(_sweep_workspaces, root)
-                self.workspace = Path(
-                    tempfile.mkdtemp(prefix=f"{os.getpid()}-{self.id}-", dir=root)
-                )
-        if self._root is None or self._root.spec.host_workspace is not None:
+                name = f"{os.getpid()}-{self.id}-"
+                self._ahead_root = root
+                taken = ahead.reserve.take_workspace(root, self._host_protected(), name)
+                if taken is not None:  # made ahead, with its placeholders (sandbox/ahead.py)
+                    self.workspace, self._placeholders = taken
+                    placeholders_made = True
+                else:
+                    self.workspace = Path(tempfile.mkdtemp(prefix=name, dir=root))
+        if not placeholders_made and (self._root is None
+                                      or self._root.spec.host_workspace is not None):  # fmt: skip
             self._make_protected_placeholders()  # (an image's own paths: copies, images/rootfs.py)
         measure = self._disk_base is None and bool(self.policy.limits.disk
                                                    or self.policy.limits.inodes)  # fmt: skip
@@ -434,27 +447,17 @@ class Sandbox:
         return {"image": self._root.image.id, "image_ref": self.image,
                 "workdir": self._root.spec.workdir}  # fmt: skip
 
+    def _host_protected(self) -> tuple[str, ...]:
+        """The protected paths that lie in the host workspace (not an image's own, `/...`)."""
+        return tuple(r for r in self.policy.filesystem.protected if not r.startswith("/"))
+
     def _make_protected_placeholders(self) -> None:
         """A protected path that does not exist yet is made (empty) before the sandbox starts, so
         that it is bound read-only from the first command: files the harness writes there later
         are protected too. Names with a suffix (`conftest.py`) become files, the rest directories;
         the ones still empty at close are removed again."""
         assert self.workspace is not None
-        for rel in self.policy.filesystem.protected:
-            if rel.startswith("/"):  # a path in an image (images/rootfs.py), never the host's
-                continue
-            host = self.workspace / rel
-            if os.path.lexists(host):
-                continue
-            try:
-                host.parent.mkdir(parents=True, exist_ok=True)
-                if "." in rel.rsplit("/", 1)[-1].lstrip("."):
-                    host.touch(0o644)
-                else:
-                    host.mkdir(0o755)
-            except OSError:
-                continue
-            self._placeholders.append(host)
+        self._placeholders += ahead.make_placeholders(self.workspace, self._host_protected())
 
     def _drop_placeholders(self) -> None:
         for host in reversed(self._placeholders):
@@ -1507,3 +1510,6 @@ class Sandbox:
         self.closed_reason = self.closed_reason or "closed"
         if self._own_sink:  # (lines a full disk refused stay held by the shared file)
             self.sink.close()
+        if self._ahead_cgroup or self._ahead_root is not None:  # the next start's, made behind us
+            ahead.reserve.refill(self.caps if self._ahead_cgroup else None, self.policy.limits,
+                                 self._ahead_root, self._host_protected())  # fmt: skip
