@@ -122,3 +122,36 @@ def test_a_refused_start_drops_itself_but_keeps_what_was_held(store: EventStore,
     store._db.execute("DROP TRIGGER full")
     store.flush()
     assert _rules_on_disk(tmp_path / "events.db") == ["egress.connection"]
+
+
+def test_a_sandbox_start_lands_in_its_first_command_transaction(
+    store: EventStore, tmp_path: Path
+) -> None:
+    db = tmp_path / "events.db"
+    statements: list[str] = []
+    store._db.set_trace_callback(statements.append)
+    store.add(_event("sandbox.started", step=None))
+    assert _rules_on_disk(db) == []  # held: no commit of its own
+    store.add(_event("sandbox.command_started"))
+    assert _rules_on_disk(db) == ["sandbox.started", "sandbox.command_started"]
+    commits = [s for s in statements if s.strip().upper().startswith("COMMIT")]
+    assert len(commits) == 1, statements
+    with sqlite3.connect(db) as raw:  # recovery's record of the live sandbox came with it
+        assert raw.execute("SELECT sandbox_id FROM live").fetchall() == [("sb-t",)]
+
+
+def test_steps_held_at_close_land_with_the_stop(store: EventStore, tmp_path: Path) -> None:
+    from corral.store.steps import StepRecord
+
+    db = tmp_path / "events.db"
+    store.add_step(StepRecord(episode_id="ep-t", sandbox_id="sb-t", step=1, action="ls"), hold=True)
+    with sqlite3.connect(db) as raw:
+        assert raw.execute("SELECT count(*) FROM steps").fetchone() == (0,)
+    assert [r.step for r in store.steps("ep-t")] == [1]  # this handle sees it (written first)
+    store.add_step(
+        StepRecord(episode_id="ep-t", sandbox_id="sb-t", step=2, action="pwd"), hold=True
+    )
+    store.add(_event("sandbox.stopped", step=None))
+    with sqlite3.connect(db) as raw:
+        assert raw.execute("SELECT step FROM steps ORDER BY step").fetchall() == [(1,), (2,)]
+        assert raw.execute("SELECT count(*) FROM live").fetchone() == (0,)

@@ -87,7 +87,7 @@ def record_missing_steps(ctx: Any) -> int:
             rec.started = started
             rec.ended = s.get("ended") or started
         try:
-            store.add_step(rec)
+            store.add_step(rec, hold=True)  # (in the transaction of `sandbox.stopped`)
             written += 1
         except Exception:  # noqa: BLE001 - the events are already recorded; report, go on
             continue

@@ -191,6 +191,10 @@ def _explain(path: Path, err: sqlite3.Error) -> str:
 # Plain information from inside a command (an allowed connection, an exec the monitor saw) waits
 # at most this long, or until the next event written at once, to share its transaction.
 HOLD_S = 0.05
+# a sandbox's own lifecycle event that is plain information: held as the monitor's are (the start
+# goes in its first command's transaction); a command's start and end, the stop, findings and
+# refusals are written at once
+HELD_RULES = frozenset({"sandbox.started"})
 HOLD_MAX = 512
 
 _open_stores: weakref.WeakSet[EventStore] = weakref.WeakSet()
@@ -209,12 +213,13 @@ def _flush_open_stores() -> None:
 class EventStore:
     """A thread-safe handle on the events database.
 
-    A sandbox's own lifecycle events (start, each command's start and end, stop), findings and
-    refusals are written at once: a command is recorded as started before it runs, and a full
-    disk refuses it rather than run it unrecorded. Plain information from inside a command (egress
-    and monitor events at `info`) is held, at most `HOLD_S`, and lands in the transaction of the
-    next event written at once (the command's end): one commit per command, not one per event.
-    Reads through this handle, `flush()`, `close()` and interpreter exit write what is held first.
+    A command's start and end, a sandbox's stop, findings and refusals are written at once: a
+    command is recorded as started before it runs, and a full disk refuses it rather than run it
+    unrecorded. Plain information (egress and monitor events at `info`, a sandbox's start, the
+    step records a close writes) is held, at most `HOLD_S`, and lands in the transaction of the
+    next event written at once (the command's end, its first command's start, the stop): one
+    commit per command, not one per event. Reads through this handle, `flush()`, `close()` and
+    interpreter exit write what is held first.
     """
 
     def __init__(self, path: str | Path | None = None, timeout: float = 30.0) -> None:
@@ -224,6 +229,7 @@ class EventStore:
         self._closed = False
         self._pending: list[tuple[str, tuple[Any, ...]]] = []  # (sql, row) not yet written
         self._held: list[Event] = []  # plain information waiting for its command's transaction
+        self._held_writes: list[tuple[str, tuple[Any, ...]]] = []  # step records, likewise
         self._held_lock = threading.Lock()
         self._order = threading.Lock()  # held events are taken and written in the order they came
         self._wake = threading.Condition(threading.Lock())
@@ -289,7 +295,8 @@ class EventStore:
         return len(stores)
 
     def add(self, event: Event, keep: bool = True) -> None:
-        if keep and event.source != "sandbox" and event.severity == "info" and not self._closed:
+        plain = event.severity == "info" and (event.source != "sandbox" or event.rule in HELD_RULES)
+        if keep and plain and not self._closed:
             with self._held_lock:
                 self._held.append(event)
                 full = len(self._held) >= HOLD_MAX
@@ -318,11 +325,14 @@ class EventStore:
     def _take_held(self) -> list[tuple[str, tuple[Any, ...]]]:
         with self._held_lock:
             held, self._held = self._held, []
-        return [(_INSERT_EVENT, self._row(e)) for e in held]
+            later, self._held_writes = self._held_writes, []
+        writes = [(_INSERT_EVENT, self._row(e)) for e in held]
+        writes += [w for e in held for w in self._live_writes(e)]
+        return writes + later
 
     def _flush_for_read(self) -> None:
         """What is held, written before a read; a failing disk does not stop the read."""
-        if self._held:
+        if self._held or self._held_writes:
             with contextlib.suppress(StoreWriteError):
                 self.flush()
 
@@ -339,9 +349,9 @@ class EventStore:
         warned = False
         while True:
             with self._wake:
-                if not self._held and not self._closed:
+                if not self._held and not self._held_writes and not self._closed:
                     self._wake.wait(1.0)
-                if self._closed or not self._held:
+                if self._closed or not (self._held or self._held_writes):
                     self._flusher = None
                     return
             time.sleep(HOLD_S)
@@ -501,12 +511,19 @@ class EventStore:
             yield _event(dict(zip(_COLUMNS, row, strict=True)))
 
     # ---------------------------------------------------------------- steps (RL episodes)
-    def add_step(self, record: StepRecord) -> None:
+    def add_step(self, record: StepRecord, hold: bool = False) -> None:
+        """Record a step; `hold`: in the transaction of the next event written at once (a
+        sandbox's close writes its steps, then `sandbox.stopped`), within `HOLD_S` at the latest."""
         d = record.model_dump(mode="json")
         d["terminated"] = int(d["terminated"])
         d["truncated"] = int(d["truncated"])
         d["info"] = json.dumps(d["info"], default=str)
         row = tuple(d[c] for c in _STEP_COLUMNS)
+        if hold and not self._closed:
+            with self._held_lock:
+                self._held_writes.append((_INSERT_STEP, row))
+            self._schedule()
+            return
         self._write([(_INSERT_STEP, row)])
 
     def recharge_steps(self, episode_id: str, penalties: dict[int, float]) -> None:
