@@ -4,8 +4,8 @@ Why: a cold start after a quiet spell spent ~1 ms of its critical path making di
 cgroup (on v1 a `mkdir` and the limit writes in each of five hierarchies, ~0.5 ms) and its own
 workspace with a placeholder for each protected path (`mkdtemp`, then a `mkdir` or a create
 each; ~0.1 ms apiece on ext4 under load). None of that depends on which sandbox takes it, only on
-the policy's limits and protected paths. So after each start one worker thread makes one of each
-for that policy, and the next start takes them (one `rename` gives the workspace its sandbox's
+the policy's limits and protected paths. So after each close, in a quiet spell (no start for
+`QUIET_S`), one worker thread makes one of each for that policy, and the next start takes them (one `rename` gives the workspace its sandbox's
 name); a start that finds none ready (the first, another policy's, or many starting at once)
 makes its own, as before.
 
@@ -27,6 +27,7 @@ import os
 import queue
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ from corral.sandbox.limits import Cgroup, LimitReport
 from corral.sandbox.probe import Capabilities
 
 RESERVED = "r"  # the name's middle part: `<pid>-r-<random>` until a sandbox takes it
+QUIET_S = 0.02  # a refill waits this long after the close that asked, and for no start meanwhile
 
 
 def _placeholder_is_file(rel: str) -> bool:
@@ -67,9 +69,10 @@ class _Reserve:
         self._lock = threading.Lock()
         self._cgroups: dict[Hashable, tuple[Cgroup, dict[str, str | None]]] = {}
         self._workspaces: dict[Hashable, tuple[Path, list[Path]]] = {}
-        self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[tuple[int, Callable[[], None]] | None] = queue.SimpleQueue()
         self._worker: threading.Thread | None = None
         self._exit_hook = False
+        self._starts = 0  # starts that asked for a reserve: a refill waits for a quiet spell
         self.enabled = os.environ.get("CORRAL_AHEAD", "1").strip().lower() not in (
             "0", "false", "no", "off")  # fmt: skip
 
@@ -84,6 +87,7 @@ class _Reserve:
         if not self.enabled:
             return None
         with self._lock:
+            self._starts += 1
             got = self._cgroups.pop(self._cgroup_key(caps, limits), None)
         if got is None:
             return None
@@ -125,6 +129,7 @@ class _Reserve:
         if not self.enabled:
             return None
         with self._lock:
+            self._starts += 1
             got = self._workspaces.pop((str(root), protected), None)
         if got is None:
             return None
@@ -170,6 +175,7 @@ class _Reserve:
         if not jobs:
             return
         with self._lock:
+            asked = self._starts
             if self._worker is None or not self._worker.is_alive():
                 self._worker = threading.Thread(target=self._run, name="corral-ahead",
                                                 daemon=True)  # fmt: skip
@@ -178,13 +184,22 @@ class _Reserve:
                 self._exit_hook = True
                 atexit.register(self.clear)
         for job in jobs:
-            self._jobs.put(job)
+            self._jobs.put((asked, job))
 
     def _run(self) -> None:
         while True:
-            job = self._jobs.get()
-            if job is None:
+            item = self._jobs.get()
+            if item is None:
                 return
+            asked, job = item
+            # only in a quiet spell: beside starts back to back (a pool filling, a burst of
+            # resets) the work would slow them down and come too late to be taken; the next
+            # close asks again
+            time.sleep(QUIET_S)
+            with self._lock:
+                busy = self._starts != asked
+            if busy:
+                continue
             with contextlib.suppress(Exception):  # a reserve that cannot be made is no error
                 job()
 

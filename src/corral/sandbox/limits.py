@@ -51,6 +51,7 @@ class Cgroup:
     def __init__(self, name: str, caps: Capabilities) -> None:
         self.name = name
         self.version = caps.cgroup_version
+        self.born_inside = False  # set by `spawning`: `join` has nothing to move or check
         self.dirs: dict[str, Path] = {}
         if self.version == 1:
             for ctl in caps.cgroup_controllers:
@@ -135,6 +136,8 @@ class Cgroup:
         """Move processes in; v1 moves one task at a time, so callers move each before it forks.
         A hierarchy where every one of them already is (born inside: `spawning`) is not written:
         the write would take the kernel's global lock, and with it the wait below, for nothing."""
+        if self.born_inside:  # `spawning` held the forking thread in every hierarchy: no reads
+            return
         placed = {pid: _cgroups_of(f"/proc/{pid}") for pid in pids} if self.version == 1 else {}
         for ctl, d in self.dirs.items():
             want = self._relative(ctl)
@@ -180,6 +183,8 @@ class Cgroup:
             pass  # not all of them: `join` moves the children where they are not yet
         try:
             yield
+            # a process forked in the block (and its children) is in every hierarchy
+            self.born_inside = len(entered) == len(self.dirs)
         finally:
             for ctl in entered:
                 _move_self_back(ctl, home[ctl])
