@@ -126,6 +126,96 @@ def sandbox_parts(rounds: int) -> dict[str, float]:
     return {k: round(statistics.median(v) * 1000, 3) for k, v in sorted(marks.items())}
 
 
+def sandbox_timeline(rounds: int) -> dict[str, float]:
+    """Milliseconds since `Sandbox()` at which each point of a round is reached (medians)."""
+    import corral.egress.launch as launch
+    import corral.monitor.attach as attach_mod
+    import corral.sandbox.sandbox as sbmod
+    from corral.policy.loader import load_policy
+    from corral.store.sqlite import EventStore
+
+    at: dict[str, float] = {}
+    points: dict[str, list[float]] = {}
+
+    def mark(name: str) -> None:
+        at[name] = time.perf_counter()
+
+    real_popen = subprocess.Popen
+
+    class Popen(real_popen):  # type: ignore[valid-type,misc]
+        def __init__(self, *a: Any, **k: Any) -> None:
+            mark("Popen called")
+            super().__init__(*a, **k)
+            mark("Popen returned")
+
+    real_read_line, real_child_pid = launch.read_line, sbmod.Sandbox._read_child_pid
+    real_shell_pid, real_attach = sbmod.Sandbox.shell_pid, attach_mod.attach
+    real_limits = sbmod.Sandbox._setup_limits
+
+    async def read_line(*a: Any, **k: Any) -> str:
+        line = await real_read_line(*a, **k)
+        mark("the launcher's report (bwrap's mounts done)")
+        return line
+
+    async def child_pid(info_r: int) -> int:
+        pid = await real_child_pid(info_r)
+        mark("--info-fd (namespaces made, init cloned)")
+        return pid
+
+    def shell_pid(self: Any) -> int | None:
+        mark("the shell ready")
+        return real_shell_pid(self)
+
+    def attach(ctx: Any) -> Any:
+        out = real_attach(ctx)
+        mark("the monitor attached")
+        return out
+
+    def setup_limits(self: Any, caps: Any) -> Any:
+        mark("start()'s prologue done (workspace, host id)")
+        out = real_limits(self, caps)
+        mark("the cgroup ready")
+        return out
+
+    sbmod.subprocess.Popen = Popen  # type: ignore[misc]
+    launch.read_line = read_line  # type: ignore[assignment]
+    sbmod.Sandbox._read_child_pid = staticmethod(child_pid)  # type: ignore[method-assign,assignment]
+    sbmod.Sandbox.shell_pid = shell_pid  # type: ignore[method-assign]
+    attach_mod.attach = attach  # type: ignore[assignment]
+    sbmod.Sandbox._setup_limits = setup_limits  # type: ignore[method-assign]
+
+    async def run() -> None:
+        home = tempfile.mkdtemp(prefix="corral-timeline-")
+        store = EventStore(os.path.join(home, "events.db"))
+        pol = load_policy("rl-strict")
+        try:
+            for _ in range(rounds):
+                await asyncio.sleep(GAP_S)
+                at.clear()
+                t0 = time.perf_counter()
+                sb = sbmod.Sandbox(pol, store=store)
+                await sb.start()
+                mark("start() returned")
+                await sb.exec("true")
+                mark("the first command's result (true)")
+                await sb.close()
+                mark("close() returned")
+                for name, t in at.items():
+                    points.setdefault(name, []).append((t - t0) * 1000)
+        finally:
+            store.close()
+            sbmod.subprocess.Popen = real_popen  # type: ignore[misc]
+            launch.read_line = real_read_line  # type: ignore[assignment]
+            sbmod.Sandbox._read_child_pid = staticmethod(real_child_pid)  # type: ignore[method-assign]
+            sbmod.Sandbox.shell_pid = real_shell_pid  # type: ignore[method-assign]
+            attach_mod.attach = real_attach  # type: ignore[assignment]
+            sbmod.Sandbox._setup_limits = real_limits  # type: ignore[method-assign]
+
+    asyncio.run(run())
+    med = {k: round(statistics.median(v), 2) for k, v in points.items()}
+    return dict(sorted(med.items(), key=lambda kv: kv[1]))
+
+
 CLI_PHASES = """
 import time, sys
 t0 = time.perf_counter()
@@ -169,6 +259,7 @@ def cli_phases(rounds: int) -> dict[str, float]:
 def main() -> int:
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 30
     result = {"rounds": rounds, "idle_gap_s": GAP_S, "load_average": os.getloadavg(),
+              "sandbox_timeline_ms": sandbox_timeline(rounds),
               "sandbox_median_ms": sandbox_parts(rounds),
               "cli_median_ms": cli_phases(max(5, rounds // 3))}  # fmt: skip
     print(json.dumps(result, indent=2))
