@@ -567,9 +567,13 @@ def test_job_control_stops_and_continues_the_call(daemon: Daemon) -> None:
     """Ctrl-Z and fg: SIGTSTP stops the caller and its call, SIGCONT resumes both."""
     daemon.corral("run", "-q", "--policy", POLICY, "--", "true")
     server = daemon.ready()["pid"]
+    # the call waits for a file the test makes once it has stopped and continued it: a loaded
+    # host that takes a second to see the command start must not see it end before the stop
+    go = daemon.cwd / "go"
     p = subprocess.Popen([*CORRAL, "run", "-q", "--policy", POLICY, "--episode", "ep-tstp", "--",
-                          "sh", "-c", "sleep 1; echo resumed"], env=daemon.env, cwd=daemon.cwd,
-                         stdout=subprocess.PIPE, text=True)  # fmt: skip
+                          "sh", "-c", "until [ -e go ]; do sleep 0.05; done; echo resumed"],
+                         env=daemon.env, cwd=daemon.cwd, stdout=subprocess.PIPE,
+                         text=True)  # fmt: skip
     end = time.monotonic() + 30
     while "sandbox.command_started" not in _events(daemon, "ep-tstp"):
         assert time.monotonic() < end and p.poll() is None
@@ -581,6 +585,7 @@ def test_job_control_stops_and_continues_the_call(daemon: Daemon) -> None:
         assert time.monotonic() < end, (_state(p.pid), _state(child))
         time.sleep(0.02)
     p.send_signal(signal.SIGCONT)
+    go.touch()
     out, _ = p.communicate(timeout=60)
     assert (p.returncode, out) == (0, "resumed\n")
 
