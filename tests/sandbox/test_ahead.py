@@ -23,11 +23,14 @@ CGROUPS = probe().cgroup_writable
 
 @pytest.fixture(autouse=True)
 def fresh_reserve() -> None:
+    """No request of an earlier test's close still waiting (it would replace this test's)."""
+    assert ahead.reserve.wait_idle(10)
     ahead.reserve.clear()
     was = ahead.reserve.enabled
     ahead.reserve.enabled = True
     yield
     ahead.reserve.enabled = was
+    assert ahead.reserve.wait_idle(10)
     ahead.reserve.clear()
 
 
@@ -114,6 +117,7 @@ async def test_cleared_at_exit_and_forgotten_by_a_forked_child() -> None:
     async with Sandbox(sandbox_policy()):
         pass
     wait_reserved(int(CGROUPS), 1)
+    assert ahead.reserve.wait_idle(10)
     made = reserved_paths()
     assert made and all(p.exists() for p in made)
     r, w = os.pipe()
@@ -131,6 +135,24 @@ async def test_cleared_at_exit_and_forgotten_by_a_forked_child() -> None:
     assert all(p.exists() for p in made)  # the child's exit took none of the parent's
     ahead.reserve.clear()
     assert not any(p.exists() for p in made)
+
+
+async def test_a_later_request_replaces_a_waiting_one() -> None:
+    """Only the latest close's request is served (no backlog of work after a burst)."""
+    async with Sandbox(sandbox_policy(memory=256 * 1024 * 1024)):
+        pass
+    async with Sandbox(sandbox_policy()):
+        pass
+    assert ahead.reserve.wait_idle(10)
+    wait_reserved(int(CGROUPS), 1)
+    assert ahead.reserve.held() == {"cgroups": int(CGROUPS), "workspaces": 1}
+    if CGROUPS:
+        ((cg, _),) = ahead.reserve._cgroups.values()
+        mem = cg.dirs.get("memory")
+        if mem is not None:  # the second policy's limits, not the first's
+            assert (
+                int((mem / "memory.limit_in_bytes").read_text()) == sandbox_policy().limits.memory
+            )
 
 
 async def test_disabled_makes_nothing() -> None:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
-import queue
 import tempfile
 import threading
 import time
@@ -69,7 +68,10 @@ class _Reserve:
         self._lock = threading.Lock()
         self._cgroups: dict[Hashable, tuple[Cgroup, dict[str, str | None]]] = {}
         self._workspaces: dict[Hashable, tuple[Path, list[Path]]] = {}
-        self._jobs: queue.SimpleQueue[tuple[int, Callable[[], None]] | None] = queue.SimpleQueue()
+        # the latest close's request only (no backlog): (starts when asked, what to make)
+        self._want: tuple[int, list[Callable[[], None]]] | None = None
+        self._running = False
+        self._changed = threading.Condition(self._lock)
         self._worker: threading.Thread | None = None
         self._exit_hook = False
         self._starts = 0  # starts that asked for a reserve: a refill waits for a quiet spell
@@ -175,33 +177,55 @@ class _Reserve:
         if not jobs:
             return
         with self._lock:
-            asked = self._starts
+            self._want = (self._starts, jobs)  # replaces an earlier request not yet served
             if self._worker is None or not self._worker.is_alive():
                 self._worker = threading.Thread(target=self._run, name="corral-ahead",
                                                 daemon=True)  # fmt: skip
                 self._worker.start()
             if not self._exit_hook:
                 self._exit_hook = True
-                atexit.register(self.clear)
-        for job in jobs:
-            self._jobs.put((asked, job))
+                atexit.register(self._at_exit)
+            self._changed.notify_all()
 
     def _run(self) -> None:
         while True:
-            item = self._jobs.get()
-            if item is None:
-                return
-            asked, job = item
+            with self._changed:
+                self._changed.wait_for(lambda: self._want is not None)
+                want = self._want
+            assert want is not None
             # only in a quiet spell: beside starts back to back (a pool filling, a burst of
             # resets) the work would slow them down and come too late to be taken; the next
             # close asks again
             time.sleep(QUIET_S)
-            with self._lock:
-                busy = self._starts != asked
-            if busy:
-                continue
-            with contextlib.suppress(Exception):  # a reserve that cannot be made is no error
-                job()
+            with self._changed:
+                if self._want is not want:  # a later close asked since: serve that one
+                    continue
+                self._want = None
+                if self._starts != want[0] or not self.enabled:
+                    self._changed.notify_all()
+                    continue
+                self._running = True
+            try:
+                for job in want[1]:
+                    with contextlib.suppress(Exception):  # a reserve not made is no error
+                        job()
+            finally:
+                with self._changed:
+                    self._running = False
+                    self._changed.notify_all()
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Until no request is waiting and nothing is being made (True), or the timeout."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self._want is None and not self._running,
+                                          timeout)  # fmt: skip
+
+    def _at_exit(self) -> None:
+        self.enabled = False  # what is asked from now on is dropped
+        with self._changed:
+            self._want = None
+        self.wait_idle(2.0)  # a reserve being made now is finished, then removed below
+        self.clear()
 
     def clear(self) -> None:
         """Remove what is reserved (at exit; tests)."""
@@ -218,9 +242,11 @@ class _Reserve:
     def _forget_in_child(self) -> None:
         """After fork: the parent's items are the parent's; this process starts with none."""
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
         self._cgroups = {}
         self._workspaces = {}
-        self._jobs = queue.SimpleQueue()
+        self._want = None
+        self._running = False
         self._worker = None
         self._exit_hook = False
 
