@@ -5,9 +5,10 @@ cgroup (on v1 a `mkdir` and the limit writes in each of five hierarchies, ~0.5 m
 workspace with a placeholder for each protected path (`mkdtemp`, then a `mkdir` or a create
 each; ~0.1 ms apiece on ext4 under load). None of that depends on which sandbox takes it, only on
 the policy's limits and protected paths. So after each close, in a quiet spell (no start for
-`QUIET_S`), one worker thread makes one of each for that policy, and the next start takes them (one `rename` gives the workspace its sandbox's
-name); a start that finds none ready (the first, another policy's, or many starting at once)
-makes its own, as before.
+`QUIET_S`), one worker thread makes one of each for that policy, and the next start takes them
+(one `rename` gives the workspace its sandbox's name); a start that finds none ready (the first,
+another policy's, or many starting at once) makes its own, as before. Only the latest close's
+request waits to be served: a burst of closes leaves no backlog of work behind it.
 
 Each item is handed out once: `take_*` pops it under a lock. A reserved item is empty and has no
 process in it; it carries this supervisor's pid prefix, so one that a dead supervisor left is
@@ -15,7 +16,7 @@ removed by the next supervisor's sweeps (`sweep_stale_cgroups`, `_sweep_workspac
 the worker removes its own. A forked child (the CLI's fork server) forgets the parent's reserve:
 those items are the parent's to hand out.
 
-LIMITATION: one item of each kind, for the policy that started last: a supervisor alternating
+LIMITATION: one item of each kind, for the policy that closed last: a supervisor alternating
 between policies with other limits or protected paths mostly makes its own.
 """
 
