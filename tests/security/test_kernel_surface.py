@@ -11,11 +11,12 @@ from tests.security.helpers import open_box, py
 WRITABLE_PROC = r"""
 import os
 found = []
-for root, dirs, files in os.walk('/proc/sys'):
-    for n in files:
-        p = os.path.join(root, n)
-        if os.access(p, os.W_OK):
-            found.append(p)
+for top in ('/proc/sys', '/proc/irq', '/proc/bus', '/proc/fs'):
+    for root, dirs, files in os.walk(top):
+        for n in dirs + files:
+            p = os.path.join(root, n)
+            if not os.path.islink(p) and os.access(p, os.W_OK):
+                found.append(p)
 for p in ('/proc/sysrq-trigger', '/proc/kcore', '/proc/sys/kernel/core_pattern',
           '/proc/sys/vm/panic_on_oom', '/sys/kernel/uevent_helper', '/sys/fs/cgroup'):
     if os.path.exists(p) and os.access(p, os.W_OK):
@@ -26,6 +27,7 @@ print(len(found), found[:10])
 
 @pytest.mark.unprivileged
 async def test_no_file_under_proc_sys_or_sys_is_writable() -> None:
+    """/proc/sys, /proc/irq, /proc/bus, /proc/fs and the kernel files named: none writable."""
     async with open_box() as sb:
         r = await sb.exec(py(WRITABLE_PROC))
         assert r.stdout.startswith("0 "), r.stdout + r.stderr

@@ -64,7 +64,12 @@ class ImageRoot:
 
 
 # Kernel files no agent needs to write or read: covered read-only (dirs) or by /dev/null (files).
+# /proc/sys always: the sandbox's root owns its network namespace's sysctls (the kernel lets it
+# write them whatever the host's modes say). The others only where some file under them is open
+# to the sandbox's host credentials for writing (`_open_to_write`): each bind is ~0.15 ms of a
+# cold start, and on a host where only root may write there none is needed.
 PROC_RO_DIRS = ("/proc/sys", "/proc/irq", "/proc/bus", "/proc/fs")
+PROC_RO_ALWAYS = ("/proc/sys",)
 PROC_MASKED = ("/proc/sysrq-trigger", "/proc/kcore", "/proc/kmsg", "/proc/keys",
                "/proc/timer_list", "/proc/sched_debug", "/proc/kallsyms")  # fmt: skip
 BIND_OPTS = ("--bind", "--ro-bind")
@@ -149,6 +154,59 @@ def closed_to_sandbox(path: str, host_uid: int | None) -> bool:
     return not any(os.access(path, m) for m in modes)
 
 
+@dataclass(frozen=True)
+class _Writers:
+    """Who may write an entry under a directory, from the entries' owners and modes."""
+
+    owners: frozenset[int]  # owners of entries with the owner's write bit
+    groups: frozenset[int]  # groups of entries with the group's write bit
+    others: bool  # some entry is writable by anyone
+    us: bool  # `access(W_OK)` says yes for some entry, with this process's credentials
+
+
+@functools.lru_cache(maxsize=16)
+def _writers(root: str, euid: int, groups: tuple[int, ...]) -> _Writers:
+    """Walked once per process and credentials (~1 ms for /proc/irq); symlinks are skipped.
+
+    LIMITATION: a kernel entry made later (a new IRQ's directory) is not seen; the kernel makes
+    those root's and 0644 or narrower, as the ones it walked."""
+    owners: set[int] = set()
+    group_w: set[int] = set()
+    others = us = False
+    for top, dirs, files in os.walk(root):
+        for name in [*dirs, *files]:
+            p = os.path.join(top, name)
+            try:
+                st = os.lstat(p)
+            except OSError:
+                continue
+            if stat.S_ISLNK(st.st_mode):
+                continue
+            if st.st_mode & stat.S_IWUSR:
+                owners.add(st.st_uid)
+            if st.st_mode & stat.S_IWGRP:
+                group_w.add(st.st_gid)
+            others = others or bool(st.st_mode & stat.S_IWOTH)
+            us = us or (euid != 0 and os.access(p, os.W_OK))
+    return _Writers(frozenset(owners), frozenset(group_w), others, us)
+
+
+def _open_to_write(root: str, host_uid: int | None) -> bool:
+    """Could the sandbox write anything under `root` (a /proc directory global to the host)?
+    Root supervisor: the agent is a fresh host id whose only group is its own id, so only an
+    entry it owns, its group's, or writable by others is open to it. Ordinary supervisor: the
+    agent has our credentials (`access`). Root without an id of its own: always."""
+    if not os.path.isdir(root):
+        return False
+    euid = os.geteuid()
+    if host_uid is None and euid == 0:
+        return True
+    w = _writers(root, euid, tuple(sorted(os.getgroups())))
+    if host_uid is None:
+        return w.us
+    return w.others or host_uid in w.owners or host_uid in w.groups
+
+
 def _under(path: str, roots: list[str]) -> bool:
     return any(path == r or path.startswith(r.rstrip("/") + "/") for r in roots)
 
@@ -188,7 +246,7 @@ def kernel_surface_args(shm_size: int | None = None, host_uid: int | None = None
     nor write anyway (/proc/kmsg, /proc/kcore: root's alone) needs no mount."""
     argv = ["--proc", "/proc"]
     for d in PROC_RO_DIRS:
-        if os.path.isdir(d):
+        if d in PROC_RO_ALWAYS and os.path.isdir(d) or _open_to_write(d, host_uid):
             argv += ["--ro-bind", d, d]
     for f in PROC_MASKED:
         if os.path.exists(f) and not closed_to_sandbox(f, host_uid):
