@@ -36,7 +36,7 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-u
     s.close()
 
 
-def test_a_command_is_one_transaction_its_end_written_with_the_next_start(
+def test_a_command_is_written_in_its_start_and_its_end_transactions(
     store: EventStore, tmp_path: Path
 ) -> None:
     db = tmp_path / "events.db"
@@ -48,14 +48,12 @@ def test_a_command_is_one_transaction_its_end_written_with_the_next_start(
         store.add(_event("egress.connection"))
     store.add(Event(source="process", rule="process.exec", sandbox_id="sb-t", episode_id="ep-t",
                     step=1, message="ls"))  # fmt: skip
+    assert _rules_on_disk(db) == ["sandbox.command_started"]  # held for the command's end
     store.add(_event("sandbox.command_ended"))
-    assert _rules_on_disk(db) == ["sandbox.command_started"]  # held for the next start
-    store.add(_event("sandbox.command_started", step=2))
     assert _rules_on_disk(db) == ["sandbox.command_started", *["egress.connection"] * 5,
-                                  "process.exec", "sandbox.command_ended",
-                                  "sandbox.command_started"]  # fmt: skip
+                                  "process.exec", "sandbox.command_ended"]  # fmt: skip
     commits = [s for s in statements if s.strip().upper().startswith("COMMIT")]
-    assert len(commits) == 2, statements  # one per command
+    assert len(commits) == 2, statements
 
 
 def test_a_finding_is_written_at_once(store: EventStore, tmp_path: Path) -> None:
@@ -106,14 +104,12 @@ def test_a_failed_write_keeps_the_held_events_in_order(store: EventStore, tmp_pa
     store.add(_event("egress.connection"))
     store._db.execute("CREATE TEMP TRIGGER full BEFORE INSERT ON events "
                       "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END")  # fmt: skip
-    store.add(_event("sandbox.command_ended"))  # held too
     with pytest.raises(StoreWriteError, match="disk is full"):
-        store.add(_event("sandbox.stopped"))
+        store.add(_event("sandbox.command_ended"))
     assert _rules_on_disk(tmp_path / "events.db") == []
     store._db.execute("DROP TRIGGER full")
     store.flush()
-    assert _rules_on_disk(tmp_path / "events.db") == ["egress.connection", "sandbox.command_ended",
-                                                      "sandbox.stopped"]  # fmt: skip
+    assert _rules_on_disk(tmp_path / "events.db") == ["egress.connection", "sandbox.command_ended"]
 
 
 def test_a_refused_start_drops_itself_but_keeps_what_was_held(store: EventStore,
