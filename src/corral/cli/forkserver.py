@@ -351,6 +351,7 @@ class Server:
             ("rules", self._warm_rules),
             ("policy", lambda: importlib.import_module("corral.policy.loader").load_policy("rl-strict")),
             ("seccomp", self._warm_seccomp),
+            ("proc", self._warm_proc),
             ("probe", self._warm_probe),
         ]  # fmt: skip
         for what, fn in warm:
@@ -379,6 +380,12 @@ class Server:
 
         syscalls.program(True)
         syscalls.program(False)
+
+    @staticmethod
+    def _warm_proc() -> None:
+        from corral.sandbox import bwrap
+
+        bwrap.kernel_surface_args(None, 1)  # the walks of /proc/irq, /proc/bus, /proc/fs (~1 ms)
 
     def _warm_probe(self) -> None:
         self.probe = _ProbeMemo()
