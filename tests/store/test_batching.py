@@ -140,6 +140,38 @@ def test_a_sandbox_start_lands_in_its_first_command_transaction(
         assert raw.execute("SELECT sandbox_id FROM live").fetchall() == [("sb-t",)]
 
 
+def test_the_first_command_of_a_sandbox_costs_one_commit_through_the_sink(
+    store: EventStore, tmp_path: Path
+) -> None:
+    """The sink writes a command's start fail-closed (dropped, not held, if the disk refuses it);
+    what was held before it still goes in the same transaction, not one of its own."""
+    from corral.events.sink import EventSink
+
+    db = tmp_path / "events.db"
+    statements: list[str] = []
+    store._db.set_trace_callback(statements.append)
+    sink = EventSink(store=store)
+    sink.emit(_event("sandbox.started", step=None))
+    sink.emit(_event("sandbox.command_started"))
+    assert _rules_on_disk(db) == ["sandbox.started", "sandbox.command_started"]
+    commits = [s for s in statements if s.strip().upper().startswith("COMMIT")]
+    assert len(commits) == 1, statements
+
+
+def test_a_refused_first_command_keeps_the_sandbox_start(store: EventStore, tmp_path: Path) -> None:
+    store.add(_event("sandbox.started", step=None))
+    store._db.execute("CREATE TEMP TRIGGER full BEFORE INSERT ON events "
+                      "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END")  # fmt: skip
+    with pytest.raises(StoreWriteError):
+        store.add(_event("sandbox.command_started"), keep=False)
+    store._db.execute("DROP TRIGGER full")
+    store.flush()
+    db = tmp_path / "events.db"
+    assert _rules_on_disk(db) == ["sandbox.started"]
+    with sqlite3.connect(db) as raw:  # and recovery's record of the live sandbox with it
+        assert raw.execute("SELECT sandbox_id FROM live").fetchall() == [("sb-t",)]
+
+
 def test_steps_held_at_close_land_with_the_stop(store: EventStore, tmp_path: Path) -> None:
     from corral.store.steps import StepRecord
 

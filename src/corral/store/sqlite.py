@@ -316,11 +316,9 @@ class EventStore:
         writes += [w for e in events for w in self._live_writes(e)]
         with self._order:
             held = self._take_held()
-            if held and not keep:  # what was held is kept whatever becomes of these
-                self._write(held)
-                held = []
             if held or writes:
-                self._write(held + writes, keep=keep)
+                # one transaction; on failure what was held is kept whatever becomes of these
+                self._write(held + writes, keep=len(held) + (len(writes) if keep else 0))
 
     def _take_held(self) -> list[tuple[str, tuple[Any, ...]]]:
         with self._held_lock:
@@ -385,9 +383,9 @@ class EventStore:
         with self._order:
             self._write(self._take_held())
 
-    def _write(self, writes: list[tuple[str, tuple[Any, ...]]], keep: bool = True) -> None:
-        """All pending writes then these, in one transaction; on failure all are kept, in order
-        (these only with `keep`)."""
+    def _write(self, writes: list[tuple[str, tuple[Any, ...]]], keep: int | None = None) -> None:
+        """All pending writes then these, in one transaction; on failure the pending ones and the
+        first `keep` of these (all by default) are kept, in order, for the next write."""
         with self._lock:
             batch = self._pending + writes
             if not batch:
@@ -397,7 +395,8 @@ class EventStore:
                     for sql, rows in itertools.groupby(batch, key=lambda w: w[0]):
                         self._db.executemany(sql, [r for _, r in rows])
             except sqlite3.Error as err:
-                self._pending = batch if keep else self._pending
+                kept = len(writes) if keep is None else keep
+                self._pending = self._pending + writes[:kept]
                 raise StoreWriteError(
                     f"the event store {self.path} cannot record ({err}); {len(self._pending)} "
                     "write(s) held in memory until it can: free disk space or fix the file"
