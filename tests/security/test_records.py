@@ -76,6 +76,30 @@ async def test_filling_the_workspace_is_a_resource_event(tmp_path, fill: str) ->
 
 
 @pytest.mark.unprivileged
+async def test_a_workspace_past_the_loops_own_look_is_still_measured(tmp_path) -> None:
+    """More files than the event loop walks itself (`Sandbox.INLINE_DISK_ENTRIES`), under the
+    limit: no event; then a fill, and a shrink back: each verdict as from a full walk."""
+    from corral.sandbox.sandbox import Sandbox
+    from tests.sandbox.helpers import sandbox_policy
+
+    pol = sandbox_policy()
+    pol.limits.disk = 2 * 1024 * 1024
+    pol.limits.inodes = 1000
+    n = Sandbox.INLINE_DISK_ENTRIES + 50
+    async with Sandbox(pol, workspace=new_dir(tmp_path / "ws")) as sb:
+        r = await sb.exec(f"mkdir d && cd d && touch $(seq 1 {n}) && ls | wc -l")
+        assert r.stdout.split() == [str(n)], r.stderr
+        assert not [e for e in sb.events if e.source == "resource"]
+        await sb.exec("head -c 3000000 /dev/zero > big")
+        hits = [e for e in sb.events if e.rule == "resource.disk_limit"]
+        assert hits and hits[0].step == 2 and hits[0].evidence["where"] == "workspace_disk"
+        await sb.exec("rm -rf d big")  # small again: the loop looks itself, and still sees
+        await sb.exec("head -c 3000000 /dev/zero > big2")
+        hits = [e for e in sb.events if e.rule == "resource.disk_limit"]
+        assert [e.step for e in hits] == [2, 4], hits
+
+
+@pytest.mark.unprivileged
 async def test_a_full_tmp_is_recorded() -> None:
     from corral.sandbox.sandbox import Sandbox
     from tests.sandbox.helpers import sandbox_policy

@@ -110,11 +110,18 @@ async def test_paths_past_path_max_are_measured_and_handed_back(tmp_path) -> Non
 
 
 @pytest.mark.unprivileged
-async def test_an_unlinked_open_file_counts_against_the_disk_allowance(tmp_path) -> None:
+@pytest.mark.parametrize("many_fds", [False, True], ids=["few-fds", "past-the-inline-look"])
+async def test_an_unlinked_open_file_counts_against_the_disk_allowance(tmp_path,
+                                                                       many_fds: bool) -> None:  # fmt: skip
+    """Also with more descriptors open than the event loop looks through itself
+    (`Sandbox.INLINE_DISK_FDS`): the look then happens on a thread, with the same verdict."""
     pol = sandbox_policy()
     pol.limits.disk = 2 * 1024 * 1024
+    hold = ('for i in $(seq 20 400); do eval "exec $i</dev/null"; done; ' if many_fds
+            else "")  # fmt: skip
     async with Sandbox(pol, workspace=new_dir(tmp_path / "ws")) as sb:
-        await sb.exec("exec 7>/workspace/hidden; rm hidden; head -c 4000000 /dev/zero >&7; true")
+        await sb.exec(hold + "exec 7>/workspace/hidden; rm hidden; "
+                      "head -c 4000000 /dev/zero >&7; true")  # fmt: skip
         hits = [e for e in sb.events if e.rule == "resource.disk_limit"]
         assert hits and hits[0].evidence["where"] == "workspace_disk"
 

@@ -38,16 +38,23 @@ def measure(root: str, max_inodes: int | None = None) -> Usage:
     return Usage(total, count, complete=complete)
 
 
-def unlinked_bytes(pids: list[int], device: int) -> int:
+def unlinked_bytes(pids: list[int], device: int, max_fds: int | None = None) -> int | None:
     """Bytes held by deleted files still open in the sandbox's processes on `device` (a file
-    unlinked after opening fills the disk without showing in any walk)."""
+    unlinked after opening fills the disk without showing in any walk); None as soon as more
+    than `max_fds` descriptors (or processes) are seen (the caller then looks again where time
+    matters less)."""
     seen: set[int] = set()
     total = 0
+    budget = max_fds
     for pid in pids:
         try:
             fds = os.listdir(f"/proc/{pid}/fd")
         except OSError:
             continue
+        if budget is not None:
+            budget -= max(1, len(fds))  # a process with none still cost a look
+            if budget < 0:
+                return None
         for fd in fds:
             try:
                 st = os.stat(f"/proc/{pid}/fd/{fd}")
