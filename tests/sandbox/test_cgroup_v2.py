@@ -38,6 +38,8 @@ def test_v2_limits_written_and_reported(tmp_path: Path) -> None:
     (d / "memory.peak").write_text("4096\n")
     c = cg.counters()
     assert (c.oom_kills, c.pids_max_hits, c.cpu_usage_ns, c.memory_peak) == (2, 7, 1_500_000, 4096)
+    c = cg.counters(hits_only=True)
+    assert (c.oom_kills, c.pids_max_hits, c.cpu_usage_ns, c.memory_peak) == (2, 7, None, None)
 
 
 def test_v2_unwritable_limit_is_reported_missing(tmp_path: Path) -> None:

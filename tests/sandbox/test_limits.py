@@ -50,6 +50,8 @@ async def test_memory_hog_hits_memory_limit() -> None:
         assert r.exit_code != 0 and "536870912" not in r.stdout
         ev = [e for e in sb.events if e.rule == "resource.memory_limit"]
         assert ev and ev[0].source == "resource" and ev[0].action == "killed"
+        # the peak is read when the hit is found (the check after each command reads only hits)
+        assert ev[0].evidence["memory_peak"] >= 32 * 1024**2, ev[0].evidence
     await _next_sandbox_works()
 
 

@@ -100,10 +100,16 @@ class Cgroup:
         d = self.dirs.get("unified" if self.version == 2 else ctl)
         if d is None:
             return None
-        try:
-            return (d / fname).read_text()
+        try:  # os-level: read after every command, where pathlib's layers cost more than the read
+            fd = os.open(f"{d}/{fname}", os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
             return None
+        try:
+            return os.read(fd, 65536).decode(errors="replace")
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
 
     def apply(self, limits: LimitsPolicy, report: LimitReport) -> None:
         mech = f"cgroup-v{self.version}"
@@ -196,7 +202,9 @@ class Cgroup:
                 return [int(x) for x in raw.split()]
         return []
 
-    def counters(self) -> CgroupCounters:
+    def counters(self, hits_only: bool = False) -> CgroupCounters:
+        """The cgroup's counters; `hits_only`: the limit hits alone (OOM kills, refused forks),
+        as after every command, without the memory peak and CPU time."""
         c = CgroupCounters()
         if self.version == 1:
             oom = self._read("memory", "memory.oom_control") or ""
@@ -204,21 +212,23 @@ class Cgroup:
                 k, _, v = line.partition(" ")
                 if k == "oom_kill":
                     c.oom_kills = int(v)
-            peak = self._read("memory", "memory.max_usage_in_bytes")
-            c.memory_peak = int(peak) if peak else None
-            usage = self._read("cpuacct", "cpuacct.usage")
-            c.cpu_usage_ns = int(usage) if usage else None
+            if not hits_only:
+                peak = self._read("memory", "memory.max_usage_in_bytes")
+                c.memory_peak = int(peak) if peak else None
+                usage = self._read("cpuacct", "cpuacct.usage")
+                c.cpu_usage_ns = int(usage) if usage else None
         else:
             for line in (self._read("memory", "memory.events") or "").splitlines():
                 k, _, v = line.partition(" ")
                 if k == "oom_kill":
                     c.oom_kills = int(v)
-            peak = self._read("memory", "memory.peak")
-            c.memory_peak = int(peak) if peak else None
-            for line in (self._read("cpu", "cpu.stat") or "").splitlines():
-                k, _, v = line.partition(" ")
-                if k == "usage_usec":
-                    c.cpu_usage_ns = int(v) * 1000
+            if not hits_only:
+                peak = self._read("memory", "memory.peak")
+                c.memory_peak = int(peak) if peak else None
+                for line in (self._read("cpu", "cpu.stat") or "").splitlines():
+                    k, _, v = line.partition(" ")
+                    if k == "usage_usec":
+                        c.cpu_usage_ns = int(v) * 1000
         for line in (self._read("pids", "pids.events") or "").splitlines():
             k, _, v = line.partition(" ")
             if k == "max":

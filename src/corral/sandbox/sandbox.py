@@ -1077,7 +1077,7 @@ class Sandbox:
         """Turn new cgroup limit hits into events; True when a limit was hit."""
         if self.cgroup is None:
             return False
-        now = self.cgroup.counters()
+        now = self.cgroup.counters(hits_only=True)
         prev, self._counters = self._counters, now
         argv = ["bash", "-c", command] if command else None
         if now.oom_kills > prev.oom_kills:
@@ -1091,7 +1091,10 @@ class Sandbox:
                 argv=argv,
                 message=f"memory limit of {self.policy.limits.memory} bytes hit; the kernel killed "
                 f"{now.oom_kills - prev.oom_kills} process(es)",
-                evidence={"oom_kills": now.oom_kills, "memory_peak": now.memory_peak},
+                evidence={
+                    "oom_kills": now.oom_kills,
+                    "memory_peak": self.cgroup.counters().memory_peak,
+                },  # fmt: skip
             )
         if now.pids_max_hits > prev.pids_max_hits:
             self.emit(
