@@ -1,7 +1,8 @@
 """Issue 2 and 15 figures: what starting, using and closing a sandbox costs, next to bare runs.
 
 Measured in one run, side by side, so the ratios hold on whatever this host is doing:
-- bare `true` and bare `bwrap ... true` (the floor), back to back and with idle gaps;
+- bare `true` and bare `bwrap ... true` (the floor), back to back and with idle gaps, each bare
+  bwrap run taken just before the corral run it is compared with (interleaved);
 - corral in-process: `start()` back to back and after a 200 ms idle gap (the first cgroup v1 move
   after a quiet spell used to wait for an RCU grace period, which back-to-back runs never see),
   the whole round create -> first command's result -> close after idle, `close()` alone, a warm
@@ -96,11 +97,19 @@ def _tree(pid: int | None) -> list[int]:
         return []
 
 
-async def _corral(progress: Progress, store: EventStore) -> dict[str, Any]:
+async def _corral(progress: Progress, store: EventStore, bare: list[str]) -> dict[str, Any]:
+    """corral's starts, rounds and closes, each paired with a bare bwrap run just before it under
+    the same conditions (back to back, or after the same idle gap): this shared VM's speed drifts
+    by a third within minutes, and a floor measured minutes apart moved the ratios with it."""
     pol = _policy()
-    cold, close, warm, builtin = [], [], [], []
-    task = progress.add_task("corral start/close back to back", total=RUNS)
+    cold, close, warm, builtin, bare_b2b, bare_idle = [], [], [], [], [], []
+
+    def run_bare() -> float:
+        return timed(lambda: subprocess.run(bare, check=True))
+
+    task = progress.add_task("corral start/close back to back (bare bwrap between)", total=RUNS)
     for _ in range(RUNS):
+        bare_b2b.append(run_bare())
         sb = Sandbox(pol, store=store)
         t0 = time.perf_counter()
         await sb.start()
@@ -110,8 +119,11 @@ async def _corral(progress: Progress, store: EventStore) -> dict[str, Any]:
         close.append(time.perf_counter() - t0)
         progress.advance(task)
     cold_gap, close_gap, rounds = [], [], []
-    task = progress.add_task("corral round after 200 ms idle", total=GAP_RUNS)
+    task = progress.add_task("corral round after 200 ms idle (bare bwrap after idle between)",
+                             total=GAP_RUNS)  # fmt: skip
     for _ in range(GAP_RUNS):
+        await asyncio.sleep(GAP_S)
+        bare_idle.append(run_bare())
         await asyncio.sleep(GAP_S)
         t0 = time.perf_counter()
         sb = Sandbox(pol, store=store)
@@ -140,6 +152,8 @@ async def _corral(progress: Progress, store: EventStore) -> dict[str, Any]:
             await sb.exec(":")
             builtin.append(time.perf_counter() - t0)
     return {
+        "bare_bwrap_true": summarize(bare_b2b),
+        "bare_bwrap_true_after_idle": summarize(bare_idle),
         "cold_start": summarize(cold),
         "close": summarize(close),
         "cold_start_after_idle": summarize(cold_gap),
@@ -278,13 +292,10 @@ def run(progress: Progress) -> dict[str, Any]:
                            "cgroup_version": probe().cgroup_version}  # fmt: skip
     argv = _bare_bwrap_argv()
     out["bare_subprocess_true"] = _bare(progress, "bare subprocess true", ["/bin/true"], RUNS)
-    out["bare_bwrap_true"] = _bare(progress, "bare bwrap true", argv, RUNS)
-    out["bare_bwrap_true_after_idle"] = _bare(progress, "bare bwrap true after 200 ms idle",
-                                              argv, GAP_RUNS, GAP_S)  # fmt: skip
     home = tempfile.mkdtemp(prefix="corral-bench-")
     store = EventStore(os.path.join(home, "events.db"))
     try:
-        out.update(asyncio.run(_corral(progress, store)))
+        out.update(asyncio.run(_corral(progress, store, argv)))
         out["pool_hand_out_to_first_result"] = asyncio.run(_pool(progress, store))
         out["memory_per_idle_sandbox"] = asyncio.run(_memory(store))
     finally:
