@@ -353,6 +353,9 @@ def build_argv(bwrap: str, spec: BwrapSpec, command: list[str]) -> list[str]:
         "HOME": SANDBOX_HOME,
         "TERM": "dumb",
         "LANG": "C.UTF-8",
+        # the session's shell: bash looks it up in the user database when unset (getpwuid, whose
+        # two nscd connect()s are two round trips to the seccomp listener at every start)
+        "SHELL": "/bin/bash",
         "CORRAL_SANDBOX_ID": spec.sandbox_id,
         "CORRAL_EPISODE_ID": spec.episode_id,
         **spec.extra_env,
@@ -399,6 +402,7 @@ def build_image_argv(bwrap: str, spec: BwrapSpec, command: list[str]) -> list[st
         "HOME": img.home,
         "TERM": "dumb",
         "LANG": "C.UTF-8",
+        "SHELL": "/bin/bash",  # (as on a host root; the image's own wins)
         **img.env,
         "PATH": img.env.get("PATH") or SANDBOX_PATH,
         "CORRAL_SANDBOX_ID": spec.sandbox_id,
