@@ -363,10 +363,12 @@ class Server:
 
     @staticmethod
     def _build_apps() -> None:
-        from corral.cli.main import build_app
+        from corral.cli.main import command, warm_command
 
         for name in forkclient.SERVED:
-            build_app([name])
+            command(name)
+        warm_command("run", ["-q", "--", "true"])
+        warm_command("check", ["--json", "ls"])
 
     @staticmethod
     def _warm_rules() -> None:
