@@ -45,7 +45,7 @@ def wait_reserved(cgroups: int, workspaces: int) -> None:
 
 
 def reserved_paths() -> list[Path]:
-    out = [p for p, _ in ahead.reserve._workspaces.values()]
+    out = [p for p, *_ in ahead.reserve._workspaces.values()]
     for cg, _ in ahead.reserve._cgroups.values():
         out += list(cg.dirs.values())
     return out
@@ -57,7 +57,7 @@ async def test_the_next_start_takes_what_was_made_ahead() -> None:
         await first.exec("true")
     wait_reserved(int(CGROUPS), 1)
     made = reserved_paths()
-    reserved_ws = [p for p, _ in ahead.reserve._workspaces.values()]
+    reserved_ws = [p for p, *_ in ahead.reserve._workspaces.values()]
     async with Sandbox(pol) as sb:
         assert sb.workspace is not None and sb.id in sb.workspace.name  # renamed to its sandbox
         assert sb.workspace.name.endswith(reserved_ws[0].name.rsplit("-", 1)[-1])
@@ -77,6 +77,32 @@ async def test_the_next_start_takes_what_was_made_ahead() -> None:
             if pids is not None:
                 assert int((pids / "pids.max").read_text()) == pol.limits.pids
             assert os.getpid() not in sb.host_pids() and sb.host_pids()
+
+
+async def test_a_workspace_made_ahead_is_the_agents_and_counted_as_one_made_inline() -> None:
+    """Its disk baseline was measured when it was made and its hand-over is the start's own (no
+    walk: it holds nothing but the protected placeholders): the agent writes where it may, not
+    where it may not, and filling it is the same resource event."""
+    pol = sandbox_policy()
+    pol.limits.disk = 2 * 1024 * 1024
+    pol.limits.inodes = 300
+    async with Sandbox(pol):
+        pass
+    wait_reserved(0, 1)
+    reserved_ws = [p for p, *_ in ahead.reserve._workspaces.values()]
+    async with Sandbox(pol) as sb:
+        assert sb.workspace is not None
+        assert sb.workspace.name.endswith(reserved_ws[0].name.rsplit("-", 1)[-1])  # taken
+        r = await sb.exec("mkdir -p src && echo hi > src/a && cat src/a && "
+                          "(touch tests/x conftest.py 2>/dev/null; echo rc=$?)")  # fmt: skip
+        assert r.stdout.split() == ["hi", "rc=1"], (r.stdout, r.stderr)
+        assert not [e for e in sb.events if e.source == "resource"]
+        await sb.exec("head -c 3000000 /dev/zero > big")
+        hits = [e for e in sb.events if e.rule == "resource.disk_limit"]
+        assert hits and hits[0].step == 2 and hits[0].evidence["where"] == "workspace_disk"
+        await sb.exec("rm big; mkdir d && cd d && touch $(seq 1 320)")
+        hits = [e for e in sb.events if e.rule == "resource.inode_limit"]
+        assert hits and hits[0].step == 3
 
 
 async def test_one_reserve_goes_to_one_sandbox() -> None:

@@ -32,9 +32,10 @@ from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import Any
 
-from corral.sandbox import treewalk
+from corral.sandbox import treewalk, usage
 from corral.sandbox.limits import Cgroup, LimitReport
 from corral.sandbox.probe import Capabilities
+from corral.sandbox.usage import Usage
 
 RESERVED = "r"  # the name's middle part: `<pid>-r-<random>` until a sandbox takes it
 QUIET_S = 0.02  # a refill waits this long after the close that asked, and for no start meanwhile
@@ -68,7 +69,7 @@ class _Reserve:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._cgroups: dict[Hashable, tuple[Cgroup, dict[str, str | None]]] = {}
-        self._workspaces: dict[Hashable, tuple[Path, list[Path]]] = {}
+        self._workspaces: dict[Hashable, tuple[Path, list[Path], Usage]] = {}
         # the latest close's request only (no backlog): (starts when asked, what to make)
         self._want: tuple[int, list[Callable[[], None]]] | None = None
         self._running = False
@@ -126,9 +127,10 @@ class _Reserve:
 
     # --------------------------------------------------------------- workspaces
     def take_workspace(self, root: Path, protected: tuple[str, ...], name: str
-                       ) -> tuple[Path, list[Path]] | None:  # fmt: skip
-        """A made workspace (with its placeholders) under `root`, renamed to `name` + a random
-        suffix, or None."""
+                       ) -> tuple[Path, list[Path], Usage] | None:  # fmt: skip
+        """A made workspace under `root`, renamed to `name` + a random suffix, with the
+        placeholders made in it and its disk use measured when they were (nothing else is in it:
+        none but this supervisor could reach it, 0700 under `root`), or None."""
         if not self.enabled:
             return None
         with self._lock:
@@ -136,7 +138,7 @@ class _Reserve:
             got = self._workspaces.pop((str(root), protected), None)
         if got is None:
             return None
-        path, made = got
+        path, made, base = got
         target = root / f"{name}{path.name.rsplit('-', 1)[-1]}"
         try:
             os.rename(path, target)
@@ -144,7 +146,7 @@ class _Reserve:
             with contextlib.suppress(OSError):
                 treewalk.rmtree(str(path))
             return None
-        return target, [target / p.relative_to(path) for p in made]
+        return target, [target / p.relative_to(path) for p in made], base
 
     def _make_workspace(self, root: Path, protected: tuple[str, ...]) -> None:
         key = (str(root), protected)
@@ -153,7 +155,7 @@ class _Reserve:
                 return
             stale = list(self._workspaces.values())
             self._workspaces.clear()
-        for path, _ in stale:
+        for path, *_ in stale:
             with contextlib.suppress(OSError):
                 treewalk.rmtree(str(path))
         try:
@@ -161,8 +163,9 @@ class _Reserve:
         except OSError:
             return
         made = make_placeholders(path, protected)
+        base = usage.measure(str(path))  # the quota's baseline, off the next start's path
         with self._lock:
-            self._workspaces[key] = (path, made)
+            self._workspaces[key] = (path, made, base)
 
     # ------------------------------------------------------------------ the worker
     def refill(self, caps: Capabilities | None, limits: Any, root: Path | None,
@@ -236,7 +239,7 @@ class _Reserve:
         for cg, _ in cgroups:
             with contextlib.suppress(OSError):
                 cg.destroy()
-        for path, _ in workspaces:
+        for path, *_ in workspaces:
             with contextlib.suppress(OSError):
                 treewalk.rmtree(str(path))
 

@@ -338,6 +338,7 @@ class Sandbox:
         if self.image and self._root is None:
             await asyncio.to_thread(self._prepare_image)
         placeholders_made = False
+        ahead_base: usage.Usage | None = None  # a made-ahead workspace's disk use, measured then
         if self.workspace is None:
             if self._workspace_arg is not None:
                 self.workspace = check_workspace(self._workspace_arg, [str(corral_home())])
@@ -349,7 +350,7 @@ class Sandbox:
                 self._ahead_root = root
                 taken = ahead.reserve.take_workspace(root, self._host_protected(), name)
                 if taken is not None:  # made ahead, with its placeholders (sandbox/ahead.py)
-                    self.workspace, self._placeholders = taken
+                    self.workspace, self._placeholders, ahead_base = taken
                     placeholders_made = True
                 else:
                     self.workspace = Path(tempfile.mkdtemp(prefix=name, dir=root))
@@ -358,9 +359,17 @@ class Sandbox:
             self._make_protected_placeholders()  # (an image's own paths: copies, images/rootfs.py)
         measure = self._disk_base is None and bool(self.policy.limits.disk
                                                    or self.policy.limits.inodes)  # fmt: skip
+        fresh = ahead_base is not None and self._root is None
+        if measure and fresh:
+            self._disk_base, measure = ahead_base, False
         hand_over: tuple[Path, list[str]] | None = None
         if caps.root and self.identity is None:
             hand_over = await self._take_identity()
+            if fresh:
+                # a made-ahead workspace holds its protected placeholders alone, which stay put,
+                # and their parents, which `_take_identity` handed over: the walk would change
+                # nothing (its owners are not needed either: the workspace is discarded at close)
+                hand_over = None
         elif self._borrowed_identity:
             pass  # a harness sandbox runs as its agent sandbox's id over the same workspace
         if measure or hand_over is not None:
