@@ -127,7 +127,7 @@ def _fd_binds(spec: BwrapSpec, args: list[str]) -> list[str]:
     return out
 
 
-def closed_to_sandbox(path: str, host_uid: int | None) -> bool:
+def closed_to_sandbox(path: str, host_uid: int | None, st: os.stat_result | None = None) -> bool:
     """Whether the sandbox could neither read nor write `path` (a regular file), or neither list
     nor enter it (a directory), with its host credentials: no mount is needed to hide it.
 
@@ -135,11 +135,13 @@ def closed_to_sandbox(path: str, host_uid: int | None) -> bool:
     capability, so only a file's "other" bits apply to it (no ACL entry can name an id made
     for one sandbox). Ordinary supervisor: the agent has the supervisor's own credentials, so
     `access()` answers (ACLs and groups included). Root without an id of its own: never.
+    `st`: the path's `lstat`, when the caller has it.
     """
-    try:
-        st = os.lstat(path)
-    except OSError:
-        return False
+    if st is None:
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return False
     is_dir = stat.S_ISDIR(st.st_mode)
     if not (is_dir or stat.S_ISREG(st.st_mode)):
         return False  # a symlink or a device: covered as before
@@ -205,6 +207,13 @@ def _open_to_write(root: str, host_uid: int | None) -> bool:
     if host_uid is None:
         return w.us
     return w.others or host_uid in w.owners or host_uid in w.groups
+
+
+def _lstat(path: str) -> os.stat_result | None:
+    try:
+        return os.lstat(path)
+    except OSError:
+        return None
 
 
 def _under(path: str, roots: list[str]) -> bool:
@@ -293,11 +302,13 @@ def build_argv(bwrap: str, spec: BwrapSpec, command: list[str]) -> list[str]:
     ws_in = fs.workspace.path
     argv = [bwrap, *isolation_args(spec)]
     bound: list[str] = []
-    for d in SYSTEM_DIRS:
-        p = Path(d)
-        if p.is_symlink():
-            argv += ["--symlink", os.readlink(p), d]
-        elif p.is_dir():
+    for d in SYSTEM_DIRS:  # (one lstat each: this runs at every start)
+        st = _lstat(d)
+        if st is None:
+            continue
+        if stat.S_ISLNK(st.st_mode):
+            argv += ["--symlink", os.readlink(d), d]
+        elif stat.S_ISDIR(st.st_mode):
             argv += ["--ro-bind", d, d]
             bound.append(d)
     argv += kernel_surface_args(spec.tmp_size, spec.host_uid)
@@ -319,7 +330,8 @@ def build_argv(bwrap: str, spec: BwrapSpec, command: list[str]) -> list[str]:
         if rel.startswith("/"):  # a path in an image (build_image_argv binds those)
             continue
         host = spec.workspace / rel
-        if host.exists() and not host.is_symlink():
+        st = _lstat(str(host))
+        if st is not None and not stat.S_ISLNK(st.st_mode):
             # each parent of a nested protected path becomes a mount point of its own, so the
             # agent cannot rename it away (`mv pkg pkg_old && mkdir -p pkg/tests`): EBUSY
             parts = rel.strip("/").split("/")
@@ -334,11 +346,14 @@ def build_argv(bwrap: str, spec: BwrapSpec, command: list[str]) -> list[str]:
     # ~0.1 ms of a cold start); what else the policy or the supervisor names is always covered.
     always = (set(fs.hidden) - set(DEFAULT_HIDDEN)) | set(spec.supervisor_paths)
     for p in dict.fromkeys([*DEFAULT_HIDDEN, *fs.hidden, *spec.supervisor_paths]):
-        if not _under(p, bound) or not os.path.lexists(p):
+        if not _under(p, bound):
             continue
-        if p not in always and closed_to_sandbox(p, spec.host_uid):
+        st = _lstat(p)
+        if st is None:
             continue
-        if os.path.isdir(p) and not os.path.islink(p):
+        if p not in always and closed_to_sandbox(p, spec.host_uid, st):
+            continue
+        if stat.S_ISDIR(st.st_mode):
             argv += ["--tmpfs", p, "--remount-ro", p]
         else:
             argv += ["--ro-bind", "/dev/null", p]
