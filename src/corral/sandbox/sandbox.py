@@ -1044,11 +1044,11 @@ class Sandbox:
                 return None
             base = self._disk_base
             cap = base.inodes + lim.inodes if lim.inodes else None
-            if inline:
-                cap = min(cap or self.INLINE_DISK_ENTRIES, self.INLINE_DISK_ENTRIES)
-            now = usage.measure(str(self.workspace), cap)
-            if inline and not now.complete and now.inodes > self.INLINE_DISK_ENTRIES:
-                self._disk_small = False
+            # inline: no more names read than the bound, however large one directory has grown
+            now = usage.measure(str(self.workspace), cap,
+                                self.INLINE_DISK_ENTRIES if inline else None)  # fmt: skip
+            if inline and not now.complete and (cap is None or now.inodes <= cap):
+                self._disk_small = False  # past the loop's bound, not the limit: on a thread
                 return None
             hidden = usage.unlinked_bytes(self.host_pids(), os.stat(self.workspace).st_dev,
                                           self.INLINE_DISK_FDS if inline else None)  # fmt: skip

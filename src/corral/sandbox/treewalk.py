@@ -23,8 +23,16 @@ Visit = Callable[[int, str, os.stat_result], "bool | None"]
 Left = Callable[[int, str], None]
 
 
-def walk(root: str, visit: Visit, left: Left | None = None) -> bool:
-    """Visit every entry under `root` (not root itself); True when the walk was complete."""
+class _Budget(Exception):
+    """More names than `walk`'s `max_names`: the walk stops, incomplete."""
+
+
+def walk(root: str, visit: Visit, left: Left | None = None, max_names: int | None = None) -> bool:
+    """Visit every entry under `root` (not root itself); True when the walk was complete.
+
+    `max_names`: stop (incomplete) once more names than this have been read from directories,
+    counting as they are read: a directory of a million entries costs a bounded read, not a
+    listing of them all (the event loop's own disk look, `Sandbox._check_disk`)."""
     try:
         fd = os.open(root, DIR_FLAGS)
     except OSError:
@@ -32,8 +40,13 @@ def walk(root: str, visit: Visit, left: Left | None = None) -> bool:
     top = os.fstat(fd)
     stack: list[list[str]] = []
     names: list[str] = []
+    left_to_read = [max_names]
+
+    def entries(dir_fd: int) -> list[str]:
+        return _entries(dir_fd) if max_names is None else _some_entries(dir_fd, left_to_read)
+
     try:
-        stack.append(_entries(fd))
+        stack.append(entries(fd))
         while stack:
             if not stack[-1]:
                 stack.pop()
@@ -63,8 +76,10 @@ def walk(root: str, visit: Visit, left: Left | None = None) -> bool:
                 os.close(fd)
                 fd = child_fd
                 names.append(name)
-                stack.append(_entries(fd))
+                stack.append(entries(fd))
         return True
+    except _Budget:
+        return False
     finally:
         os.close(fd)
 
@@ -74,6 +89,23 @@ def _entries(fd: int) -> list[str]:
         return os.listdir(fd)
     except OSError:
         return []
+
+
+def _some_entries(fd: int, left: list[int | None]) -> list[str]:
+    """A directory's names, read one at a time against the budget in `left[0]`."""
+    out: list[str] = []
+    try:
+        with os.scandir(fd) as it:
+            for entry in it:
+                budget = left[0]
+                assert budget is not None
+                if budget <= 0:
+                    raise _Budget
+                left[0] = budget - 1
+                out.append(entry.name)
+    except OSError:
+        return out
+    return out
 
 
 def _same(a: os.stat_result, b: os.stat_result) -> bool:

@@ -23,9 +23,10 @@ class Usage:
     complete: bool = True
 
 
-def measure(root: str, max_inodes: int | None = None) -> Usage:
+def measure(root: str, max_inodes: int | None = None, max_names: int | None = None) -> Usage:
     """Bytes (allocated blocks) and entries under root, never following a symlink; iterative, so
-    no depth or path length stops it (treewalk)."""
+    no depth or path length stops it (treewalk). Incomplete past `max_inodes` entries counted, or
+    past `max_names` names read from directories (read as they come, never a whole listing)."""
     total = count = 0
 
     def add(fd: int, name: str, st: os.stat_result) -> bool:
@@ -34,7 +35,7 @@ def measure(root: str, max_inodes: int | None = None) -> Usage:
         total += st.st_blocks * 512
         return not (max_inodes is not None and count > max_inodes)
 
-    complete = treewalk.walk(root, add)
+    complete = treewalk.walk(root, add, max_names=max_names)
     return Usage(total, count, complete=complete)
 
 
