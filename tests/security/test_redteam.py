@@ -126,6 +126,40 @@ async def test_an_unlinked_open_file_counts_against_the_disk_allowance(tmp_path,
         assert hits and hits[0].evidence["where"] == "workspace_disk"
 
 
+MAPPED = r"""
+import ctypes, mmap, os, time
+libc = ctypes.CDLL(None); libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                      ctypes.c_long]
+fd = os.open("/workspace/x", os.O_RDWR | os.O_CREAT, 0o600)
+os.write(fd, b"\1" * 4_000_000)
+assert libc.mmap(None, 4_000_000, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0) not in (None, 2**64 - 1)
+os.close(fd); os.unlink("/workspace/x")
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
+@pytest.mark.unprivileged
+async def test_a_deleted_file_kept_by_a_mapping_alone_counts_against_the_disk_allowance(
+    tmp_path,
+) -> None:
+    """Red team: mapped MAP_SHARED, its fd closed, then unlinked: in no walk and in no fd table,
+    yet on the disk. /proc/PID/maps names it."""
+    pol = sandbox_policy()
+    pol.limits.disk = 2 * 1024 * 1024
+    ws = new_dir(tmp_path / "ws")
+    (ws / "m.py").write_text(MAPPED)
+    os.chmod(ws / "m.py", 0o644)
+    async with Sandbox(pol, workspace=ws) as sb:
+        r = await sb.exec("(python3 m.py > out 2>&1 &); for i in $(seq 50); do "
+                          "grep -q held out 2>/dev/null && break; sleep 0.1; done; cat out")  # fmt: skip
+        assert "held" in r.stdout, r.stdout + r.stderr
+        await sb.exec("true")  # the job holds it now, after its command
+        hits = [e for e in sb.events if e.rule == "resource.disk_limit"]
+        assert hits and hits[0].evidence["where"] == "workspace_disk", [e.rule for e in sb.events]
+
+
 @pytest.mark.unprivileged
 async def test_dev_is_read_only_and_dev_shm_is_capped() -> None:
     pol = sandbox_policy()
