@@ -757,6 +757,14 @@ class Sandbox:
         kids = children_of(self._init_pid)
         return min(kids) if kids else self._init_pid
 
+    def _agent_pids(self) -> list[int]:
+        """`host_pids` but bubblewrap's outer process and the sandbox's init when that is not the
+        shell (corral-init, or bwrap's own): neither runs the agent's code nor holds its files."""
+        ours = {self._proc.pid if self._proc else None}
+        if self._init_pid and self._init_pid != self._shell_pid:
+            ours.add(self._init_pid)
+        return [p for p in self.host_pids() if p not in ours]
+
     def host_pids(self) -> list[int]:
         """Every process of this sandbox, as host pids: the cgroup where there is one."""
         if self.cgroup is not None:
@@ -1050,7 +1058,7 @@ class Sandbox:
             if inline and not now.complete and (cap is None or now.inodes <= cap):
                 self._disk_small = False  # past the loop's bound, not the limit: on a thread
                 return None
-            hidden = usage.unlinked_bytes(self.host_pids(), os.stat(self.workspace).st_dev,
+            hidden = usage.unlinked_bytes(self._agent_pids(), os.stat(self.workspace).st_dev,
                                           self.INLINE_DISK_FDS if inline else None)  # fmt: skip
             if hidden is None:
                 self._disk_small = False
