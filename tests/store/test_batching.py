@@ -158,6 +158,25 @@ def test_the_first_command_of_a_sandbox_costs_one_commit_through_the_sink(
     assert len(commits) == 1, statements
 
 
+def test_a_hand_out_lands_in_the_first_commands_transaction(
+    store: EventStore, tmp_path: Path
+) -> None:
+    """A warm sandbox's hand-out is information: held, then written with the episode's first
+    command's start, in one commit."""
+    from corral.events.sink import EventSink
+
+    db = tmp_path / "events.db"
+    statements: list[str] = []
+    store._db.set_trace_callback(statements.append)
+    sink = EventSink(store=store)
+    sink.emit(_event("sandbox.handed_out", step=None))
+    assert _rules_on_disk(db) == []
+    sink.emit(_event("sandbox.command_started"))
+    assert _rules_on_disk(db) == ["sandbox.handed_out", "sandbox.command_started"]
+    commits = [s for s in statements if s.strip().upper().startswith("COMMIT")]
+    assert len(commits) == 1, statements
+
+
 def test_a_refused_first_command_keeps_the_sandbox_start(store: EventStore, tmp_path: Path) -> None:
     store.add(_event("sandbox.started", step=None))
     store._db.execute("CREATE TEMP TRIGGER full BEFORE INSERT ON events "

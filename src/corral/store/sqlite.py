@@ -191,10 +191,10 @@ def _explain(path: Path, err: sqlite3.Error) -> str:
 # Plain information from inside a command (an allowed connection, an exec the monitor saw) waits
 # at most this long, or until the next event written at once, to share its transaction.
 HOLD_S = 0.05
-# a sandbox's own lifecycle event that is plain information: held as the monitor's are (the start
-# goes in its first command's transaction); a command's start and end, the stop, findings and
-# refusals are written at once
-HELD_RULES = frozenset({"sandbox.started"})
+# a sandbox's own lifecycle events that are plain information: held as the monitor's are (the
+# start, and a warm sandbox's hand-out, go in the first command's transaction); a command's start
+# and end, the stop, findings and refusals are written at once
+HELD_RULES = frozenset({"sandbox.started", "sandbox.handed_out"})
 HOLD_MAX = 512
 
 _open_stores: weakref.WeakSet[EventStore] = weakref.WeakSet()
@@ -216,9 +216,9 @@ class EventStore:
     A command's start and end, a sandbox's stop, findings and refusals are written at once: a
     command is recorded as started before it runs, and a full disk refuses it rather than run it
     unrecorded. Plain information (egress and monitor events at `info`, a sandbox's start, the
-    step records a close writes) is held, at most `HOLD_S`, and lands in the transaction of the
-    next event written at once (the command's end, its first command's start, the stop): one
-    commit per command, not one per event. Reads through this handle, `flush()`, `close()` and
+    step records a close writes, a warm sandbox's hand-out) is held, at most `HOLD_S`, and lands
+    in the transaction of the next event written at once (the command's end, its first command's
+    start, the stop): one commit per command, not one per event. Reads through this handle, `flush()`, `close()` and
     interpreter exit write what is held first.
     """
 
