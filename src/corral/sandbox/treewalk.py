@@ -40,10 +40,24 @@ def walk(root: str, visit: Visit, left: Left | None = None, max_names: int | Non
     top = os.fstat(fd)
     stack: list[list[str]] = []
     names: list[str] = []
-    left_to_read = [max_names]
+    budget = max_names
 
     def entries(dir_fd: int) -> list[str]:
-        return _entries(dir_fd) if max_names is None else _some_entries(dir_fd, left_to_read)
+        """The directory's names; against the budget, read one at a time (never all at once)."""
+        nonlocal budget
+        if budget is None:
+            return _entries(dir_fd)
+        out: list[str] = []
+        try:
+            with os.scandir(dir_fd) as it:
+                for entry in it:
+                    if budget <= 0:
+                        raise _Budget
+                    budget -= 1
+                    out.append(entry.name)
+        except OSError:
+            pass
+        return out
 
     try:
         stack.append(entries(fd))
@@ -89,23 +103,6 @@ def _entries(fd: int) -> list[str]:
         return os.listdir(fd)
     except OSError:
         return []
-
-
-def _some_entries(fd: int, left: list[int | None]) -> list[str]:
-    """A directory's names, read one at a time against the budget in `left[0]`."""
-    out: list[str] = []
-    try:
-        with os.scandir(fd) as it:
-            for entry in it:
-                budget = left[0]
-                assert budget is not None
-                if budget <= 0:
-                    raise _Budget
-                left[0] = budget - 1
-                out.append(entry.name)
-    except OSError:
-        return out
-    return out
 
 
 def _same(a: os.stat_result, b: os.stat_result) -> bool:
