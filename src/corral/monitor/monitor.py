@@ -339,7 +339,7 @@ class Monitor:
         sb.set_exec_hook(None)
         sb.set_exit_hook(None)
         sb.set_connect_hook(None)
-        if not any(x.sb.sink is sb.sink for x in self._watched.values()):
+        if not any(x.sb.sink is sb.sink for x in list(self._watched.values())):
             sb.unsubscribe(self._on_sandbox_event)
 
     def watched(self) -> list[str]:
@@ -392,7 +392,8 @@ class Monitor:
 
     # ---------------------------------------------------------------- the thread
     def _intervals(self) -> tuple[float, float, float]:
-        pols = [w.sb.policy.monitor for w in self._watched.values()]
+        # a copy first: sandboxes attach on their loops' threads while this one iterates
+        pols = [w.sb.policy.monitor for w in list(self._watched.values())]
         poll = self._poll_interval or min((p.poll_interval for p in pols), default=0.05)
         sweep = self._sweep_interval or min((p.sweep_interval for p in pols), default=0.25)
         gpu = min((p.gpu_interval for p in pols), default=1.0)
@@ -402,7 +403,11 @@ class Monitor:
         next_poll = next_sweep = next_gpu = time.monotonic()
         t_cpu = time.thread_time()
         while not self._stop.is_set():
-            poll_iv, sweep_iv, gpu_iv = self._intervals()
+            try:
+                poll_iv, sweep_iv, gpu_iv = self._intervals()
+            except Exception as err:  # noqa: BLE001 - as below: the thread must live on
+                self._note_error(err)
+                poll_iv, sweep_iv, gpu_iv = 0.05, 0.25, 1.0
             now = time.monotonic()
             # the intervals follow the sandboxes watched now: one whose policy sweeps rarely must
             # not hold back the next sandbox's sweeps once it has gone
@@ -449,9 +454,12 @@ class Monitor:
                     self._gpu_sweep()
                     next_gpu = now + gpu_iv
             except Exception as err:  # noqa: BLE001 - the monitor must outlive any one bad read
-                self.errors.append(f"{type(err).__name__}: {err}")
-                del self.errors[:-50]
+                self._note_error(err)
             self.cpu_time = time.thread_time() - t_cpu
+
+    def _note_error(self, err: Exception) -> None:
+        self.errors.append(f"{type(err).__name__}: {err}")
+        del self.errors[:-50]
 
     def _drain_queue(self) -> None:
         while True:
