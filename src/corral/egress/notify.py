@@ -303,6 +303,11 @@ class Notifier:
         self.loop.add_reader(fd, self._ready)
         self.handled = 0
         self.execs = 0
+        self.execs_let_go = 0  # every exec continued, seen by a sensor or not
+        # called once, right after the next exec is let go: at start that is the shell's own, and
+        # the sandbox attaches the monitor while the shell loads (not before: that exec is the
+        # launcher's, not the agent's)
+        self.after_exec: Callable[[], None] | None = None
         self.performed = 0  # network calls the supervisor carried out on the caller's behalf
         # (monotonic time, pid) of the latest IP connect() calls, allowed or refused: who made a
         # burst that the namespace's TCP counters alone would see without a process
@@ -365,6 +370,10 @@ class Notifier:
                     self.execs += 1
                     cb(note)
         self._respond(nid, 0, FLAG_CONTINUE)
+        self.execs_let_go += 1
+        then, self.after_exec = self.after_exec, None
+        if then is not None:
+            then()  # (the sandbox's own callback: it keeps any error for its start to raise)
 
     @staticmethod
     def _read_exec(pid: int, name: str, args: list[int]) -> ExecNote | None:

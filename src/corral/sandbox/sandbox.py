@@ -204,6 +204,8 @@ class Sandbox:
         self._closing: asyncio.Future[None] | None = None  # the close under way (see close())
         self._ctl_fd_inside = 0
         self._shell_pid: int | None = None
+        self._attached = False  # to the monitor (see _attach_while_shell_loads)
+        self._attach_error: Exception | None = None
         self.sessions: dict[str, ShellSession] = {}
 
     # ---------------------------------------------------------------- events
@@ -404,9 +406,51 @@ class Sandbox:
                 **self._image_evidence(),
             },
         )
+        # every sandbox is watched, whatever started it (policy `monitor:`): attached while the
+        # shell loaded where a notifier let its exec go, else now
+        self._attach()
+        if self._attach_error is not None:
+            err, self._attach_error = self._attach_error, None
+            raise err
+
+    def _attach_while_shell_loads(self) -> None:
+        """Attach the monitor the moment the shell's exec is let go, while bash loads (about a
+        millisecond in which the supervisor waits), rather than after the shell reports ready:
+        -0.4 ms a start. Not earlier: that exec is the launcher's, not the agent's, and a monitor
+        attached before it would record it. Without a notifier, `start` attaches after ready."""
+        notifier = getattr(self.egress, "notifier", None)
+        if notifier is None or not self.policy.monitor.enabled:
+            return
+        if notifier.execs_let_go:  # (already let go while the gateway finished setting up)
+            self._attach()
+        else:
+            notifier.after_exec = self._attach_keeping_error
+
+    def _attach(self) -> None:
+        if self._attached:
+            return
+        self._attached = True
         from corral.monitor.attach import attach
 
-        attach(self.ctx)  # every sandbox is watched, whatever started it (policy `monitor:`)
+        attach(self.ctx)
+
+    def _attach_keeping_error(self) -> None:
+        """From the notifier's callback: an error is kept for `start` to raise, not lost there."""
+        try:
+            self._attach()
+        except Exception as err:  # noqa: BLE001 - re-raised by start()
+            self._attach_error = err
+
+    def _detach_failed_start(self) -> None:
+        """A start that fails after the monitor attached leaves nothing watched behind."""
+        notifier = getattr(self.egress, "notifier", None)
+        if notifier is not None:
+            notifier.after_exec = None
+        if self._attached:
+            self._attached = False
+            from corral.monitor.attach import detach
+
+            detach(self.ctx, record_steps=False)
 
     def _prepare_image(self) -> None:
         """Resolve the image (import or pull it on first use), hold it, and lay out this sandbox's
@@ -675,14 +719,17 @@ class Sandbox:
                 await self.egress.started(self, self._proc.pid)
             if broken is not None:
                 raise broken
+            self._attach_while_shell_loads()
             await asyncio.wait_for(ready, 10)
         except SandboxRefused:
             self._chan.drain()
+            self._detach_failed_start()
             await self._teardown()
             raise
         except (EOFError, TimeoutError, OSError, ValueError) as err:
             self._chan.drain()
             detail = cap.stderr.decode(errors="replace").strip()
+            self._detach_failed_start()
             await self._teardown()
             raise SandboxRefused(
                 f"the sandbox did not come up: {detail or err}", "run `corral doctor`"
@@ -1487,6 +1534,7 @@ class Sandbox:
             from corral.monitor.attach import detach
 
             detach(self.ctx, record_steps=not self._borrowed_identity)
+            self._attached = False
         already = self.closed_reason is not None and self._proc is None and self.workspace is None
         if already:
             return
