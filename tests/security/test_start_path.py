@@ -80,6 +80,8 @@ def test_setid_drops_every_id_group_and_capability_and_sets_the_rlimits() -> Non
         ["-5", str(SANDBOX_UID), "--", "/bin/true"],  # strtoull would wrap it
         ["4294967295", "4294967295", "--", "/bin/true"],  # (uid_t)-1: "unchanged", i.e. root
         [" 7", str(SANDBOX_UID), "--", "/bin/true"],
+        [str(SANDBOX_UID), str(SANDBOX_UID), "--trim=/", "--", "/bin/true"],  # never the root
+        [str(SANDBOX_UID), str(SANDBOX_UID), "--trim=sys", "--", "/bin/true"],  # relative
     ],
 )
 def test_setid_refuses_bad_arguments_and_runs_nothing(args: list[str], tmp_path: Path) -> None:
@@ -247,3 +249,29 @@ def test_the_hosts_proc_trees_are_judged_by_what_the_sandbox_may_write(tree: str
     argv = bwrap.kernel_surface_args(None, uid)
     bound = any(argv[i : i + 3] == ["--ro-bind", tree, tree] for i in range(len(argv)))
     assert bound == bwrap._open_to_write(tree, uid)
+
+
+def _mount_points(text: str) -> list[str]:
+    return [line.split()[4] for line in text.splitlines()]
+
+
+@needs_setid
+@pytest.mark.skipif(not ROOT, reason="a mount namespace of its own needs root")
+def test_setid_trims_its_own_copy_of_the_mount_table_and_never_the_hosts() -> None:
+    """`--trim` detaches a mount in setid's private copy (a slave of the host's) before the ids
+    drop: the program sees the mount gone, the host still has it, and no mount event reached it."""
+    host_before = Path("/proc/self/mountinfo").read_text()
+    points = _mount_points(host_before)
+    sub = sorted({p for p in points if p.startswith("/sys/") or p == "/sys"}, key=len)
+    if not sub:
+        pytest.skip("no mount under /sys on this host to trim")
+    r = subprocess.run(
+        [str(setid_binary()), str(SANDBOX_UID), str(SANDBOX_UID), f"--trim={sub[0]}",
+         "--trim=/no/such/mount", "--", "/bin/cat", "/proc/self/mountinfo"],
+        capture_output=True, text=True, timeout=10,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    inside = _mount_points(r.stdout)
+    assert not [p for p in inside if p == sub[0] or p.startswith(sub[0] + "/")], inside
+    assert set(inside) < set(points)  # the rest is there, nothing new
+    assert Path("/proc/self/mountinfo").read_text() == host_before

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from corral.policy.model import DEFAULT_HIDDEN, Policy
+from corral.sandbox import mounttrim
 
 SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/opt")
 SANDBOX_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -270,16 +271,18 @@ def dev_read_only() -> list[str]:
     return ["--remount-ro", "/dev"]
 
 
-def identity_prefix(spec: BwrapSpec, argv: list[str]) -> list[str]:
+def identity_prefix(spec: BwrapSpec, argv: list[str], trim: bool = False) -> list[str]:
     """A root supervisor starts bwrap as the sandbox's own host id, its rlimits already set:
     through `corral-setid` (one exec, setid.c) where `make install` built it, else through
-    `prlimit` and `setpriv` (two)."""
+    `prlimit` and `setpriv` (two). `trim`: the host mounts bwrap never binds from are detached
+    from setid's own copy of the mount table first (`mounttrim`)."""
     if spec.host_uid is None:
         return argv
     helper = setid_binary()
     if helper is not None:
         limits = [f"--rlimit={w}:{soft}:{hard}" for w, soft, hard in spec.rlimits]
-        return [str(helper), str(spec.host_uid), str(spec.host_uid), *limits, "--", *argv]
+        trims = mounttrim.trim_args(argv) if trim else []
+        return [str(helper), str(spec.host_uid), str(spec.host_uid), *limits, *trims, "--", *argv]
     return [*prlimit_prefix(spec.rlimits), *setpriv_prefix(spec.host_uid), *argv]
 
 
@@ -379,7 +382,7 @@ def build_argv(bwrap: str, spec: BwrapSpec, command: list[str]) -> list[str]:
     for k, v in env.items():
         argv += ["--setenv", k, v]
     argv += ["--chdir", ws_in, *_fd_binds(spec, spec.extra_args), "--", *command]
-    return identity_prefix(spec, argv)
+    return identity_prefix(spec, argv, trim=True)
 
 
 def build_image_argv(bwrap: str, spec: BwrapSpec, command: list[str]) -> list[str]:

@@ -1,8 +1,17 @@
 /* corral-setid: a root supervisor's last step before bubblewrap, in one exec.
  *
- *   corral-setid UID GID [--rlimit=RESOURCE:SOFT:HARD]... -- PROGRAM ARGS...
+ *   corral-setid UID GID [--rlimit=RESOURCE:SOFT:HARD]... [--trim=MOUNTPOINT]... -- PROGRAM ARGS...
  *
- * Sets the rlimits (RESOURCE is the kernel's RLIMIT_* number), drops every supplementary group,
+ * With --trim: first moves into a mount namespace of its own, a copy of the supervisor's made a
+ * slave of it (so nothing done here reaches the host), and detaches each MOUNTPOINT there: host
+ * mounts bubblewrap will never bind from (the supervisor names them: sandbox/mounttrim.py).
+ * bwrap re-reads the whole mount table at every bind it makes, so each host mount costs every
+ * sandbox start ~20 binds' worth of parsing: -0.6 ms a start with this VM's 20 mounts, far more on
+ * a docker or Kubernetes node with hundreds. Trimming is only ever a saving: where the namespace
+ * cannot be made (no CAP_SYS_ADMIN) or made a slave, nothing is detached and bwrap starts as
+ * before; a mount point that is gone already is skipped.
+ *
+ * Then sets the rlimits (RESOURCE is the kernel's RLIMIT_* number), drops every supplementary group,
  * sets the real, effective and saved gid and uid to GID/UID, clears the inheritable and ambient
  * capability sets, sets no_new_privs, checks that root cannot be regained, and execs PROGRAM.
  *
@@ -22,6 +31,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sched.h>
+#include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
@@ -58,7 +69,24 @@ int main(int argc, char **argv) {
         die("refusing uid or gid 0 or out of range");
     }
     int i = 3;
-    for (; i < argc && strncmp(argv[i], "--rlimit=", 9) == 0; i++) {
+    int trims = 0;
+    for (int j = 3; j < argc && strncmp(argv[j], "--", 2) == 0 && argv[j][2]; j++)
+        if (strncmp(argv[j], "--trim=", 7) == 0) trims++;
+    /* as root, before any id changes: a private copy of the mount table, a slave of the host's
+     * (first: a copy of a shared mount would otherwise carry each detach back to the host) */
+    int trimming = trims > 0 && unshare(CLONE_NEWNS) == 0 &&
+                   mount(NULL, "/", NULL, MS_REC | MS_SLAVE, NULL) == 0;
+    for (; i < argc && (strncmp(argv[i], "--rlimit=", 9) == 0 || strncmp(argv[i], "--trim=", 7) == 0);
+         i++) {
+        if (argv[i][2] == 't') {
+            const char *where = argv[i] + 7;
+            if (where[0] != '/' || where[1] == 0) {
+                errno = EINVAL;
+                die(argv[i]); /* never "/" itself, never a relative path */
+            }
+            if (trimming) (void)umount2(where, MNT_DETACH | UMOUNT_NOFOLLOW);
+            continue;
+        }
         const char *p = argv[i] + 9;
         unsigned long long which = number(p, "rlimit resource");
         const char *soft = strchr(p, ':');
