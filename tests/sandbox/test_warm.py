@@ -122,3 +122,30 @@ def test_serve_warm_hands_out_started_sandboxes(tmp_path: Path) -> None:
         store.close()
     assert "ep-serve-0" not in handed  # nothing was warm yet
     assert set(handed) == {"ep-serve-1", "ep-serve-2"}
+
+
+async def test_a_pool_start_is_in_the_store_before_any_hand_out(store: EventStore) -> None:
+    """Its rows (held for a first command, which for a pool start is a later episode's) are
+    written as the pool fills: another reader of the database sees every idle sandbox's start,
+    and the episode handed one pays nothing for it."""
+    import sqlite3
+
+    pool = _pool(2, store)
+    taken: list[Sandbox] = []
+    try:
+        assert await pool.wait_ready(timeout=120)
+        for i in range(2):
+            sb = await pool.take(episode_id=f"ep-fresh-{i}")
+            assert sb is not None
+            taken.append(sb)
+        db = sqlite3.connect(store.path)  # a reader of its own: committed rows only
+        try:
+            started = {row[0] for row in db.execute(
+                "SELECT sandbox_id FROM events WHERE rule = 'sandbox.started'")}  # fmt: skip
+        finally:
+            db.close()
+        assert {sb.id for sb in taken} <= started, ([sb.id for sb in taken], started)
+    finally:
+        for sb in taken:
+            await sb.close()
+        await pool.close()
