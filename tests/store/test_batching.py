@@ -199,3 +199,23 @@ def test_steps_held_at_close_land_with_the_stop(store: EventStore, tmp_path: Pat
     with sqlite3.connect(db) as raw:
         assert raw.execute("SELECT step FROM steps ORDER BY step").fetchall() == [(1,), (2,)]
         assert raw.execute("SELECT count(*) FROM live").fetchone() == (0,)
+
+
+def test_reading_the_steps_writes_held_steps_first_but_not_held_events(
+    store: EventStore, tmp_path: Path
+) -> None:
+    """A close reads the episode's steps while its own events are held: they go in the close's
+    one transaction, not in a commit of their own for a read they cannot change."""
+    from corral.store.steps import StepRecord
+
+    db = tmp_path / "events.db"
+    statements: list[str] = []
+    store._db.set_trace_callback(statements.append)
+    store.add(_event("egress.connection"))  # held: information
+    assert store.steps("ep-t") == []
+    assert not [s for s in statements if s.strip().upper().startswith("COMMIT")]
+    assert _rules_on_disk(db) == []
+    store.add_step(StepRecord(episode_id="ep-t", sandbox_id="sb-t", step=1, action="ls"),
+                   hold=True)  # fmt: skip
+    assert [r.step for r in store.steps("ep-t")] == [1]  # a held step is read
+    assert _rules_on_disk(db) == ["egress.connection"]  # (written with it)

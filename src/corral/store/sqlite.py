@@ -534,7 +534,8 @@ class EventStore:
         self._write([(sql, (p, p, episode_id, step)) for step, p in sorted(penalties.items())])
 
     def steps(self, episode_id: str) -> list[StepRecord]:
-        self._flush_for_read()
+        if self._held_writes:  # held steps; held events change no step (a close reads the steps
+            self._flush_for_read()  # with its own events held: no commit of their own for them)
         sql = f"SELECT {','.join(_STEP_COLUMNS)} FROM steps WHERE episode_id = ? ORDER BY step, id"
         with self._lock:
             rows = self._db.execute(sql, (episode_id,)).fetchall()
