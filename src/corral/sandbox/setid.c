@@ -84,7 +84,10 @@ int main(int argc, char **argv) {
                 errno = EINVAL;
                 die(argv[i]); /* never "/" itself, never a relative path */
             }
-            if (trimming) (void)umount2(where, MNT_DETACH | UMOUNT_NOFOLLOW);
+            /* mounts stacked on one point go one detach at a time (a bound of 16) */
+            for (int k = 0; trimming && k < 16 && umount2(where, MNT_DETACH | UMOUNT_NOFOLLOW) == 0;
+                 k++) {
+            }
             continue;
         }
         const char *p = argv[i] + 9;
