@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Exercise corral's NVML GPU sensor against a real GPU (the test suite fakes NVML at its boundary).
 
-    PYTHONPATH=src python scripts/gpu-check.py [--seconds 15]
+    PYTHONPATH=src python scripts/gpu-check.py [--seconds 15] [--sandbox-python PATH]
 
 1. lists the devices NVML reports;
 2. starts a small CUDA workload on the host (torch, else cupy; else it only reads what is running)
@@ -82,7 +82,7 @@ def host_check(sensor: GpuSensor, seconds: float) -> dict[str, object]:
     return out
 
 
-async def sandbox_check(seconds: float) -> dict[str, object]:
+async def sandbox_check(seconds: float, python: str = "python3") -> dict[str, object]:
     out: dict[str, object] = {}
     granted = policy_from_mapping({"extends": "rl-strict", "gpu": {"allowed": True},
                                    "limits": {"enforcement": "best_effort", "memory": None}})  # fmt: skip
@@ -99,13 +99,15 @@ async def sandbox_check(seconds: float) -> dict[str, object]:
         else:
             try:
                 mon.watch(sb)
-                r = await sb.exec("python3 -c 'import torch' 2>/dev/null && echo torch || "
-                                  "(python3 -c 'import cupy' 2>/dev/null && echo cupy)")  # fmt: skip
+                r = await sb.exec(f"{python} -c 'import torch' 2>/dev/null && echo torch || "
+                                  f"({python} -c 'import cupy' 2>/dev/null && echo cupy)")  # fmt: skip
                 if not r.stdout.strip():
                     out["granted_sandbox"] = "skipped: no torch/cupy for the sandbox's python3"
                 else:
                     await sb.write_file("w.py", WORKLOAD)
-                    await sb.exec(f"python3 w.py {seconds}", step=7)
+                    ran = await sb.exec(f"{python} w.py {seconds}", step=7)
+                    out["granted_sandbox_workload"] = (ran.exit_code, ran.stdout[-200:],
+                                                       ran.stderr[-800:])  # fmt: skip
                     gp = [e for e in sb.events if e.rule == "gpu.process"]
                     bad = [e for e in sb.events if e.source == "gpu" and e.severity != "info"]
                     out["granted_sandbox"] = {
@@ -130,6 +132,11 @@ async def sandbox_check(seconds: float) -> dict[str, object]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=15.0)
+    ap.add_argument(
+        "--sandbox-python",
+        default="python3",
+        help="the interpreter with torch or cupy, as the sandbox sees it",
+    )
     args = ap.parse_args()
     sensor = GpuSensor()
     result: dict[str, object] = {"root": os.geteuid() == 0}
@@ -140,7 +147,7 @@ def main() -> int:
     result["devices"] = sensor.devices
     result["host"] = host_check(sensor, args.seconds)
     sensor.stop()
-    result["sandbox"] = asyncio.run(sandbox_check(args.seconds))
+    result["sandbox"] = asyncio.run(sandbox_check(args.seconds, args.sandbox_python))
     print(json.dumps(result, indent=2, default=str))
     host_ok = result["host"].get("ok", True)  # type: ignore[union-attr]
     sb = result["sandbox"].get("granted_sandbox")  # type: ignore[union-attr]

@@ -52,3 +52,21 @@ def test_v2_unwritable_limit_is_reported_missing(tmp_path: Path) -> None:
                          mechanisms={"pids": None, "memory": None, "cpus": None})  # fmt: skip
     cg.apply(LimitsPolicy(memory=None, pids=64, cpus=None), report)
     assert report.missing() == ["pids"]
+
+
+def test_favordynmods_is_read_from_the_cgroup2_mount_options() -> None:
+    """Without it, a start after an idle spell waits for an RCU grace period as its processes
+    join their cgroup (measured on a cgroup v2 host: 30.6 ms against 9.6 ms with it): doctor says
+    so and names the remount. Mount texts as /proc/self/mounts gives them (the real one here is
+    v1: the text is the kernel's boundary)."""
+    from corral.sandbox.probe import cgroup2_favors_dynmods
+
+    plain = "cgroup2 /sys/fs/cgroup cgroup2 rw,nosuid,nodev,noexec,relatime,nsdelegate 0 0\n"
+    fast = ("cgroup2 /sys/fs/cgroup cgroup2 rw,nosuid,nodev,noexec,relatime,nsdelegate,"
+            "favordynmods,memory_recursiveprot 0 0\n")  # fmt: skip
+    elsewhere = "cgroup2 /sys/fs/cgroup/unified cgroup2 rw,favordynmods 0 0\n"
+    assert cgroup2_favors_dynmods(plain) is False
+    assert cgroup2_favors_dynmods(fast) is True
+    assert cgroup2_favors_dynmods(elsewhere) is None  # v1 with a unified side mount: not ours
+    assert cgroup2_favors_dynmods("proc /proc proc rw 0 0\n") is None
+    assert cgroup2_favors_dynmods(plain + fast) is True  # the last mount on the path is the one

@@ -62,6 +62,10 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="print one JSON ob
         f"{cg}: {', '.join(caps.cgroup_controllers)}; "
         + ("writable" if caps.cgroup_writable else "not writable: rlimit fallback"),
     )
+    if caps.cgroup_favordynmods is not None:
+        row("cgroup moves after idle", caps.cgroup_favordynmods or None,
+            "fast (favordynmods)" if caps.cgroup_favordynmods else
+            "wait for an RCU grace period (~20 ms): see the note below")  # fmt: skip
     row("seccomp", caps.seccomp, " ".join(caps.seccomp_actions))
     row(
         "GPU devices", None if not caps.gpu_devices else True, ", ".join(caps.gpu_devices) or "none"
