@@ -99,3 +99,18 @@ async def test_a_sandbox_on_a_host_mount_keeps_it_and_its_bwrap_sees_the_rest_tr
         for p in sorted(ws.rglob("*"), reverse=True):
             p.unlink() if p.is_file() else p.rmdir()
         ws.rmdir()
+
+
+def test_trim_arguments_name_each_mount_roots_device_and_inode(tmp_path: Path) -> None:
+    """setid checks them before it detaches (a path may lead elsewhere by then)."""
+    argv = ["/usr/bin/bwrap", "--ro-bind", "/usr", "/usr", "--", "/bin/true"]
+    for arg in mounttrim.trim_args(argv):
+        dev, ino, path = arg.removeprefix("--trim=").split(":", 2)
+        st = os.lstat(path)
+        assert (int(dev), int(ino)) == (st.st_dev, st.st_ino), arg
+
+
+def test_a_relative_source_keeps_every_mount() -> None:
+    """bwrap resolves it from its own working directory: nothing can be ruled out."""
+    assert "/" in mounttrim.sources(["bwrap", "--ro-bind", "data", "/data", "--", "sh"])
+    assert mounttrim.trims(["/", "/sys", "/mnt/x"], {"/"}) == []

@@ -80,8 +80,9 @@ def test_setid_drops_every_id_group_and_capability_and_sets_the_rlimits() -> Non
         ["-5", str(SANDBOX_UID), "--", "/bin/true"],  # strtoull would wrap it
         ["4294967295", "4294967295", "--", "/bin/true"],  # (uid_t)-1: "unchanged", i.e. root
         [" 7", str(SANDBOX_UID), "--", "/bin/true"],
-        [str(SANDBOX_UID), str(SANDBOX_UID), "--trim=/", "--", "/bin/true"],  # never the root
-        [str(SANDBOX_UID), str(SANDBOX_UID), "--trim=sys", "--", "/bin/true"],  # relative
+        [str(SANDBOX_UID), str(SANDBOX_UID), "--trim=1:2:/", "--", "/bin/true"],  # the root
+        [str(SANDBOX_UID), str(SANDBOX_UID), "--trim=1:2:sys", "--", "/bin/true"],  # relative
+        [str(SANDBOX_UID), str(SANDBOX_UID), "--trim=/sys", "--", "/bin/true"],  # no root ids
     ],
 )
 def test_setid_refuses_bad_arguments_and_runs_nothing(args: list[str], tmp_path: Path) -> None:
@@ -265,13 +266,58 @@ def test_setid_trims_its_own_copy_of_the_mount_table_and_never_the_hosts() -> No
     sub = sorted({p for p in points if p.startswith("/sys/") or p == "/sys"}, key=len)
     if not sub:
         pytest.skip("no mount under /sys on this host to trim")
+    st = os.lstat(sub[0])
     r = subprocess.run(
-        [str(setid_binary()), str(SANDBOX_UID), str(SANDBOX_UID), f"--trim={sub[0]}",
-         "--trim=/no/such/mount", "--", "/bin/cat", "/proc/self/mountinfo"],
+        [str(setid_binary()), str(SANDBOX_UID), str(SANDBOX_UID),
+         f"--trim={st.st_dev}:{st.st_ino}:{sub[0]}", "--trim=1:2:/no/such/mount", "--",
+         "/bin/cat", "/proc/self/mountinfo"],
         capture_output=True, text=True, timeout=10,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     inside = _mount_points(r.stdout)
     assert not [p for p in inside if p == sub[0] or p.startswith(sub[0] + "/")], inside
     assert set(inside) < set(points)  # the rest is there, nothing new
+    assert Path("/proc/self/mountinfo").read_text() == host_before
+
+
+TRIM_SWAP = r"""
+set -e
+mount -t tmpfs corral-t-under "$T"
+mkdir "$T/top"; mount -t tmpfs corral-t-ws "$T/top"
+mkdir -p "$T/top/user/a/top"
+mount -t tmpfs corral-t-users "$T/top/user/a/top"
+listed=$(stat -c %d:%i "$T/top/user/a/top")   # the supervisor read its table here
+mv "$T/top/user/a" "$T/top/user/b"; ln -s "$T" "$T/top/user/a"   # then the user swapped a dir
+now=$(stat -c %d:%i "$T/top/user/a/top")       # (through the link: the workspace mount's root)
+s() { "$SETID" 65534 65534 "--trim=$1" -- /bin/sh -c "$2"; }
+s "$listed:$T/top/user/a/top" 'echo "stale: $(grep -c corral-t-ws /proc/self/mountinfo)"'
+s "$now:$T/top/user/a/top" 'echo "through the link: $(grep -c corral-t-ws /proc/self/mountinfo)"'
+s "$now:$T/top/user/b/top" 'echo "other root ids: $(grep -c corral-t-users /proc/self/mountinfo)"'
+s "$listed:$T/top/user/b/top" 'echo "its own: $(grep -c corral-t-users /proc/self/mountinfo)"'
+"""
+
+
+@needs_setid
+@pytest.mark.skipif(not ROOT, reason="mounts in a private namespace of the test's own need root")
+def test_setid_trims_no_mount_reached_through_a_symlink_or_by_other_root_ids(
+    tmp_path: Path,
+) -> None:
+    """A red-team finding: a user's own mount (FUSE) on the trim list, then its parent directory
+    swapped for a symlink, made setid detach whatever mount the link led to (the workspace's, or
+    /proc: every start failing). setid now detaches only a mount root with the listed device and
+    inode, reached with no symlink followed, through the fd that found it. Run in a private mount
+    namespace of this test's own (nothing reaches the host's table)."""
+    host_before = Path("/proc/self/mountinfo").read_text()
+    r = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c", TRIM_SWAP],
+        env={**os.environ, "T": str(tmp_path), "SETID": str(setid_binary())},
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [
+        "stale: 1",  # the listed path now leads through a link: the workspace's mount stays
+        "through the link: 1",  # with the ids the link leads to: it stays all the same
+        "other root ids: 1",  # the user's mount, at its own path, named with other ids: kept
+        "its own: 0",  # the user's own mount, no link, its own ids: detached
+    ], r.stdout
     assert Path("/proc/self/mountinfo").read_text() == host_before

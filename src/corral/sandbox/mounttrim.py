@@ -15,6 +15,11 @@ the sandbox something else.
 
 The table is read once and again only when the kernel says it changed (poll() on an open
 `/proc/self/mountinfo` flags every mount and unmount), so a start costs one poll, not a read.
+A rename is no mount event, so a path read earlier may since lead elsewhere: each trim names the
+device and inode of the mount's root as well, and setid detaches only a mount root that matches,
+reached with no symlink followed, through the fd that found it (a red-team finding: a FUSE mount
+of a user's own on the list, then its parent swapped for a symlink, made the detach land on any
+mount the link pointed at).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from __future__ import annotations
 import os
 import re
 import select
+import stat
 import threading
 
 # options whose next argument is a host path bwrap binds from
@@ -30,7 +36,8 @@ SOURCE_OPTIONS = frozenset({"--bind", "--bind-try", "--ro-bind", "--ro-bind-try"
 # what bwrap itself reaches on the host whatever the sandbox: its program and libraries, the device
 # nodes `--dev` binds, /proc (its own setup) and /tmp (where it mounts the new root)
 ALWAYS = ("/usr", "/lib", "/lib64", "/etc", "/proc", "/tmp", "/dev/null", "/dev/zero",
-          "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty")  # fmt: skip
+          "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty",
+          "/dev/pts")  # fmt: skip  (--dev binds a terminal's pts as /dev/console)
 
 _ESCAPE = re.compile(r"\\([0-7]{3})")
 
@@ -52,13 +59,15 @@ def parse_mount_points(mountinfo: str) -> list[str]:
 def sources(argv: list[str]) -> set[str]:
     """Every host path the argv binds from, as real paths, with what bwrap always needs. Every
     position is looked at, so a real source is never missed; a value that merely looks like an
-    option only adds a path, which keeps more mounts (safe)."""
+    option only adds a path, which keeps more mounts (safe). A relative source (bwrap resolves it
+    from its own working directory) keeps everything: `/`."""
     found = {os.path.realpath(p) for p in ALWAYS}
     if argv:
         found.add(os.path.realpath(argv[0]))
     for i, arg in enumerate(argv[:-1]):
-        if arg in SOURCE_OPTIONS and argv[i + 1].startswith("/"):
-            found.add(os.path.realpath(argv[i + 1]))
+        if arg in SOURCE_OPTIONS:
+            src = argv[i + 1]
+            found.add(os.path.realpath(src) if src.startswith("/") else "/")
     return found
 
 
@@ -121,4 +130,12 @@ def trim_args(argv: list[str]) -> list[str]:
         points = _table.points()
     except OSError:
         return []
-    return [f"--trim={p}" for p in trims(points, sources(argv))]
+    out = []
+    for p in trims(points, sources(argv)):
+        try:
+            st = os.lstat(p)  # the mount's root, as setid must find it (a link: never)
+        except OSError:
+            continue
+        if not stat.S_ISLNK(st.st_mode):
+            out.append(f"--trim={st.st_dev}:{st.st_ino}:{p}")
+    return out
