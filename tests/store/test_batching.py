@@ -3,6 +3,7 @@ refusal and recovery), nothing held is lost, and this handle always sees what it
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import subprocess
 import sys
@@ -219,3 +220,36 @@ def test_reading_the_steps_writes_held_steps_first_but_not_held_events(
                    hold=True)  # fmt: skip
     assert [r.step for r in store.steps("ep-t")] == [1]  # a held step is read
     assert _rules_on_disk(db) == ["egress.connection"]  # (written with it)
+
+
+def test_reading_the_steps_waits_for_a_write_under_way(store: EventStore) -> None:
+    """A red-team note: with only events held, the read skipped the flush, and with it the wait
+    for the flusher's write in progress, which may carry step rows: a close then found no step
+    and wrote it again. The flusher's write is stood in for by one that holds the write order."""
+    import threading
+
+    taken = threading.Event()
+
+    def flusher() -> None:
+        with store._order:
+            taken.set()
+            time.sleep(0.3)
+            store._write([(sqlite_store._INSERT_STEP, _step_row(store, 4))])
+
+    t = threading.Thread(target=flusher)
+    t.start()
+    taken.wait(5)
+    store.add(_event("egress.connection"))  # an event held: the read does not flush for it
+    assert [r.step for r in store.steps("ep-t")] == [4]
+    t.join()
+
+
+def _step_row(store: EventStore, step: int) -> tuple[object, ...]:
+    from corral.store.steps import StepRecord
+
+    d = StepRecord(episode_id="ep-t", sandbox_id="sb-t", step=step, action="ls").model_dump(
+        mode="json"
+    )
+    d["terminated"], d["truncated"] = int(d["terminated"]), int(d["truncated"])
+    d["info"] = json.dumps(d["info"])
+    return tuple(d[c] for c in sqlite_store._STEP_COLUMNS)

@@ -34,10 +34,10 @@ import threading
 SOURCE_OPTIONS = frozenset({"--bind", "--bind-try", "--ro-bind", "--ro-bind-try", "--dev-bind",
                             "--dev-bind-try", "--overlay-src"})  # fmt: skip
 # what bwrap itself reaches on the host whatever the sandbox: its program and libraries, the device
-# nodes `--dev` binds, /proc (its own setup) and /tmp (where it mounts the new root)
-ALWAYS = ("/usr", "/lib", "/lib64", "/etc", "/proc", "/tmp", "/dev/null", "/dev/zero",
-          "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty",
-          "/dev/pts")  # fmt: skip  (--dev binds a terminal's pts as /dev/console)
+# nodes `--dev` binds (a terminal's pts too, as /dev/console), /proc (its own setup) and /tmp
+# (where it mounts the new root)
+ALWAYS = ("/usr", "/lib", "/lib64", "/etc", "/proc", "/tmp", "/dev/null", "/dev/zero", "/dev/full",
+          "/dev/random", "/dev/urandom", "/dev/tty", "/dev/pts")  # fmt: skip
 
 _ESCAPE = re.compile(r"\\([0-7]{3})")
 

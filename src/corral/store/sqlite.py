@@ -536,6 +536,9 @@ class EventStore:
     def steps(self, episode_id: str) -> list[StepRecord]:
         if self._held_writes:  # held steps; held events change no step (a close reads the steps
             self._flush_for_read()  # with its own events held: no commit of their own for them)
+        else:
+            with self._order:  # but a flush under way (the flusher's, steps in it) lands first
+                pass
         sql = f"SELECT {','.join(_STEP_COLUMNS)} FROM steps WHERE episode_id = ? ORDER BY step, id"
         with self._lock:
             rows = self._db.execute(sql, (episode_id,)).fetchall()
