@@ -83,3 +83,23 @@ async def test_a_start_that_fails_after_the_monitor_attached_leaves_nothing_watc
     assert watched == [sb.id], "the monitor attached before the shell failed"
     assert sb.id not in Monitor.shared()._watched
     await sb.close()
+
+
+@pytest.mark.unprivileged
+async def test_a_start_cancelled_while_the_shell_loads_leaves_nothing_running_or_watched(
+    tmp_path: Path,
+) -> None:
+    """A caller's timeout (`wait_for(sb.start(), ...)`) cancels the start while the shell loads
+    (here it sleeps in BASH_ENV): the sandbox is torn down and the monitor lets go (red team:
+    both were left behind, and `async with` never closes a sandbox whose start failed)."""
+    from corral.monitor.monitor import Monitor
+
+    ws = new_dir(tmp_path / "ws")
+    (ws / "slow.sh").write_text("sleep 30\n")
+    sb = Sandbox(_watched_policy(), store=False, workspace=ws,
+                 extra_env={"BASH_ENV": "/workspace/slow.sh"})  # fmt: skip
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(sb.start(), 2)
+    assert sb._proc is None and sb._init_pid is None
+    assert sb.id not in Monitor.shared()._watched
+    await sb.close()

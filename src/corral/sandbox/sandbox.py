@@ -734,6 +734,11 @@ class Sandbox:
             raise SandboxRefused(
                 f"the sandbox did not come up: {detail or err}", "run `corral doctor`"
             ) from None
+        except BaseException:  # cancelled (a caller's timeout): nothing left running or watched
+            self._chan.drain()
+            self._detach_failed_start()
+            await asyncio.shield(self._teardown())
+            raise
         finally:
             os.close(block_w)
             if self._chan is not None:
