@@ -321,3 +321,64 @@ def test_setid_trims_no_mount_reached_through_a_symlink_or_by_other_root_ids(
         "its own: 0",  # the user's own mount, no link, its own ids: detached
     ], r.stdout
     assert Path("/proc/self/mountinfo").read_text() == host_before
+
+
+UNIFIED = Path("/sys/fs/cgroup/unified")
+
+
+@needs_setid
+@pytest.mark.skipif(not ROOT, reason="a cgroup of the test's own needs root")
+def test_setid_starts_the_program_born_in_a_v2_cgroup_as_the_callers_own_child() -> None:
+    """cgroup v2: `--cgroup-fd --pid-fd` makes the program a child of setid's caller born in the
+    cgroup (clone3 CLONE_INTO_CGROUP | CLONE_PARENT): nothing is moved in later, so no wait for
+    the RCU grace period after an idle spell. Here on the v2 hierarchy a v1 host mounts beside
+    its controllers (a hybrid host; a v2-only one has it at /sys/fs/cgroup)."""
+    from corral.sandbox.reap import adopt_child
+
+    root = UNIFIED if (UNIFIED / "cgroup.procs").exists() else Path("/sys/fs/cgroup")
+    if not (root / "cgroup.controllers").exists():
+        pytest.skip("no cgroup v2 hierarchy mounted")
+    cg = root / f"corral-test-born-{os.getpid()}"
+    cg.mkdir()
+    try:
+        cg_fd = os.open(cg, os.O_RDONLY | os.O_DIRECTORY)
+        pid_r, pid_w = os.pipe()
+        setid = subprocess.Popen(
+            [str(setid_binary()), str(SANDBOX_UID), str(SANDBOX_UID), f"--cgroup-fd={cg_fd}",
+             f"--pid-fd={pid_w}", "--", "/bin/sh", "-c", "read x"],
+            pass_fds=(cg_fd, pid_w), stdin=subprocess.PIPE,
+        )  # fmt: skip
+        os.close(cg_fd)
+        os.close(pid_w)
+        pid = int(os.read(pid_r, 64))
+        os.close(pid_r)
+        assert setid.wait(5) == 0
+        assert pid != setid.pid
+        child = adopt_child(pid, ["sh"])
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            assert int(stat[stat.rindex(")") + 2 :].split()[1]) == os.getpid()  # our own child
+            assert str(pid) in (cg / "cgroup.procs").read_text().split()  # born inside
+            assert _status(Path(f"/proc/{pid}/status").read_text())["Uid"].split()[0] == str(
+                SANDBOX_UID)  # fmt: skip
+            assert child.poll() is None
+        finally:
+            assert setid.stdin is not None
+            setid.stdin.close()  # (the child's stdin: it reads EOF and ends)
+            assert child.wait(5) == 1
+    finally:
+        cg.rmdir()
+
+
+def test_an_adopted_child_polls_waits_and_is_killed_like_any_popen() -> None:
+    from corral.sandbox.reap import adopt_child
+
+    pid = os.posix_spawn("/bin/sleep", ["sleep", "30"], os.environ)
+    child = adopt_child(pid, ["sleep", "30"])
+    assert child.poll() is None
+    with pytest.raises(subprocess.TimeoutExpired):
+        child.wait(0.05)
+    child.kill()
+    assert child.wait(5) == -9
+    assert child.poll() == -9 and child.returncode == -9
+    child.kill()  # gone: a no-op, as for a Popen

@@ -63,8 +63,9 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="print one JSON ob
         + ("writable" if caps.cgroup_writable else "not writable: rlimit fallback"),
     )
     if caps.cgroup_favordynmods is not None:
-        row("cgroup moves after idle", caps.cgroup_favordynmods or None,
+        row("cgroup moves after idle", caps.cgroup_favordynmods or caps.root or None,
             "fast (favordynmods)" if caps.cgroup_favordynmods else
+            "none: as root, corral-setid starts each sandbox inside its cgroup" if caps.root else
             "wait for an RCU grace period (~20 ms): see the note below")  # fmt: skip
     row("seccomp", caps.seccomp, " ".join(caps.seccomp_actions))
     row(

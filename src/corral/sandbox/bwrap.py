@@ -47,6 +47,9 @@ class BwrapSpec:
     # supervisor may lack CAP_SYS_RESOURCE over another id's processes, as in some containers)
     rlimits: list[tuple[int, int, int]] = field(default_factory=list)
     image: ImageRoot | None = None  # set: the sandbox's root is this image (build_image_argv)
+    # (cgroup dir fd, pid pipe's write end): bwrap born in its v2 cgroup by corral-setid (clone3),
+    # the pid reported on the pipe; the caller passes both and closes them
+    born_in: tuple[int, int] | None = None
 
 
 @dataclass
@@ -282,7 +285,10 @@ def identity_prefix(spec: BwrapSpec, argv: list[str], trim: bool = False) -> lis
     if helper is not None:
         limits = [f"--rlimit={w}:{soft}:{hard}" for w, soft, hard in spec.rlimits]
         trims = mounttrim.trim_args(argv) if trim else []
-        return [str(helper), str(spec.host_uid), str(spec.host_uid), *limits, *trims, "--", *argv]
+        born = ([f"--cgroup-fd={spec.born_in[0]}", f"--pid-fd={spec.born_in[1]}"]
+                if spec.born_in else [])  # fmt: skip
+        return [str(helper), str(spec.host_uid), str(spec.host_uid), *limits, *trims, *born, "--",
+                *argv]  # fmt: skip
     return [*prlimit_prefix(spec.rlimits), *setpriv_prefix(spec.host_uid), *argv]
 
 

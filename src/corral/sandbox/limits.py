@@ -170,8 +170,9 @@ class Cgroup:
         first taker after an idle spell waits for an RCU grace period (0-15 ms, most of a cold
         start). A thread moving itself (writing 0 to `tasks`) skips that lock, and a child is
         born in the cgroup of the thread that forks it. The thread moves back to where it was as
-        soon as the block ends. v2 has no per-thread moves (CLONE_INTO_CGROUP would do it, but
-        Python's subprocess cannot pass it): there `join` moves the processes, as before.
+        soon as the block ends. v2 has no per-thread moves: there a root supervisor's
+        `corral-setid` starts bwrap with clone3(CLONE_INTO_CGROUP) (`Sandbox._born_in_cgroup`);
+        otherwise `join` moves the processes, and waits as it must.
         """
         if self.version != 1 or not self.dirs:
             yield

@@ -20,7 +20,29 @@ import os
 import select
 import signal
 import subprocess
+import threading
 import time
+from typing import Any
+
+
+def adopt_child(pid: int, args: Any) -> subprocess.Popen[bytes]:
+    """A `Popen` for a child this process did not start through `subprocess`: bwrap, born in its
+    cgroup v2 by `corral-setid` with clone3(CLONE_PARENT) (our child, its parent setid gone).
+    poll/wait/kill/returncode behave as for any `Popen` (they wait on the pid); it has no pipes."""
+    proc: subprocess.Popen[bytes] = subprocess.Popen.__new__(subprocess.Popen)
+    proc.args = args
+    proc.pid = pid
+    proc.returncode = None
+    proc.stdin = proc.stdout = proc.stderr = None
+    proc.text_mode = False
+    proc.encoding = proc.errors = None
+    proc._waitpid_lock = threading.Lock()  # type: ignore[attr-defined]
+    proc._child_created = True  # type: ignore[attr-defined]
+    proc._sigint_wait_secs = 0.25  # type: ignore[attr-defined]
+    proc._closed_child_pipe_fds = True  # type: ignore[attr-defined]
+    proc._communication_started = False  # type: ignore[attr-defined]
+    proc._input = None  # type: ignore[attr-defined]
+    return proc
 
 
 def pidfd_open(pid: int) -> int | None:

@@ -46,7 +46,7 @@ from corral.sandbox.limits import (
 )
 from corral.sandbox.probe import Capabilities, probe
 from corral.sandbox.procs import children_of, of_dead_supervisor
-from corral.sandbox.reap import finish, kill_init
+from corral.sandbox.reap import adopt_child, finish, kill_init
 from corral.sandbox.session import ShellSession, open_session
 from corral.sandbox.shell import (
     Capture,
@@ -655,6 +655,7 @@ class Sandbox:
         extra_fds: tuple[int, ...] = ()
         if self.egress is not None:
             command, extra_fds = self.egress.prepare(self, spec, command)
+        pid_r = self._born_in_cgroup(spec)
         try:
             if spec.image is not None:  # the image root: the helper mounts the overlay first
                 join = self._join._proc.pid if self._join and self._join._proc else None
@@ -678,6 +679,8 @@ class Sandbox:
         except OSError as err:
             for fd in (*child_ends, in_w, out_r, err_r, ctl_r, info_r, block_w):
                 os.close(fd)
+            if pid_r is not None:
+                os.close(pid_r)
             if self.egress is not None:
                 await self.egress.stopped(self)
             raise SandboxRefused(
@@ -689,6 +692,8 @@ class Sandbox:
                     os.close(fd)
         for fd in child_ends:
             os.close(fd)
+        if pid_r is not None:
+            self._adopt_born(pid_r)
         # A busy supervisor hands over fd numbers past the sandbox's open-files limit, where bash
         # could not put back the control fd it closes around each command ("Bad file
         # descriptor" on every command): the shell moves it to a low number first.
@@ -744,6 +749,41 @@ class Sandbox:
             if self._chan is not None:
                 self._chan.capture = None
         self._shell_pid = self.shell_pid()
+
+    def _born_in_cgroup(self, spec: BwrapSpec) -> int | None:
+        """On cgroup v2 (root, `corral-setid`, the host's root): bwrap is to be born in the
+        sandbox's cgroup (setid's clone3), so nothing is moved in later: no wait for the RCU grace
+        period a move's lock takes after an idle spell (setid.c). Returns the pipe its pid comes
+        back on (None: bwrap is moved in, as on v1 without `spawning`)."""
+        cg = self.cgroup
+        if (cg is None or cg.version != 2 or "unified" not in cg.dirs or self.identity is None
+                or spec.image is not None or setid_binary() is None):  # fmt: skip
+            return None
+        try:
+            cg_fd = os.open(cg.dirs["unified"], os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        pid_r, pid_w = os.pipe()
+        spec.born_in = (cg_fd, pid_w)
+        spec.fds += [cg_fd, pid_w]  # passed to setid, closed after Popen with the rest
+        return pid_r
+
+    def _adopt_born(self, pid_r: int) -> None:
+        """setid wrote bwrap's pid and exited: that child of ours is the sandbox's process from
+        now on, already in its cgroup. (Its own pid: clone3 refused, setid is bwrap; moved later.)"""
+        try:
+            data = os.read(pid_r, 64)  # at once: setid writes before it exits, ~0.1 ms after exec
+        finally:
+            os.close(pid_r)
+        assert self._proc is not None and self.cgroup is not None
+        text = data.decode(errors="replace").strip()
+        if not text.isdigit() or int(text) == self._proc.pid:
+            return
+        setid = self._proc
+        self._proc = adopt_child(int(text), setid.args)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            setid.wait(5)  # (it exits right after the write)
+        self.cgroup.born_inside = True
 
     @staticmethod
     async def _read_child_pid(info_r: int) -> int:
