@@ -83,6 +83,7 @@ def test_setid_drops_every_id_group_and_capability_and_sets_the_rlimits() -> Non
         [str(SANDBOX_UID), str(SANDBOX_UID), "--trim=1:2:/", "--", "/bin/true"],  # the root
         [str(SANDBOX_UID), str(SANDBOX_UID), "--trim=1:2:sys", "--", "/bin/true"],  # relative
         [str(SANDBOX_UID), str(SANDBOX_UID), "--trim=/sys", "--", "/bin/true"],  # no root ids
+        [str(SANDBOX_UID), str(SANDBOX_UID), "--cgroup-fd=0", "--", "/bin/true"],  # no --pid-fd
     ],
 )
 def test_setid_refuses_bad_arguments_and_runs_nothing(args: list[str], tmp_path: Path) -> None:

@@ -416,7 +416,7 @@ class Sandbox:
     def _attach_while_shell_loads(self) -> None:
         """Attach the monitor the moment the shell's exec is let go, while bash loads (about a
         millisecond in which the supervisor waits), rather than after the shell reports ready:
-        -0.4 ms a start. Not earlier: that exec is the launcher's, not the agent's, and a monitor
+        -0.1 to -0.2 ms a start (150 interleaved pairs, twice). Not earlier: that exec is the launcher's, not the agent's, and a monitor
         attached before it would record it. Without a notifier, `start` attaches after ready."""
         notifier = getattr(self.egress, "notifier", None)
         if notifier is None or not self.policy.monitor.enabled:
