@@ -24,6 +24,7 @@ mount the link pointed at).
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import select
@@ -61,14 +62,20 @@ def sources(argv: list[str]) -> set[str]:
     position is looked at, so a real source is never missed; a value that merely looks like an
     option only adds a path, which keeps more mounts (safe). A relative source (bwrap resolves it
     from its own working directory) keeps everything: `/`."""
-    found = {os.path.realpath(p) for p in ALWAYS}
-    if argv:
-        found.add(os.path.realpath(argv[0]))
+    found = set(_fixed(argv[0] if argv else "", _table.generation))
     for i, arg in enumerate(argv[:-1]):
         if arg in SOURCE_OPTIONS:
             src = argv[i + 1]
             found.add(os.path.realpath(src) if src.startswith("/") else "/")
     return found
+
+
+@functools.lru_cache(maxsize=4)
+def _fixed(program: str, generation: int) -> frozenset[str]:
+    """ALWAYS and bwrap's own path, as real paths: system paths, resolved once per reading of
+    the mount table (`generation`), not at every start (~85 us of realpath). The argv's other
+    sources (the workspace's among them) are resolved at every call."""
+    return frozenset(os.path.realpath(p) for p in (*ALWAYS, *([program] if program else [])))
 
 
 def _under(path: str, top: str) -> bool:
@@ -97,6 +104,7 @@ class _MountTable:
         self._lock = threading.Lock()
         self._fd = -1
         self._points: list[str] = []
+        self.generation = 0  # readings of the table so far
 
     def points(self) -> list[str]:
         with self._lock:
@@ -115,6 +123,7 @@ class _MountTable:
         while chunk := os.read(self._fd, 1 << 16):
             chunks.append(chunk)
         self._points = parse_mount_points(b"".join(chunks).decode(errors="surrogateescape"))
+        self.generation += 1
         return self._points
 
 

@@ -95,7 +95,8 @@ static void trim(const char *path, unsigned long long dev, unsigned long long in
 
 int main(int argc, char **argv) {
     if (argc < 5) {
-        fprintf(stderr, "usage: corral-setid UID GID [--rlimit=R:SOFT:HARD]... -- PROGRAM ARGS...\n");
+        fprintf(stderr, "usage: corral-setid UID GID [--rlimit=R:SOFT:HARD]... [--trim=DEV:INO:PATH]... "
+                        "[--cgroup-fd=FD --pid-fd=FD] -- PROGRAM ARGS...\n");
         return 126;
     }
     unsigned long long u = number(argv[1], "uid"), g = number(argv[2], "gid");
